@@ -1,0 +1,227 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Image folders in, files out: one reader for tiles, atomic writers.
+
+Every reader error is an :class:`ImageError` whose message is one line naming the file and the problem,
+so a folder runner can report it and go on with the other images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class ImageError(ValueError):
+    """A one-line, user-facing problem with one input file."""
+
+
+def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[str]:
+    """Sorted image paths directly inside ``folder`` (not recursive).
+
+    Raises:
+        ImageError: the folder does not exist, is not a folder, or holds no image file.
+    """
+    p = Path(folder)
+    if not p.exists():
+        raise ImageError(f"{p}: folder does not exist")
+    if p.is_file():
+        return [str(p)]
+    files = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
+    if not files:
+        raise ImageError(f"{p}: no image files ({', '.join(suffixes)}) in this folder")
+    return files
+
+
+def _to_uint8_rgb(arr: np.ndarray, path: str) -> np.ndarray:
+    """Convert grayscale/RGBA/16-bit/float arrays to (H, W, 3) uint8."""
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # channel-first TIFF
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4):
+        raise ImageError(f"{path}: unsupported image shape {arr.shape} (need H x W with 1, 3 or 4 channels)")
+    if arr.shape[-1] == 2:  # grey + alpha
+        arr = arr[..., :1]
+    if arr.shape[-1] == 4:  # drop alpha (histology tiles are opaque)
+        arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.uint16:
+        out = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif arr.dtype == bool:
+        out = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise ImageError(f"{path}: image contains NaN or infinite values")
+        scale = 255.0 if arr.max() <= 1.0 else 1.0
+        out = np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8)
+    else:
+        raise ImageError(f"{path}: unsupported pixel type {arr.dtype}")
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def read_rgb(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
+    """Read a tile as an (H, W, 3) uint8 RGB array.
+
+    Grayscale is replicated to 3 channels, alpha is dropped, 16-bit is scaled to 8-bit, TIFFs are read with
+    tifffile (first page / series), everything else with Pillow.
+
+    Raises:
+        ImageError: missing, empty, truncated or non-image file, unsupported layout, or a side < ``min_size``.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ImageError(f"{path}: file does not exist")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path}: file is empty (0 bytes)")
+    try:
+        if path.lower().endswith((".tif", ".tiff")):
+            import tifffile
+
+            arr = tifffile.imread(path)
+            if arr.ndim == 4:  # pages x H x W x C: take the first page
+                arr = arr[0]
+        else:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    arr = np.asarray(im).astype(np.uint16 if im.mode != "I" else np.int32)
+                    if arr.dtype == np.int32:
+                        arr = np.clip(arr, 0, 65535).astype(np.uint16)
+                elif im.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "1", "LA", "PA"):
+                    arr = np.asarray(im.convert("RGB"))
+                else:
+                    arr = np.asarray(im)
+    except ImageError:
+        raise
+    except Exception as e:  # PIL/tifffile raise many types for corrupt data
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageError(f"{path}: cannot read image ({msg})") from None
+    img = _to_uint8_rgb(np.asarray(arr), path)
+    h, w = img.shape[:2]
+    if min(h, w) < min_size:
+        raise ImageError(f"{path}: image is {h}x{w}, smaller than the {min_size}x{min_size} minimum this step needs")
+    return img
+
+
+def _atomic_target(path: str | os.PathLike):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    os.close(fd)
+    return path, tmp
+
+
+def _commit(tmp: str, path: Path) -> None:
+    os.replace(tmp, path)
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8 (H, W) or (H, W, 3) array (PNG/JPEG/TIFF by suffix) atomically (temp file + rename)."""
+    path, tmp = _atomic_target(path)
+    try:
+        arr = np.asarray(array)
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            tifffile.imwrite(tmp, arr)
+        else:
+            fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+            Image.fromarray(arr).save(tmp, format=fmt)
+        _commit(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write JSON atomically."""
+    path, tmp = _atomic_target(path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+        _commit(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Write a list of dicts as CSV (header from the union of keys, in first-seen order) atomically."""
+    import csv
+
+    rows = list(rows)
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    path, tmp = _atomic_target(path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        _commit(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_datalist(path_or_folder: str | os.PathLike, key: str = "training") -> list[dict]:
+    """Items ``[{"image": path, "label"?: path}, ...]`` from a folder of tiles or a datalist JSON.
+
+    A folder gives one item per image (no labels). A JSON file is read with ``key`` (MONAI datalist style);
+    relative paths are resolved against the JSON's folder.
+    """
+    p = Path(path_or_folder)
+    if p.is_file() and p.suffix.lower() == ".json":
+        try:
+            data = json.loads(p.read_text())
+        except Exception as e:
+            raise ImageError(f"{p}: not a readable JSON datalist ({e})") from None
+        items = data.get(key) if isinstance(data, dict) else data
+        if not items:
+            raise ImageError(f"{p}: datalist has no '{key}' items")
+        out = []
+        for it in items:
+            it = {"image": it} if isinstance(it, str) else dict(it)
+            for k in ("image", "label"):
+                if k in it and not os.path.isabs(it[k]):
+                    it[k] = str(p.parent / it[k])
+            out.append(it)
+        return out
+    return [{"image": f} for f in list_images(p)]
+
+
+def usable_items(items: list[dict], min_size: int = 32, key: str = "image") -> list[dict]:
+    """Keep the items whose ``key`` image reads and is at least ``min_size`` per side; log one line per skipped file.
+
+    Raises:
+        ImageError: none is usable.
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    good, bad = [], []
+    for it in items:
+        try:
+            read_rgb(it[key], min_size=min_size)
+            good.append(it)
+        except ImageError as e:
+            log.warning(f"skipped {e}")
+            bad.append(str(e))
+    if not good:
+        raise ImageError(f"no usable image among {len(items)} listed ({bad[0] if bad else 'empty list'})")
+    if bad:
+        log.warning(f"{len(bad)} of {len(items)} images skipped")
+    return good

@@ -1,0 +1,4 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+from .res2net import Res2Net, res2net_layers
+
+__all__ = ["Res2Net", "res2net_layers"]
