@@ -29,15 +29,15 @@ def jet(x: np.ndarray) -> np.ndarray:
     return np.clip(1.5 - np.abs(4 * x - centres), 0, 1).astype(np.float32)
 
 
-def scaled_hematoxylin(rgb: np.ndarray, q: float = 99.0) -> np.ndarray:
-    """Haematoxylin OD scaled to [0, 1] by its ``q``-th percentile in the image: (H, W, 3) uint8 -> (H, W)."""
-    h = hematoxylin_od(rgb)
+def scaled_hematoxylin(rgb: np.ndarray, q: float = 99.0, sigma: float = 1.0) -> np.ndarray:
+    """Haematoxylin OD (Gaussian-smoothed by ``sigma``) scaled to [0, 1] by its ``q``-th percentile: -> (H, W)."""
+    h = hematoxylin_od(rgb, sigma)
     top = np.percentile(h, q)
     return np.clip(h / (top + 1e-6), 0, 1).astype(np.float32)
 
 
 def scm_features(rgb: np.ndarray, psm: np.ndarray | None, fusion: str = "jet", beta: float = 1.0,
-                 psm_weight: float = 1.0, h_weight: float = 1.0):
+                 psm_weight: float = 1.0, h_weight: float = 1.0, h_sigma: float = 1.0):
     """Pixel features and the 'nucleus direction' used to pick the foreground cluster.
 
     Args:
@@ -64,7 +64,7 @@ def scm_features(rgb: np.ndarray, psm: np.ndarray | None, fusion: str = "jet", b
             cols.append(beta * c)
             dirs.append([-1.0, -1.0, -1.0])
         if h_weight > 0:
-            cols.append(h_weight * scaled_hematoxylin(rgb).reshape(-1, 1))
+            cols.append(h_weight * scaled_hematoxylin(rgb, sigma=h_sigma).reshape(-1, 1))
             dirs.append([1.0])
         if not cols:
             raise ValueError("fusion 'stack' needs at least one of psm_weight, beta, h_weight > 0")
@@ -94,7 +94,8 @@ def clean_mask(mask: np.ndarray, min_size: int = 200, hole_size: int = 64) -> np
 
 
 def semantic_clustering(rgb: np.ndarray, psm: np.ndarray | None = None, k: int = 3, beta: float = 1.0,
-                        fusion: str = "jet", psm_weight: float = 1.0, h_weight: float = 1.0, n_init: int = 10,
+                        fusion: str = "jet", psm_weight: float = 1.0, h_weight: float = 1.0, h_sigma: float = 1.0,
+                        n_init: int = 10,
                         max_iter: int = 20, sample: int = 100_000, min_size: int = 200, hole_size: int = 64,
                         seed: int = 0) -> np.ndarray:
     """SCM pseudo mask: (H, W, 3) uint8 RGB [+ (H, W) PSM in [0, 1]] -> (H, W) bool nuclei foreground."""
@@ -102,18 +103,27 @@ def semantic_clustering(rgb: np.ndarray, psm: np.ndarray | None = None, k: int =
         raise ValueError(f"semantic_clustering expects (H, W, 3) RGB, got {rgb.shape}")
     if psm is not None and psm.shape != rgb.shape[:2]:
         raise ValueError(f"PSM shape {psm.shape} does not match image shape {rgb.shape[:2]}")
-    feats, direction = scm_features(rgb, psm, fusion, beta, psm_weight, h_weight)
+    feats, direction = scm_features(rgb, psm, fusion, beta, psm_weight, h_weight, h_sigma)
     labels, centres = kmeans_labels(feats, k, n_init, max_iter, sample, seed)
     fg = int(np.argmax(centres @ direction))
     return clean_mask((labels == fg).reshape(rgb.shape[:2]), min_size, hole_size)
 
 
-def hematoxylin_otsu(rgb: np.ndarray, min_size: int = 200, hole_size: int = 64) -> np.ndarray:
-    """Classical baseline pseudo mask: Otsu threshold of the haematoxylin OD, same clean-up. -> (H, W) bool."""
+def hematoxylin_otsu(rgb: np.ndarray, threshold_scale: float = 1.0, h_sigma: float = 1.0, min_size: int = 200,
+                     hole_size: int = 64) -> np.ndarray:
+    """Classical foreground: haematoxylin OD (smoothed by ``h_sigma``) > ``threshold_scale`` x Otsu, cleaned.
+
+    (H, W, 3) uint8 RGB -> (H, W) bool. ``threshold_scale`` < 1 keeps paler nuclei. A flat image gives all False.
+    """
     from skimage.filters import threshold_otsu
 
-    h = hematoxylin_od(rgb)
-    return clean_mask(h > threshold_otsu(h), min_size, hole_size)
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"expects (H, W, 3) RGB, got {rgb.shape}")
+    h = hematoxylin_od(rgb, h_sigma)
+    if float(h.max()) <= float(h.min()):
+        return np.zeros(h.shape, bool)
+    return clean_mask(h > threshold_scale * threshold_otsu(h), min_size, hole_size)
 
 
 class SCM:

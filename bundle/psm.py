@@ -6,8 +6,9 @@ For each block k of the chosen stage, with activation A^k (C, h, w) and G^k = dy
     PSM = minmax(mean_k relu(cam^k))                                          (in [0, 1])
 
 Efficiency: the stem and earlier stages run without autograd and the weights are never differentiated, so the
-backward pass only reaches the chosen stage (several times cheaper than a generic Grad-CAM that back-propagates
-to the input with weight gradients enabled).
+backward pass stops at the chosen stage and computes no weight gradients. Measured against pytorch-grad-cam on the
+same network (scripts/benchmark_gradcam.py): identical maps (max abs difference ~1e-6) at about 1.5x its speed;
+the backward through the deeper stages is still needed and dominates.
 
 The scalar's sign is arbitrary (y and -y are equally good pretext solutions), and -y turns a PSM into 1 - PSM.
 ``sign`` selects a label-free way to orient each map: ``"hematoxylin"`` flips a map whose Pearson correlation with

@@ -2,3 +2,6 @@
 from .res2net import Res2Net, res2net_layers
 
 __all__ = ["Res2Net", "res2net_layers"]
+from .resunet import ResUNet34  # noqa: E402
+
+__all__ += ["ResUNet34"]

@@ -1,0 +1,76 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from bundle.io import ImageError, list_images, load_datalist, read_rgb, usable_items, write_image
+
+
+def test_read_variants(tmp_path):
+    rgb = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(np.dstack([rgb, np.full((40, 50), 255, np.uint8)])).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    Image.fromarray(rgb).save(tmp_path / "j.jpg")
+    tifffile.imwrite(tmp_path / "t16.tif", rgb.astype(np.uint16) * 257)
+    tifffile.imwrite(tmp_path / "chw.tif", np.moveaxis(rgb, -1, 0))
+    assert np.array_equal(read_rgb(tmp_path / "a.png"), rgb)
+    assert np.array_equal(read_rgb(tmp_path / "rgba.png"), rgb)
+    g = read_rgb(tmp_path / "grey.png")
+    assert g.shape == (40, 50, 3) and np.array_equal(g[..., 1], rgb[..., 0])
+    assert read_rgb(tmp_path / "j.jpg").shape == (40, 50, 3)
+    assert np.array_equal(read_rgb(tmp_path / "t16.tif"), rgb)
+    assert np.array_equal(read_rgb(tmp_path / "chw.tif"), rgb)
+
+
+@pytest.mark.parametrize("content,msg", [(b"", "empty"), (b"not an image at all", "cannot read"),
+                                         (None, "does not exist")])
+def test_bad_files_one_line_error(tmp_path, content, msg):
+    p = tmp_path / "bad.png"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(ImageError) as e:
+        read_rgb(p)
+    assert msg in str(e.value) and str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_truncated_png_and_too_small(tmp_path):
+    rgb = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="trunc.png"):
+        read_rgb(tmp_path / "trunc.png")
+    with pytest.raises(ImageError, match="smaller than"):
+        read_rgb(tmp_path / "full.png", min_size=100)
+
+
+def test_wrong_channels(tmp_path):
+    tifffile.imwrite(tmp_path / "five.tif", np.zeros((32, 32, 5), np.uint8))
+    with pytest.raises(ImageError, match="unsupported image shape"):
+        read_rgb(tmp_path / "five.tif")
+
+
+def test_folder_listing_and_usable(tmp_path):
+    with pytest.raises(ImageError, match="no image files"):
+        list_images(tmp_path)
+    with pytest.raises(ImageError, match="does not exist"):
+        list_images(tmp_path / "nope")
+    write_image(tmp_path / "ok.png", np.zeros((64, 64, 3), np.uint8))
+    (tmp_path / "broken.png").write_bytes(b"xx")
+    (tmp_path / "notes.txt").write_text("ignored")
+    items = load_datalist(tmp_path)
+    assert [p["image"].rsplit("/", 1)[-1] for p in items] == ["broken.png", "ok.png"]
+    good = usable_items(items, min_size=32)
+    assert len(good) == 1 and good[0]["image"].endswith("ok.png")
+    with pytest.raises(ImageError, match="no usable image"):
+        usable_items(items[:1])
+
+
+def test_atomic_write_leaves_no_partial(tmp_path):
+    write_image(tmp_path / "x.png", np.zeros((8, 8), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+    with pytest.raises(Exception):
+        write_image(tmp_path / "y.png", np.zeros((8, 8, 7), np.float64))  # PIL refuses
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
