@@ -14,12 +14,13 @@ All instance maps follow the same convention: a 2-D integer array of shape (H, W
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
+
+from .io import atomic_path
 
 PathLike = Union[str, os.PathLike]
 
@@ -204,11 +205,7 @@ def write_instance_label(path: PathLike, inst: np.ndarray) -> None:
     arr = arr.astype(np.uint16, copy=False)
     is_tiff = p.suffix.lower() in _TIFF_SUFFIXES
 
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        os.close(fd)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; label files should be world-readable
+    with atomic_path(p) as tmp:
         if is_tiff:
             import tifffile
 
@@ -217,12 +214,3 @@ def write_instance_label(path: PathLike, inst: np.ndarray) -> None:
             from PIL import Image
 
             Image.fromarray(arr).save(tmp, format="PNG")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -10,53 +10,35 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Events
 
+from .io import atomic_path, read_state_dict
+
 logger = logging.getLogger(__name__)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a kill never leaves a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    """torch.save through :func:`bundle.io.atomic_path`: a kill never leaves a half-written checkpoint."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_location="cpu") -> torch.nn.Module:
-    """Load a state dict (raw, or under ``model``/``network``/``state_dict``) into ``network``.
+    """Load a state dict into ``network`` (strict).
 
     Raises:
         FileNotFoundError / ValueError: one line naming the file: missing, unreadable, or not matching the network.
     """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: checkpoint not found (train first, or pass --ckpt_path)")
+    sd = read_state_dict(path, "checkpoint (train first, or pass --ckpt_path)", map_location)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if isinstance(obj, dict):
-        for k in ("model", "network", "state_dict"):
-            if k in obj and isinstance(obj[k], dict):
-                obj = obj[k]
-                break
-    try:
-        network.load_state_dict(obj, strict=True)
+        network.load_state_dict(sd, strict=True)
     except Exception as e:
         first = str(e).replace("\n", " ")[:300]
-        raise ValueError(f"{path}: checkpoint does not match the configured network ({first})") from None
+        raise ValueError(f"{os.fspath(path)}: checkpoint does not match the configured network ({first})") from None
     return network
 
 

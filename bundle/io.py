@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -115,23 +116,30 @@ def read_rgb(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
     return img
 
 
-def _atomic_target(path: str | os.PathLike):
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
+
+    Every writer of the bundle goes through this, so a killed run never leaves a half-written output.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
     os.close(fd)
-    return path, tmp
-
-
-def _commit(tmp: str, path: Path) -> None:
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a uint8 (H, W) or (H, W, 3) array (PNG/JPEG/TIFF by suffix) atomically (temp file + rename)."""
-    path, tmp = _atomic_target(path)
-    try:
-        arr = np.asarray(array)
+    """Write a uint8 (H, W) or (H, W, 3) array (PNG/JPEG/TIFF by suffix) atomically."""
+    path = Path(path)
+    arr = np.asarray(array)
+    with atomic_path(path) as tmp:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
@@ -139,22 +147,13 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
         else:
             fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
             Image.fromarray(arr).save(tmp, format=fmt)
-        _commit(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write JSON atomically."""
-    path, tmp = _atomic_target(path)
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-        _commit(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
 
 
 def write_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
@@ -165,16 +164,36 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    path, tmp = _atomic_target(path)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_state_dict(path: str | os.PathLike, what: str = "checkpoint", map_location="cpu") -> dict:
+    """Read a torch state dict (raw, or nested under ``model``/``network``/``state_dict``) without unpickling code.
+
+    Raises:
+        FileNotFoundError / ValueError: one line naming the file and the problem.
+    """
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: {what} not found")
     try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        _commit(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: cannot read {what} ({msg})") from None
+    if isinstance(obj, dict):
+        for k in ("model", "network", "state_dict"):
+            if k in obj and isinstance(obj[k], dict):
+                obj = obj[k]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise ValueError(f"{path}: {what} is not a state dict (name -> tensor), got {type(obj).__name__}")
+    return obj
 
 
 def load_datalist(path_or_folder: str | os.PathLike, key: str = "training") -> list[dict]:

@@ -25,10 +25,8 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 # Make ``bundle`` importable without installation: the repository root is the parent of scripts/.
@@ -37,6 +35,7 @@ if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
 from bundle.annotations import read_aperio_xml, write_instance_label  # noqa: E402
+from bundle.io import write_json  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -114,23 +113,6 @@ def image_hw(path: Path) -> tuple:
         raise PrepareError(f"cannot read image size of {str(path)!r}: {e}") from None
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def prepare(input_dir, output_dir, split_key: str = "training") -> dict:
     """Write ``<output_dir>/datalist.json`` (and rasterised labels); return counts."""
     input_dir = Path(os.path.abspath(input_dir))
@@ -165,7 +147,7 @@ def prepare(input_dir, output_dir, split_key: str = "training") -> dict:
     counts["orphan_xml"] = len(set(found["xmls"]) - image_stems)
     counts["orphan_labels"] = len(set(found["labels"]) - image_stems)
     counts["layout"] = found["layout"]
-    _write_json_atomic(output_dir / "datalist.json", {split_key: entries})
+    write_json(output_dir / "datalist.json", {split_key: entries})
     counts["datalist"] = str(output_dir / "datalist.json")
     return counts
 

@@ -61,7 +61,7 @@ def test_ssl_train_resume_and_psm_infer(root, synthetic_dir, tmp_path):
     res = tmp_path / "pseudo"
     wf = infer_workflow(root, synthetic_dir / "datalist.json", out, out / "models" / "model.pt",
                         output_dir=str(res))
-    summary = wf.run()
+    wf.run()
     wf.finalize()
     stems = sorted(p.stem for p in (synthetic_dir / "images").glob("*.png"))
     for sub in ("psm", "masks", "overlays"):
@@ -125,3 +125,18 @@ def test_paper_profile_merges_on_both_configs(root):
     p = ConfigParser()
     p.read_config([str(root / "configs" / "ssl_train.json"), str(root / "configs" / "profile_paper.json")])
     assert type(p.get_parsed_content("train#crop")).__name__ == "CenterSpatialCropd"
+
+
+def test_export_torchscript_and_verify_shapes(root, tmp_path):
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    cfg, meta = str(root / "configs" / "psm_infer.json"), str(root / "configs" / "metadata.json")
+    torch.manual_seed(0)
+    net = Res2Net("cpu", base_channels=16).eval()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=cfg, n=2, base_channels=16)
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
+                meta_file=meta, config_file=cfg, base_channels=16)
+    ts = torch.jit.load(str(tmp_path / "model.ts"))
+    x = torch.randn(1, 3, 96, 160)  # a size other than any used before
+    assert torch.allclose(ts(x), net(x), atol=1e-5)

@@ -173,21 +173,10 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> nn.Module:
     ``encoder.`` prefixes; drops keys that belong to a classification head (``fc.*``) or to a ResUNet decoder
     (``up*.``/``head.``). Errors are one line naming the file.
     """
+    from ..io import read_state_dict
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: encoder weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any decoder failure is reported the same way
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path}: cannot read encoder weights ({msg})") from None
-    if isinstance(obj, dict):
-        for k in ("model", "network", "state_dict"):
-            if k in obj and isinstance(obj[k], dict):
-                obj = obj[k]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
-        raise ValueError(f"{path}: encoder weights must be a state dict (name -> tensor), got {type(obj).__name__}")
+    obj = read_state_dict(path, "encoder weights file")
     sd = {}
     for k, v in obj.items():
         for prefix in ("module.", "encoder."):

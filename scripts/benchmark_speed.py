@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Speed and memory of the PSM stages on this machine (run it on an otherwise idle machine).
+
+    python scripts/benchmark_speed.py --out docs/results/speed
+
+Measures, with torch's default thread count: one SSL optimiser step per pretext for the CPU profile
+(2 images x 4 crops of 256^2 = batch 8) and the paper profile (Res2Net-101, one 512^2 crop); PSM seconds per
+1000x1000 image (CPU and paper networks); SCM seconds per 1000x1000 image (jet K=3, stack K=2, colour only);
+peak RSS of this process. Medians over --repeats after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bundle.clustering import hematoxylin_otsu, semantic_clustering  # noqa: E402
+from bundle.networks import Res2Net  # noqa: E402
+from bundle.psm import PSMInferer, psm_for_image  # noqa: E402
+from bundle.ssl import PRETEXTS, pretext_loss  # noqa: E402
+from bundle.synthetic import synthetic_he_tile  # noqa: E402
+
+
+def timeit(fn, repeats):
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--paper", type=int, default=1, help="0: skip the Res2Net-101 rows")
+    ap.add_argument("--out", type=Path, default=Path("docs/results/speed"))
+    a = ap.parse_args(argv)
+    torch.manual_seed(0)
+    res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+           "torch": torch.__version__, "ssl_step_s": {}, "psm_s_per_1000px_img": {}, "scm_s_per_1000px_img": {}}
+    profiles = [("cpu", "cpu", 32, 8, 256)] + ([("paper", 101, 64, 1, 512)] if a.paper else [])
+    for prof, depth, ch, batch, crop in profiles:
+        net = Res2Net(depth, base_channels=ch)
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        x = torch.rand(max(batch, 2) if prof == "cpu" else batch, 3, crop, crop) * 255
+        for name in PRETEXTS if prof == "cpu" else ("similarity",):
+            def step():
+                opt.zero_grad()
+                pretext_loss(name, net.train(), x).backward()
+                opt.step()
+            res["ssl_step_s"][f"{prof}/{name}"] = timeit(step, a.repeats)
+            print(prof, name, res["ssl_step_s"][f"{prof}/{name}"], flush=True)
+        rgb, _ = synthetic_he_tile(1000, seed=0)
+        net.eval()
+        for target in ("head", "feature_norm"):
+            inf = PSMInferer(stage=1, target=target)
+            res["psm_s_per_1000px_img"][f"{prof}/{target}"] = timeit(lambda: psm_for_image(rgb, net, inf), a.repeats)
+        inf = PSMInferer(stage=1, sign="none")
+        res["psm_s_per_1000px_img"][f"{prof}/head/no-sign"] = timeit(lambda: psm_for_image(rgb, net, inf), a.repeats)
+        print(res["psm_s_per_1000px_img"], flush=True)
+    psm = np.random.default_rng(0).random((1000, 1000)).astype(np.float32)
+    res["scm_s_per_1000px_img"] = {
+        "jet beta=1 K=3 (n_init 10)": timeit(lambda: semantic_clustering(rgb, psm, k=3, beta=1.0), a.repeats),
+        "stack PSM+H K=2": timeit(lambda: semantic_clustering(rgb, psm, k=2, fusion="stack", beta=0), a.repeats),
+        "colour only K=3": timeit(lambda: semantic_clustering(rgb, None, k=3, beta=float("inf")), a.repeats),
+        "H-OD Otsu": timeit(lambda: hematoxylin_otsu(rgb), a.repeats),
+    }
+    res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    res["cmd"] = " ".join(sys.argv)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
