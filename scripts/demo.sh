@@ -11,6 +11,6 @@ $PY -c "from bundle.synthetic import write_synthetic_folder as w; print(w('$OUT/
 $PY -m monai.bundle run --config_file configs/ssl_train.json --dataset_dir "$OUT/tiles/datalist.json" \
     --bundle_root "$OUT" --epochs 8 --crop_size 128
 $PY -m monai.bundle run --config_file configs/psm_infer.json --dataset_dir "$OUT/tiles/datalist.json" \
-    --bundle_root "$OUT"
+    --bundle_root "$OUT" --scm#min_size 30
 echo "pseudo masks: $OUT/eval/pseudo_masks (summary.json has pixel F1 against the synthetic ground truth)"
 echo "TensorBoard:  $PY -m tensorboard.main --logdir $OUT/eval"
