@@ -33,7 +33,7 @@ def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_
     Raises:
         FileNotFoundError / ValueError: one line naming the file: missing, unreadable, or not matching the network.
     """
-    sd = read_state_dict(path, "checkpoint (train first, or pass --ckpt_path)", map_location)
+    sd = read_state_dict(path, "checkpoint", map_location, hint=" (train first, or pass --ckpt_path)")
     try:
         network.load_state_dict(sd, strict=True)
     except Exception as e:
@@ -75,8 +75,10 @@ class CheckpointResume:
         except Exception as e:
             raise ValueError(f"{path}: cannot read checkpoint to resume from ({e}); delete it to start over") from None
         max_epochs = engine.state.max_epochs
-        if "trainer" in obj:
-            obj["trainer"]["max_epochs"] = max(max_epochs, obj["trainer"].get("epoch", 0))
+        if "trainer" in obj:  # ignite stores iteration + epoch_length; allow a larger max_epochs on rerun
+            t = obj["trainer"]
+            done = t.get("epoch", t.get("iteration", 0) // max(1, t.get("epoch_length") or 1))
+            t["max_epochs"] = max(max_epochs, done)
         for k, v in self.save_dict.items():
             if k not in obj:
                 raise ValueError(f"{path}: checkpoint has no '{k}' entry; delete it to start over")

@@ -170,7 +170,7 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
         w.writerows(rows)
 
 
-def read_state_dict(path: str | os.PathLike, what: str = "checkpoint", map_location="cpu") -> dict:
+def read_state_dict(path: str | os.PathLike, what: str = "checkpoint", map_location="cpu", hint: str = "") -> dict:
     """Read a torch state dict (raw, or nested under ``model``/``network``/``state_dict``) without unpickling code.
 
     Raises:
@@ -180,7 +180,7 @@ def read_state_dict(path: str | os.PathLike, what: str = "checkpoint", map_locat
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: {what} not found")
+        raise FileNotFoundError(f"{path}: {what} not found{hint}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:

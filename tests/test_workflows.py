@@ -49,14 +49,22 @@ def test_ssl_train_resume_and_psm_infer(root, synthetic_dir, tmp_path):
     assert wf.check_properties() in ([], None)
     wf.run()
     wf.finalize()
-    ck = torch.load(out / "models" / "last_checkpoint.pt", weights_only=False)
-    assert ck["trainer"]["epoch"] == 1 and (out / "models" / "model.pt").is_file()
+    def saved_epoch():
+        t = torch.load(out / "models" / "last_checkpoint.pt", weights_only=False)["trainer"]
+        return t["iteration"] // t["epoch_length"]
+
+    assert saved_epoch() == 1 and (out / "models" / "model.pt").is_file()
     assert list((out / "eval").glob("events.out.tfevents.*"))
-    # a rerun with more epochs continues from epoch 1 rather than starting over
+    # a rerun with more epochs continues from the checkpoint rather than starting over: plant a marker weight
+    ck = torch.load(out / "models" / "last_checkpoint.pt", weights_only=False)
+    ck["network"]["fc.bias"].fill_(123.0)
+    torch.save(ck, out / "models" / "last_checkpoint.pt")
     wf = ssl_workflow(root, synthetic_dir / "datalist.json", out, epochs=2)
     wf.run()
     wf.finalize()
-    assert torch.load(out / "models" / "last_checkpoint.pt", weights_only=False)["trainer"]["epoch"] == 2
+    assert saved_epoch() == 2
+    bias = torch.load(out / "models" / "model.pt", weights_only=True)["fc.bias"]
+    assert abs(float(bias) - 123.0) < 1.0  # one more epoch from the marker, not a fresh init (|bias| << 1)
 
     res = tmp_path / "pseudo"
     wf = infer_workflow(root, synthetic_dir / "datalist.json", out, out / "models" / "model.pt",
@@ -91,14 +99,25 @@ def test_psm_infer_skips_bad_files_and_reports(root, synthetic_dir, tmp_path):
     assert not list((tmp_path / "o").rglob("*.part*"))
 
 
+def root_cause(exc):
+    """MONAI wraps errors raised inside ``$@runner.run()`` in RuntimeError; the user-facing one is the cause."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 def test_missing_and_mismatched_checkpoint(root, synthetic_dir, tmp_path):
     wf = infer_workflow(root, synthetic_dir / "images", tmp_path, tmp_path / "nope.pt", output_dir=str(tmp_path / "o"))
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(Exception) as e:
         wf.run()
+    err = root_cause(e.value)
+    assert isinstance(err, FileNotFoundError) and "nope.pt: checkpoint not found" in str(err) and "\n" not in str(err)
     torch.save(Res2Net("cpu", base_channels=8).state_dict(), tmp_path / "other.pt")
     wf = infer_workflow(root, synthetic_dir / "images", tmp_path, tmp_path / "other.pt", output_dir=str(tmp_path / "o"))
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(Exception) as e:
         wf.run()
+    err = root_cause(e.value)
+    assert isinstance(err, ValueError) and "other.pt: checkpoint does not match" in str(err)
     assert not (tmp_path / "o").exists()
 
 
