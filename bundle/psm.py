@@ -17,8 +17,6 @@ the haematoxylin optical density is negative (nuclei are haematoxylin-rich), ``"
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -137,7 +135,3 @@ def psm_for_image(rgb: np.ndarray, network, inferer: PSMInferer, device="cpu") -
     x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float().to(device)
     return inferer(x, network)[0, 0].cpu().numpy().astype(np.float32)
 
-
-def stage_blocks(network, stage: int) -> Sequence[torch.nn.Module]:
-    """The blocks of ``stage`` (1..4) as a list, e.g. for pytorch-grad-cam's ``target_layers``."""
-    return list(network.stages()[stage - 1])
