@@ -77,7 +77,7 @@ class CheckpointResume:
         max_epochs = engine.state.max_epochs
         if "trainer" in obj:  # ignite stores iteration + epoch_length; allow a larger max_epochs on rerun
             t = obj["trainer"]
-            done = t.get("epoch", t.get("iteration", 0) // max(1, t.get("epoch_length") or 1))
+            done = t.get("iteration", 0) // max(1, t.get("epoch_length") or 1)
             t["max_epochs"] = max(max_epochs, done)
         for k, v in self.save_dict.items():
             if k not in obj:

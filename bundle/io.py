@@ -128,6 +128,8 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield tmp
+        with open(tmp, "rb") as fh:  # data on disk before the rename makes it visible
+            os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:

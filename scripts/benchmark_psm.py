@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bundle.annotations import read_instance_label  # noqa: E402
 from bundle.clustering import hematoxylin_otsu, semantic_clustering  # noqa: E402
 from bundle.handlers import load_network_weights  # noqa: E402
-from bundle.io import read_rgb  # noqa: E402
+from bundle.io import read_rgb, write_json  # noqa: E402
 from bundle.networks import Res2Net  # noqa: E402
 from bundle.pipeline import score_pseudo_mask  # noqa: E402
 from bundle.psm import PSMInferer, psm_for_image  # noqa: E402
@@ -75,20 +75,21 @@ def main(argv=None):
     splits = {s: load_split(a.monuseg, s, a.limit) for s in ("train", "test")}
     rows = []
 
-    def add(method, network="-", stage="-", **kw):
+    def add(method, fn, network="-", stage="-", **fields):
+        """Score ``fn(split, index, rgb) -> mask`` on both splits; one row per split."""
         for split, data in splits.items():
             t = time.perf_counter()
-            masks = [kw["fn"](i, rgb) for i, (_, rgb, _) in enumerate(data)]
+            masks = [fn(split, i, rgb) for i, (_, rgb, _) in enumerate(data)]
             dt = (time.perf_counter() - t) / len(data)
-            r = {"split": split, "method": method, "network": network, "stage": stage, "s_per_img": dt}
+            r = {"split": split, "method": method, "network": network, "stage": stage, **fields, "s_per_img": dt}
             r.update(score(masks, data))
             rows.append(r)
             print(json.dumps(r), flush=True)
 
-    add("H-OD Otsu, unsmoothed", fn=lambda i, rgb: hematoxylin_otsu(rgb, h_sigma=0))
-    add("H-OD Otsu (smoothed, sigma 1)", fn=lambda i, rgb: hematoxylin_otsu(rgb))
+    add("H-OD Otsu, unsmoothed", lambda s, i, rgb: hematoxylin_otsu(rgb, h_sigma=0))
+    add("H-OD Otsu (smoothed, sigma 1)", lambda s, i, rgb: hematoxylin_otsu(rgb))
     for k in ((2, 3, 4) if a.baselines else ()):
-        add(f"RGB K-Means K={k} (beta=inf)", fn=lambda i, rgb, k=k: semantic_clustering(rgb, None, k=k, beta=float("inf")))
+        add(f"RGB K-Means K={k} (beta=inf)", lambda s, i, rgb, k=k: semantic_clustering(rgb, None, k=k, beta=float("inf")))
 
     timings = {}
     for spec in a.net:
@@ -122,22 +123,13 @@ def main(argv=None):
                     variants += [("jet beta=1 K=3", dict(fusion="jet", beta=1.0, k=3)),
                                  ("stack PSM+H K=2", dict(fusion="stack", psm_weight=1, beta=0, h_weight=1, k=2))]
                 for label, kw in variants:
-                    for split, data in splits.items():
-                        t = time.perf_counter()
-                        masks = [semantic_clustering(rgb, psms[split][i], **kw) for i, (_, rgb, _) in enumerate(data)]
-                        dt = (time.perf_counter() - t) / len(data)
-                        r = {"split": split, "method": label, "network": name, "stage": stage, "sign": sign,
-                             "s_per_img": dt}
-                        r.update(score(masks, data))
-                        rows.append(r)
-                        print(json.dumps(r), flush=True)
-                del psms
+                    add(label, lambda s, i, rgb, kw=kw: semantic_clustering(rgb, psms[s][i], **kw),
+                        network=name, stage=stage, sign=sign)
 
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     meta = {"torch_threads": torch.get_num_threads(), "peak_rss_gb": peak_gb, "psm_s_per_img": timings,
             "depth": str(depth), "base_channels": a.base_channels, "nets": a.net, "cmd": " ".join(sys.argv)}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_json(a.out.with_suffix(".json"), {"meta": meta, "rows": rows})
     write_md(rows, meta, a.out.with_suffix(".md"))
 
 
