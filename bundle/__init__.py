@@ -10,7 +10,7 @@ Modules (one idea each): ``io`` (image folders, atomic writes), ``annotations`` 
 __version__ = "0.1.0"
 
 _SUBMODULES = {"io", "annotations", "transforms", "networks", "ssl", "psm", "clustering", "metrics", "handlers",
-               "pipeline", "synthetic", "postprocess", "labels"}
+               "pipeline", "synthetic", "postprocess", "labels", "detection", "wsi", "fseg", "cells", "gan"}
 
 
 def __getattr__(name):

@@ -134,3 +134,96 @@ class PSMImageHandler:
             panel = np.concatenate([rgb / 255.0, jet(psm), np.repeat(mask[..., None], 3, -1).astype(np.float32)], 1)
             self.writer.add_image(f"{self.tag}/{i}", panel.astype(np.float32), engine.state.epoch, dataformats="HWC")
         self.writer.flush()
+
+
+class PseudoAgreement:
+    """Ignite metric: pixel F1 between a network's predicted foreground (argmax > 0) and a pseudo mask, summed
+    over the images of an evaluation run. Used to select checkpoints on held-back *unlabelled* images: it measures
+    agreement with the pseudo labels, never ground truth.
+
+    ``output_transform(engine.state.output)`` must give ``(preds, labels)``: sequences (or batched tensors) of
+    (C, H, W) logits/probabilities and (1, H, W) masks (> 0 = foreground; 255 = ignore).
+    """
+
+    def __new__(cls, output_transform=None):
+        from ignite.metrics import Metric
+        from ignite.metrics.metric import reinit__is_reduced
+
+        class _PseudoAgreement(Metric):
+            def reset(self):
+                self._tp = self._np = self._ng = 0
+
+            @reinit__is_reduced
+            def update(self, output):
+                preds, labels = output
+                for p, y in zip(preds, labels):
+                    p, y = torch.as_tensor(p), torch.as_tensor(y)
+                    valid = y[0] != 255
+                    fg_p = (p.argmax(0) > 0) & valid
+                    fg_y = (y[0] > 0) & valid
+                    self._tp += int((fg_p & fg_y).sum())
+                    self._np += int(fg_p.sum())
+                    self._ng += int(fg_y.sum())
+
+            def compute(self):
+                den = self._np + self._ng
+                return 2.0 * self._tp / den if den else 1.0
+
+        ot = output_transform if output_transform is not None else (
+            lambda out: ([o["pred"] for o in out], [o["label"] for o in out]) if isinstance(out, list)
+            else (out["pred"], out["label"]))
+        return _PseudoAgreement(output_transform=ot)
+
+
+class NucleiImageHandler:
+    """Every ``interval`` epochs, log [tile | training label | P(nucleus) | instances] to TensorBoard for up to 4
+    fixed tiles (centre crops of at most ``max_size``), using the network being trained.
+
+    Args:
+        network: per-pixel classifier.  images: list of image paths.  labels: matching label files (or None).
+        mode: instance mode of :func:`bundle.detection.nuclei_from_probability`.
+    """
+
+    def __init__(self, network, images, labels=None, summary_writer=None, log_dir: str = "./runs",
+                 interval: int = 1, max_size: int = 384, tag: str = "nuclei", mode: str = "auto"):
+        from torch.utils.tensorboard import SummaryWriter
+
+        from .io import read_rgb
+        from .transforms import LoadLabeld
+
+        self.writer = summary_writer if summary_writer is not None else SummaryWriter(log_dir=log_dir)
+        self.network, self.interval, self.tag, self.mode = network, max(1, int(interval)), tag, mode
+        self.tiles = []
+        labels = list(labels) if labels is not None else [None] * len(images)
+        for p, lp in list(zip(images, labels))[:4]:
+            img = read_rgb(p)
+            h, w = img.shape[:2]
+            t, l = max(0, (h - max_size) // 2), max(0, (w - max_size) // 2)
+            lab = None
+            if lp is not None:
+                lab = LoadLabeld("label")({"label": lp})["label"][0].numpy()[t: t + max_size, l: l + max_size]
+            self.tiles.append((img[t: t + max_size, l: l + max_size], lab))
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine) -> None:
+        from skimage.segmentation import find_boundaries
+
+        from .detection import nuclei_from_probability, predict_probability
+
+        device = next(self.network.parameters()).device
+        was_training = self.network.training
+        for i, (rgb, lab) in enumerate(self.tiles):
+            prob = predict_probability(self.network, rgb, device, tta=False)
+            inst = nuclei_from_probability(prob, self.mode)
+            over = rgb.copy()
+            over[find_boundaries(inst, mode="inner")] = (0, 255, 0)
+            lab_img = np.zeros(rgb.shape[:2], np.float32) if lab is None else np.where(lab == 255, 0.5,
+                                                                                        lab / max(1, lab[lab != 255].max(initial=1)))
+            fg = 1.0 - prob[0]
+            panel = np.concatenate([rgb / 255.0, np.repeat(lab_img[..., None], 3, -1), np.repeat(fg[..., None], 3, -1),
+                                    over / 255.0], 1)
+            self.writer.add_image(f"{self.tag}/{i}", panel.astype(np.float32), engine.state.epoch, dataformats="HWC")
+        self.writer.flush()
+        self.network.train(was_training)

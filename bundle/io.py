@@ -246,3 +246,28 @@ def usable_items(items: list[dict], min_size: int = 32, key: str = "image") -> l
     if bad:
         log.warning(f"{len(bad)} of {len(items)} images skipped")
     return good
+
+
+def write_geojson(path: str | os.PathLike, polygons: Iterable, properties: Iterable[dict] | None = None,
+                  object_type: str = "detection") -> None:
+    """Write polygons as a GeoJSON FeatureCollection that QuPath imports (File > Import objects), atomically.
+
+    Args:
+        polygons: sequence of (K, 2) (x, y) vertex arrays (closed or not; closed here), in image pixels.
+        properties: optional per-polygon dicts merged into each feature's ``properties`` (e.g. ``{"classification":
+            {"name": "Nucleus"}, "measurements": {...}}``).
+        object_type: QuPath object type, ``"detection"`` (many small objects) or ``"annotation"``.
+    """
+    feats = []
+    props = list(properties) if properties is not None else None
+    for k, poly in enumerate(polygons):
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        if len(xy) and not np.array_equal(xy[0], xy[-1]):
+            xy = np.vstack([xy, xy[:1]])
+        p = {"objectType": object_type}
+        if props is not None:
+            p.update(props[k])
+        feats.append({"type": "Feature", "id": str(k + 1),
+                      "geometry": {"type": "Polygon", "coordinates": [np.round(xy, 2).tolist()]}, "properties": p})
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump({"type": "FeatureCollection", "features": feats}, f)

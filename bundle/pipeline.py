@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import ImageError, load_datalist, read_rgb, write_csv, write_image, write_json
+from .io import ImageError, atomic_path, load_datalist, read_rgb, write_csv, write_image, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +107,346 @@ class PseudoMaskRunner:
         logger.info(f"wrote {len(rows)} pseudo masks to {self.output_dir} (PSM {summary['psm_s']:.2f} s/img, "
                     f"SCM {summary['scm_s']:.2f} s/img)")
         return summary
+
+
+def _split(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic train / held-back split of a list (at least one of each when there are >= 2 items)."""
+    if val_fraction <= 0 or len(items) < 2:
+        return items, items[:1] if val_fraction > 0 else []
+    order = np.random.default_rng(seed).permutation(len(items))
+    n_val = min(len(items) - 1, max(1, int(round(val_fraction * len(items)))))
+    val = sorted(order[:n_val].tolist())
+    return [items[i] for i in range(len(items)) if i not in set(val)], [items[i] for i in val]
+
+
+def _stale(out: Path, *inputs) -> bool:
+    """True when ``out`` is missing or older than any existing input path."""
+    if not out.is_file():
+        return True
+    t = out.stat().st_mtime
+    return any(Path(p).is_file() and Path(p).stat().st_mtime > t for p in inputs if p)
+
+
+def _items_with_pseudo(data, pseudo_dir, datalist_key="training", min_size=32) -> list:
+    items = load_datalist(data, datalist_key) if not isinstance(data, (list, tuple)) else list(data)
+    pseudo_dir = Path(pseudo_dir)
+    if not pseudo_dir.is_dir():
+        raise FileNotFoundError(f"{pseudo_dir}: pseudo-mask folder not found (run psm_infer first)")
+    out, missing = [], []
+    for it in items:
+        it = it if isinstance(it, dict) else {"image": it}
+        mask = pseudo_dir / f"{Path(it['image']).stem}.png"
+        if not mask.is_file():
+            missing.append(str(mask))
+            continue
+        try:
+            read_rgb(it["image"], min_size=min_size)
+        except ImageError as e:
+            logger.warning(f"skipped {e}")
+            continue
+        out.append({**it, "mask": str(mask)})
+    if missing:
+        logger.warning(f"{len(missing)} image(s) have no pseudo mask and are left out, e.g. {missing[0]}")
+    if not out:
+        raise ImageError(f"{pseudo_dir}: no pseudo mask matches an image of {data}")
+    return out
+
+
+def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three", val_fraction: float = 0.1,
+                             seed: int = 0, min_distance: int = 6, ignore_band: int = 0,
+                             datalist_key: str = "training") -> dict:
+    """Write the detection network's training labels (:func:`bundle.detection.detection_target`) for every tile
+    with a pseudo mask, and split the tiles into training / held-back validation (no ground truth involved).
+
+    Returns:
+        ``{"training": [...], "validation": [...]}``, items ``{"image", "mask" (pseudo mask), "label" (.npy)}``.
+        Labels newer than their pseudo mask are reused (a rerun skips the work).
+    """
+    from .detection import detection_target
+
+    items = _items_with_pseudo(data, pseudo_dir, datalist_key)
+    label_dir = Path(label_dir)
+    for it in items:
+        out = label_dir / f"{Path(it['image']).stem}.npy"
+        if _stale(out, it["mask"]):
+            mask = read_rgb(it["mask"])[..., 0] > 127
+            lab = detection_target(mask, target, min_distance=min_distance, ignore_band=ignore_band)
+            with atomic_path(out) as tmp, open(tmp, "wb") as f:
+                np.save(f, lab[None])
+        it["label"] = str(out)
+    train, val = _split(items, val_fraction, seed)
+    logger.info(f"detection labels ({target}) in {label_dir}: {len(train)} training / {len(val)} held-back tiles")
+    return {"training": train, "validation": val}
+
+
+def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ckpt, device="cpu",
+                                keep_foreground: bool = False, val_fraction: float = 0.1, seed: int = 0,
+                                point_threshold: float = 0.5, datalist_key: str = "training") -> dict:
+    """Run the trained detection network on every tile, take its points (:func:`bundle.detection.detection_points`)
+    and write the segmentation labels (:func:`bundle.detection.segmentation_targets`: pseudo mask + Voronoi) as
+    (2, H, W) uint8 ``.npy`` plus ``points/<tile>.csv``. Labels newer than the detection checkpoint are reused.
+
+    Returns:
+        ``{"training": [...], "validation": [...]}`` as :func:`prepare_detection_labels`.
+    """
+    from .detection import detection_points, predict_probability, segmentation_targets
+    from .handlers import load_network_weights
+
+    items = _items_with_pseudo(data, pseudo_dir, datalist_key)
+    label_dir = Path(label_dir)
+    device = torch.device(device)
+    loaded = False
+    for it in items:
+        stem = Path(it["image"]).stem
+        out = label_dir / f"{stem}.npy"
+        if _stale(out, it["mask"], det_ckpt):
+            if not loaded:
+                load_network_weights(det_network, det_ckpt, map_location=device)
+                det_network.to(device).eval()
+                loaded = True
+            rgb = read_rgb(it["image"])
+            mask = read_rgb(it["mask"])[..., 0] > 127
+            pts = detection_points(predict_probability(det_network, rgb, device, tta=False), point_threshold)
+            lab = segmentation_targets(mask, pts, keep_foreground=keep_foreground)
+            with atomic_path(out) as tmp, open(tmp, "wb") as f:
+                np.save(f, lab)
+            write_csv(label_dir / "points" / f"{stem}.csv", [{"row": int(r), "col": int(c)} for r, c in pts])
+        it["label"] = str(out)
+    train, val = _split(items, val_fraction, seed)
+    logger.info(f"segmentation labels in {label_dir}: {len(train)} training / {len(val)} held-back tiles")
+    return {"training": train, "validation": val}
+
+
+class NucleiRunner:
+    """Nuclei instances, points and outlines for a folder, a datalist, single images or whole slides.
+
+    Per image ``<stem>`` it writes into ``output_dir``: ``labels/<stem>.png`` (uint16 instance map, or ``.tif``
+    with ``label_format="tif"``), ``points/<stem>.csv`` (image, x, y, class, score; x = column, y = row, in
+    level-0 pixels for slides), ``geojson/<stem>.geojson`` (QuPath-importable nucleus polygons) and
+    ``overlays/<stem>.png`` (outlines in green); then ``summary.csv`` / ``summary.json`` (counts, seconds and,
+    when a datalist gives ``label`` instance maps, pixel F1 / IoU, object Dice, AJI, AJI+, PQ). A whole slide
+    (:func:`bundle.wsi.is_wsi`) is streamed tile by tile over tissue (:class:`bundle.wsi.SlideTiles`); it gets
+    points, GeoJSON and a thumbnail overlay but no full-resolution label map. A slide without tissue gives empty
+    outputs and a warning.
+
+    Args:
+        network: per-pixel classifier (2-channel background/nucleus or 3-channel background/interior/boundary).
+        ckpt_path: weights to load (one-line error when missing or mismatched).
+        mode: instance mode of :func:`bundle.detection.nuclei_from_probability`; ``markers="points"`` seeds the
+            ``"watershed"`` mode with the detected points (:func:`bundle.detection.detection_points`).
+        roi_size, overlap, tta: sliding window and flip test-time augmentation of
+            :func:`bundle.detection.predict_probability`.
+        wsi_level / wsi_mpp / wsi_tile / wsi_backend: slide options (level or microns per pixel, core tile side).
+    """
+
+    def __init__(self, network, data, output_dir, ckpt_path=None, device="cpu", mode: str = "auto",
+                 markers: str = "distance", roi_size: int = 512, overlap: float = 0.25, tta: bool = True,
+                 min_size: int = 20, label_format: str = "png", write_overlays: bool = True,
+                 datalist_key: str = "testing", wsi_level: int | None = 0, wsi_mpp: float | None = None,
+                 wsi_tile: int = 1024, wsi_backend: str = "tifffile", class_name: str = "Nucleus"):
+        self.network, self.data, self.output_dir = network, data, Path(output_dir)
+        self.ckpt_path, self.device = ckpt_path, torch.device(device)
+        self.mode, self.markers, self.min_size = mode, markers, min_size
+        self.roi_size, self.overlap, self.tta = roi_size, overlap, tta
+        self.label_format, self.write_overlays, self.datalist_key = label_format, write_overlays, datalist_key
+        self.wsi_level, self.wsi_mpp, self.wsi_tile, self.wsi_backend = wsi_level, wsi_mpp, wsi_tile, wsi_backend
+        self.class_name = class_name
+
+    def items(self) -> list:
+        """A list, one image or slide file, a datalist JSON (``datalist_key``, else ``training``), or a folder
+        (its images plus any slide files)."""
+        from .wsi import SLIDE_SUFFIXES
+
+        if isinstance(self.data, (list, tuple)):
+            return [d if isinstance(d, dict) else {"image": d} for d in self.data]
+        p = Path(self.data)
+        if p.is_file() and p.suffix.lower() == ".json":
+            try:
+                return load_datalist(p, self.datalist_key)
+            except ImageError:
+                return load_datalist(p, "training")
+        if p.is_file():
+            return [{"image": str(p)}]
+        if not p.is_dir():
+            raise ImageError(f"{p}: no such file or folder")
+        items = [{"image": str(f)} for f in sorted(p.iterdir()) if f.suffix.lower() in SLIDE_SUFFIXES]
+        try:
+            items = load_datalist(p) + items
+        except ImageError:
+            pass
+        if not items:
+            raise ImageError(f"{p}: folder has no images or slides")
+        return items
+
+    def predict(self, rgb: np.ndarray):
+        """(H, W, 3) uint8 -> (instances (H, W) int32, probabilities (C, H, W))."""
+        from .detection import detection_points, nuclei_from_probability, predict_probability
+
+        prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta)
+        pts = detection_points(prob) if (self.markers == "points" and self.mode == "watershed") else None
+        return nuclei_from_probability(prob, self.mode, min_size=self.min_size, points=pts), prob
+
+    def _rows(self, stem, inst, prob, scale=1.0, offset=(0, 0)):
+        from scipy import ndimage as ndi
+
+        from .detection import instance_points
+
+        n = int(inst.max())
+        cen = instance_points(inst)
+        score = ndi.mean(1.0 - prob[0], inst, np.arange(1, n + 1)) if n else []
+        return [{"image": stem, "x": round((c + offset[1]) * scale, 2), "y": round((r + offset[0]) * scale, 2),
+                 "class": self.class_name, "score": round(float(s), 4)} for (r, c), s in zip(cen, score)]
+
+    def _write_points(self, stem, rows, polys):
+        from .io import write_geojson
+
+        write_csv(self.output_dir / "points" / f"{stem}.csv", rows) if rows else _write_empty_points(
+            self.output_dir / "points" / f"{stem}.csv")
+        props = [{"classification": {"name": self.class_name}, "measurements": {"score": r["score"]}} for r in rows]
+        write_geojson(self.output_dir / "geojson" / f"{stem}.geojson", polys, props)
+
+    def run_image(self, item) -> dict:
+        from .annotations import read_instance_label, write_instance_label
+        from .metrics import instance_scores
+        from .postprocess import instance_polygons
+
+        path = item["image"]
+        rgb = read_rgb(path, min_size=32)
+        stem = Path(path).stem
+        t0 = time.perf_counter()
+        inst, prob = self.predict(rgb)
+        sec = time.perf_counter() - t0
+        suffix = ".tif" if self.label_format in ("tif", "tiff") else ".png"
+        write_instance_label(self.output_dir / "labels" / f"{stem}{suffix}", inst)
+        rows = self._rows(stem, inst, prob)
+        polys = instance_polygons(inst)
+        self._write_points(stem, rows, [polys[i] for i in sorted(polys)])
+        if self.write_overlays:
+            write_image(self.output_dir / "overlays" / f"{stem}.png", overlay_mask(rgb, inst))
+        row = {"image": stem, "n_nuclei": int(inst.max()), "seconds": sec, "height": rgb.shape[0], "width": rgb.shape[1]}
+        if item.get("label"):
+            row.update(instance_scores(inst, read_instance_label(item["label"])))
+        return row
+
+    def run_slide(self, item) -> dict:
+        from .postprocess import instance_polygons
+        from .wsi import SlideTiles
+
+        path = item["image"]
+        stem = Path(path).stem
+        slide = SlideTiles(path, backend=self.wsi_backend, level=self.wsi_level, mpp=self.wsi_mpp,
+                           tile_size=self.wsi_tile, margin=64)
+        t0 = time.perf_counter()
+        rows, polys, n_tiles = [], [], 0
+        tiles = slide.core_tiles()
+        if not tiles:
+            logger.warning(f"{path}: no tissue found; writing empty outputs")
+        from tqdm import tqdm
+
+        for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):
+            n_tiles += 1
+            inst, prob = self.predict(rgb)
+            off_r, off_c = slide.last_offset
+            core_h, core_w = min(slide.tile_size, slide.size[0] - r), min(slide.tile_size, slide.size[1] - c)
+            tile_rows = self._rows(stem, inst, prob)
+            tile_polys = instance_polygons(inst)
+            for i, row in enumerate(tile_rows, start=1):  # keep nuclei whose centre lies in the core tile
+                y, x = row["y"] - off_r, row["x"] - off_c
+                if not (0 <= y < core_h and 0 <= x < core_w) or i not in tile_polys:
+                    continue
+                row["x"] = round((x + c) * slide.downsample, 2)
+                row["y"] = round((y + r) * slide.downsample, 2)
+                rows.append(row)
+                xy = tile_polys[i] + np.array([c - off_c, r - off_r])
+                polys.append(xy * slide.downsample)
+        self._write_points(stem, rows, polys)
+        if self.write_overlays:
+            thumb = slide.thumbnail(max_side=2048).copy()
+            s = thumb.shape[0] / slide.level_sizes[0][0]
+            for row in rows:
+                y, x = int(row["y"] * s), int(row["x"] * s)
+                thumb[max(0, y - 1): y + 2, max(0, x - 1): x + 2] = (0, 255, 0)
+            write_image(self.output_dir / "overlays" / f"{stem}.png", thumb)
+        slide.close()
+        return {"image": stem, "n_nuclei": len(rows), "seconds": time.perf_counter() - t0, "tiles": n_tiles,
+                "height": slide.level_sizes[0][0], "width": slide.level_sizes[0][1]}
+
+    def run(self) -> dict:
+        from tqdm import tqdm
+
+        from .handlers import load_network_weights
+        from .wsi import is_wsi
+
+        items = self.items()
+        if self.ckpt_path:
+            load_network_weights(self.network, self.ckpt_path, map_location=self.device)
+        self.network.to(self.device).eval()
+        rows, skipped = [], []
+        for it in tqdm(items, desc="nuclei", unit="img"):
+            try:
+                rows.append(self.run_slide(it) if is_wsi(it["image"]) else self.run_image(it))
+            except (ImageError, ValueError, FileNotFoundError) as e:
+                logger.warning(f"skipped {e}")
+                skipped.append(str(e))
+        if not rows:
+            raise ImageError(f"{self.data}: no image could be processed ({len(skipped)} skipped: "
+                             f"{skipped[0] if skipped else ''})")
+        write_csv(self.output_dir / "summary.csv", rows)
+        numeric = [k for k in rows[0] if k != "image" and isinstance(rows[0][k], (int, float))]
+        summary = {k: float(np.mean([r[k] for r in rows if k in r])) for k in numeric}
+        summary.update({"n_images": len(rows), "n_skipped": len(skipped), "skipped": skipped})
+        write_json(self.output_dir / "summary.json", summary)
+        logger.info(f"wrote nuclei of {len(rows)} image(s) to {self.output_dir}")
+        return summary
+
+
+def _write_empty_points(path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write("image,x,y,class,score\n")
+
+
+class EvaluateRunner:
+    """Score instance maps against a folder of ground-truth instance maps (matched by file stem).
+
+    Writes ``metrics.csv`` (per image: pixel F1 / IoU / precision / recall, object Dice, AJI, AJI+, PQ, DQ, SQ)
+    and ``metrics.json`` (means and the settings) into ``output_dir``. Images without a matching GT are listed.
+    """
+
+    def __init__(self, pred_dir, gt_dir, output_dir, crop: int | None = None):
+        self.pred_dir, self.gt_dir, self.output_dir, self.crop = Path(pred_dir), Path(gt_dir), Path(output_dir), crop
+
+    def run(self) -> dict:
+        from .annotations import read_instance_label
+        from .metrics import instance_scores
+
+        for d, what in ((self.pred_dir, "prediction"), (self.gt_dir, "ground-truth")):
+            if not d.is_dir():
+                raise FileNotFoundError(f"{d}: {what} folder not found")
+        gts = {p.stem: p for p in sorted(self.gt_dir.iterdir()) if p.suffix.lower() in (".png", ".tif", ".tiff")}
+        if not gts:
+            raise ImageError(f"{self.gt_dir}: no ground-truth label maps (.png/.tif)")
+        rows, missing = [], []
+        for stem, g in gts.items():
+            cand = [self.pred_dir / f"{stem}{s}" for s in (".png", ".tif", ".tiff")]
+            pred = next((c for c in cand if c.is_file()), None)
+            if pred is None:
+                missing.append(stem)
+                continue
+            p, t = read_instance_label(pred), read_instance_label(g)
+            if p.shape != t.shape:
+                raise ValueError(f"{pred}: shape {p.shape} differs from ground truth {g} {t.shape}")
+            if self.crop:
+                h, w = t.shape
+                r0, c0 = max(0, (h - self.crop) // 2), max(0, (w - self.crop) // 2)
+                p, t = p[r0: r0 + self.crop, c0: c0 + self.crop], t[r0: r0 + self.crop, c0: c0 + self.crop]
+            rows.append({"image": stem, **instance_scores(p, t)})
+        if not rows:
+            raise ImageError(f"{self.pred_dir}: no prediction matches a ground-truth file of {self.gt_dir}")
+        write_csv(self.output_dir / "metrics.csv", rows)
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "image"}
+        out = {"mean": mean, "n_images": len(rows), "missing_predictions": missing,
+               "protocol": f"centre {self.crop}x{self.crop} crop" if self.crop else "full images",
+               "pred_dir": str(self.pred_dir), "gt_dir": str(self.gt_dir)}
+        write_json(self.output_dir / "metrics.json", out)
+        logger.info("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+        return out

@@ -17,7 +17,9 @@ import numpy as np
 
 from .clustering import clean_mask, hematoxylin_otsu
 
-__all__ = ["instances_from_foreground", "instances_by_watershed", "classical_foreground", "classical_nuclei"]
+__all__ = ["instances_from_foreground", "instances_by_watershed", "instances_from_three_class", "instance_polygons",
+           "classical_foreground",
+           "classical_nuclei"]
 
 
 def _as_mask(fg: np.ndarray, threshold: float) -> np.ndarray:
@@ -133,3 +135,76 @@ def classical_nuclei(rgb: np.ndarray, min_distance: int = 6, sigma: float = 1.0,
     mask = classical_foreground(rgb, threshold_scale, min_size, hole_size)
     return instances_by_watershed(mask, None, min_distance=min_distance, sigma=sigma, min_size=min_size,
                                   compactness=compactness)
+
+
+def instances_from_three_class(prob: np.ndarray, seed_threshold: float = 0.5, fg_threshold: float = 0.5,
+                               min_seed_size: int = 8, min_size: int = 20, hole_size: int = 64) -> np.ndarray:
+    """Instances from a background / interior / boundary probability map (see :func:`bundle.labels.instance_target`).
+
+    Seeds = connected components of ``P(interior) > seed_threshold`` with at least ``min_seed_size`` px;
+    foreground = ``1 - P(background) > fg_threshold`` (cleaned with ``min_size`` / ``hole_size``); each seed is
+    grown over the foreground by a watershed of ``-P(interior)``. Foreground components without a seed become one
+    instance each.
+
+    Args:
+        prob: (3, H, W) float probabilities (softmax output), channels background, interior, boundary.
+    Returns:
+        (H, W) int32 instance map, 0 = background, 1..N.
+    """
+    from scipy import ndimage as ndi
+    from skimage.measure import label
+    from skimage.morphology import remove_small_objects
+    from skimage.segmentation import watershed
+
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.ndim != 3 or prob.shape[0] != 3:
+        raise ValueError(f"expected (3, H, W) background/interior/boundary probabilities, got shape {prob.shape}")
+    fg = clean_mask((1.0 - prob[0]) > fg_threshold, min_size, hole_size)
+    seeds = label((prob[1] > seed_threshold) & fg, connectivity=1).astype(np.int32)
+    if min_seed_size > 1:
+        seeds = remove_small_objects(seeds, max_size=min_seed_size - 1)
+    inst = watershed(-prob[1], seeds, mask=fg, connectivity=ndi.generate_binary_structure(2, 1)).astype(np.int32)
+    unmarked = fg & (inst == 0)
+    if unmarked.any():
+        extra = label(unmarked, connectivity=2).astype(np.int32)
+        inst[unmarked] = extra[unmarked] + inst.max()
+    if min_size > 1:
+        inst = remove_small_objects(inst, max_size=min_size - 1)
+    return _relabel(inst)
+
+
+def instance_polygons(inst: np.ndarray, tolerance: float = 0.5) -> dict:
+    """Outline polygon of every instance, in pixel (x, y) = (col, row) coordinates of ``inst``.
+
+    Uses ``skimage.measure.find_contours`` on each instance's bounding box (padded by one pixel, so outlines are
+    closed) and ``approximate_polygon(tolerance)``; an instance with several parts keeps its longest outline.
+
+    Args:
+        inst: (H, W) integer instance map, 0 = background.
+    Returns:
+        ``{id: (K, 2) float array of (x, y) vertices, first == last}``.
+    """
+    from scipy import ndimage as ndi
+    from skimage.measure import approximate_polygon, find_contours
+
+    out = {}
+    inst = np.asarray(inst)
+    for i, sl in enumerate(ndi.find_objects(inst), start=1):
+        if sl is None:
+            continue
+        crop = np.pad(inst[sl] == i, 1).astype(np.float32)
+        contours = find_contours(crop, 0.5)
+        if not contours:
+            continue
+        c = max(contours, key=len)
+        if tolerance > 0:
+            c = approximate_polygon(c, tolerance)
+        rows = c[:, 0] - 1 + sl[0].start
+        cols = c[:, 1] - 1 + sl[1].start
+        xy = np.stack([cols, rows], 1)
+        if len(xy) < 4:
+            continue
+        if not np.array_equal(xy[0], xy[-1]):
+            xy = np.vstack([xy, xy[:1]])
+        out[i] = xy
+    return out

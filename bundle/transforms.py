@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Randomizable
 
 from .io import read_rgb
 
@@ -64,4 +64,75 @@ class LoadTiled(MapTransform):
             img = read_rgb(path, min_size=self.min_size)
             d[key] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
             d[f"{key}_path"] = str(path)
+        return d
+
+
+class LoadLabeld(MapTransform):
+    """Read a training label into a float32 tensor (L, H, W): ``.npy`` arrays (H, W) or (L, H, W), or a
+    PNG/TIFF (H, W) (a 0/255 pseudo mask becomes 0/1 when ``binarize``). Keeps integer values (e.g. 255 = ignore).
+
+    Raises ``ValueError`` naming the file when it cannot be read.
+    """
+
+    def __init__(self, keys=("label",), binarize: bool = False, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.binarize = binarize
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = str(d[key])
+            try:
+                if path.endswith(".npy"):
+                    arr = np.load(path, allow_pickle=False)
+                else:
+                    from .annotations import read_instance_label
+
+                    arr = read_instance_label(path)
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"{path}: cannot read label ({str(e).splitlines()[0] if str(e) else e})") from None
+            arr = np.asarray(arr)
+            if arr.ndim == 2:
+                arr = arr[None]
+            if self.binarize:
+                arr = (arr > 0).astype(np.uint8)
+            d[key] = torch.from_numpy(np.ascontiguousarray(arr)).float()
+        return d
+
+
+class NormalizeRGBd(MapTransform):
+    """Dictionary version of :func:`normalize_rgb` ((3, H, W) in [0, 255] -> normalised float)."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = normalize_rgb(torch.as_tensor(d[key]).float())
+        return d
+
+
+class RandStainJitterd(Randomizable, MapTransform):
+    """Random H&E colour augmentation on a (3, H, W) [0, 255] image: per-channel optical-density scale
+    ``1 +- sigma`` and shift ``+- bias`` (OD units), with probability ``prob``; seeded like any MONAI randomizable
+    transform (``set_determinism`` / ``Compose.set_random_state``)."""
+
+    def __init__(self, keys=("image",), sigma: float = 0.05, bias: float = 0.02, prob: float = 0.8):
+        MapTransform.__init__(self, keys)
+        self.sigma, self.bias, self.prob = sigma, bias, prob
+
+    def randomize(self, data=None):
+        self._do = self.R.rand() < self.prob
+        self._a = 1 + self.R.uniform(-self.sigma, self.sigma, 3)
+        self._b = self.R.uniform(-self.bias, self.bias, 3)
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize()
+        if not self._do:
+            return d
+        a = torch.as_tensor(self._a, dtype=torch.float32)[:, None, None]
+        b = torch.as_tensor(self._b, dtype=torch.float32)[:, None, None]
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key]).float()
+            od = -torch.log((x + 1) / 256)
+            d[key] = (256 * torch.exp(-(od * a + b)) - 1).clamp(0, 255)
         return d

@@ -1,0 +1,205 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Detection / segmentation stage of the PSM pipeline (METHODS.md 1.4-1.5): training labels from pseudo masks,
+the partial cross-entropy loss, sliding-window prediction and instance / point extraction.
+
+Label files are uint8 PNGs, one per tile, with ``IGNORE`` (255) where the loss must not look:
+
+* detection targets (:func:`detection_target`): ``"binary"`` = the pseudo mask (0 background, 1 nucleus), or
+  ``"three"`` = background / interior / boundary of the pseudo instances (pseudo mask split by a distance
+  watershed), which lets the network learn to separate touching nuclei;
+* segmentation targets (:func:`segmentation_targets`): the pseudo mask with its foreground optionally ignored
+  (the reference ignores it) and the Voronoi label of the detected points (0 edges, 1 point disks, 255 rest).
+
+:class:`PartialCrossEntropy` adds one weighted cross-entropy per label channel, each ignoring 255.
+:func:`predict_probability` runs a network over an image of any size (sliding window, optional flip TTA) and
+:func:`nuclei_from_probability` turns the probabilities into instances and points.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .labels import instance_target, points_from_probability, voronoi_label
+from .postprocess import instances_by_watershed, instances_from_foreground, instances_from_three_class
+
+__all__ = ["IGNORE", "detection_target", "segmentation_targets", "PartialCrossEntropy", "predict_probability",
+           "nuclei_from_probability", "instance_points"]
+
+IGNORE = 255
+
+
+def detection_target(mask: np.ndarray, target: str = "three", min_distance: int = 6, boundary_width: int = 1,
+                     ignore_band: int = 0) -> np.ndarray:
+    """Training label of the detection network from a (H, W) bool pseudo mask.
+
+    Args:
+        target: ``"binary"`` (0 / 1) or ``"three"`` (0 background, 1 interior, 2 boundary of the pseudo instances,
+            which are the mask split by :func:`bundle.postprocess.instances_by_watershed` with ``min_distance``).
+        ignore_band: pixels within this many px outside the pseudo-mask border are set to ``IGNORE`` (0 = none):
+            the pseudo mask's outline is its least certain part.
+    Returns:
+        (H, W) uint8 label.
+    """
+    mask = np.asarray(mask).astype(bool)
+    if mask.ndim != 2:
+        raise ValueError(f"detection_target expects a 2-D (H, W) mask, got shape {mask.shape}")
+    if target == "binary":
+        out = mask.astype(np.uint8)
+    elif target == "three":
+        inst = instances_by_watershed(mask, None, min_distance=min_distance, sigma=1.0, min_size=1)
+        out = instance_target(inst, boundary_width)
+    else:
+        raise ValueError(f"unknown detection target {target!r} (use 'binary' or 'three')")
+    if ignore_band > 0:
+        from scipy import ndimage as ndi
+
+        band = ndi.binary_dilation(mask, iterations=int(ignore_band)) & ~mask
+        out[band] = IGNORE
+    return out
+
+
+def segmentation_targets(mask: np.ndarray, points: np.ndarray, keep_foreground: bool = False,
+                         disk_radius: float = 2) -> np.ndarray:
+    """Two-channel label of the segmentation network (reference: Qu et al. 2019 / PSM).
+
+    Args:
+        mask: (H, W) bool pseudo mask.  points: (N, 2) (row, col) detected nuclei.
+        keep_foreground: keep the pseudo mask's foreground as class 1 in channel 0 (else it is ``IGNORE``, the
+            reference's choice: only its background is trusted).
+    Returns:
+        (2, H, W) uint8: channel 0 pseudo-mask label (0 / 1 / 255), channel 1 Voronoi label (0 edges, 1 disks,
+        255 elsewhere).
+    """
+    mask = np.asarray(mask).astype(bool)
+    ch0 = mask.astype(np.uint8)
+    if not keep_foreground:
+        ch0[mask] = IGNORE
+    vor = voronoi_label(points, mask.shape, disk_radius=disk_radius)
+    vor[vor == 2] = IGNORE
+    return np.stack([ch0, vor])
+
+
+class PartialCrossEntropy(torch.nn.Module):
+    """Sum of weighted cross-entropies, one per label channel, each ignoring ``ignore_index``.
+
+    ``forward(logits, label)``: logits (B, C, H, W) float; label (B, L, H, W) or (B, H, W) integer-valued
+    (float or int tensors accepted), L = ``len(weights)``. Returns a scalar. A channel with no labelled pixel in
+    the batch contributes 0.
+
+    Args:
+        weights: one weight per label channel (reference segmentation loss: ``(1.0, 1.5)``).
+        class_weights: optional per-class weights of the cross-entropy (e.g. ``(1, 1, 2)`` for boundary pixels).
+    """
+
+    def __init__(self, weights: Sequence[float] = (1.0,), class_weights: Sequence[float] | None = None,
+                 ignore_index: int = IGNORE):
+        super().__init__()
+        self.weights = [float(w) for w in weights]
+        self.ignore_index = int(ignore_index)
+        cw = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
+        self.register_buffer("class_weights", cw, persistent=False)
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        if label.ndim == logits.ndim - 1:
+            label = label[:, None]
+        if label.shape[1] != len(self.weights):
+            raise ValueError(f"label has {label.shape[1]} channels but {len(self.weights)} loss weights are set")
+        label = label.long()
+        cw = None if self.class_weights is None else self.class_weights.to(logits.device)
+        total = logits.new_zeros(())
+        for i, w in enumerate(self.weights):
+            y = label[:, i]
+            if w == 0 or not bool((y != self.ignore_index).any()):
+                continue
+            total = total + w * F.cross_entropy(logits, y, weight=cw, ignore_index=self.ignore_index)
+        return total
+
+
+def predict_probability(network: torch.nn.Module, rgb: np.ndarray, device="cpu", roi_size: int = 512,
+                        overlap: float = 0.25, sw_batch_size: int = 2, tta: bool = True) -> np.ndarray:
+    """Softmax probabilities of a per-pixel classifier over an (H, W, 3) uint8 RGB image of any size.
+
+    Images larger than ``roi_size`` are processed with MONAI's Gaussian-weighted sliding window (``overlap``);
+    ``tta`` averages the four flips. The input is normalised with :func:`bundle.transforms.normalize_rgb`.
+
+    Returns:
+        (C, H, W) float32 probabilities summing to 1 over C.
+    """
+    from monai.inferers import SlidingWindowInferer
+
+    from .transforms import normalize_rgb
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"predict_probability expects (H, W, 3) RGB, got shape {rgb.shape}")
+    device = torch.device(device)
+    x = normalize_rgb(torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float()[None]).to(device)
+    h, w = rgb.shape[:2]
+    if max(h, w) > roi_size:
+        inferer = SlidingWindowInferer(roi_size=[min(roi_size, h), min(roi_size, w)], sw_batch_size=sw_batch_size,
+                                       overlap=overlap, mode="gaussian", padding_mode="reflect")
+
+        def run(t):
+            return inferer(t, lambda z: torch.softmax(network(z), 1))
+    else:
+        def run(t):
+            return torch.softmax(network(t), 1)
+    flips = [[], [-1], [-2], [-1, -2]] if tta else [[]]
+    acc = None
+    network.eval()
+    with torch.no_grad():
+        for f in flips:
+            p = run(x.flip(f)) if f else run(x)
+            p = p.flip(f) if f else p
+            acc = p if acc is None else acc + p
+    return (acc / len(flips))[0].float().cpu().numpy()
+
+
+def instance_points(inst: np.ndarray) -> np.ndarray:
+    """(N, 2) float (row, col) centroids of instances 1..N of an (H, W) instance map."""
+    from scipy import ndimage as ndi
+
+    n = int(inst.max())
+    if n == 0:
+        return np.zeros((0, 2))
+    return np.asarray(ndi.center_of_mass(np.ones_like(inst), inst, np.arange(1, n + 1)), dtype=np.float64)
+
+
+def nuclei_from_probability(prob: np.ndarray, mode: str = "auto", min_size: int = 20, min_distance: int = 6,
+                            points: np.ndarray | None = None) -> np.ndarray:
+    """Instances from a (C, H, W) probability map.
+
+    Args:
+        mode: ``"three"`` (background / interior / boundary head: seeded watershed), ``"watershed"``
+            (foreground = ``P(class>0) > 0.5`` split by a distance-transform watershed, markers = ``points`` if
+            given), ``"cc"`` (connected components of the foreground; the reference), ``"auto"`` = ``"three"``
+            for 3 channels else ``"watershed"``.
+    Returns:
+        (H, W) int32 instance map, 0 = background.
+    """
+    prob = np.asarray(prob)
+    if mode == "auto":
+        mode = "three" if prob.shape[0] == 3 else "watershed"
+    if mode == "three":
+        if prob.shape[0] != 3:
+            raise ValueError(f"mode 'three' needs a 3-channel background/interior/boundary map, got {prob.shape[0]}")
+        return instances_from_three_class(prob, min_size=min_size)
+    fg = 1.0 - prob[0]
+    if mode == "cc":
+        return instances_from_foreground(fg, 0.5, min_size=min_size)
+    if mode == "watershed":
+        from .clustering import clean_mask
+
+        return instances_by_watershed(clean_mask(fg > 0.5, min_size, 64), points, min_distance=min_distance,
+                                      sigma=1.0, min_size=min_size)
+    raise ValueError(f"unknown instance mode {mode!r} (use 'auto', 'three', 'watershed' or 'cc')")
+
+
+def detection_points(prob: np.ndarray, threshold: float = 0.5, **kwargs) -> np.ndarray:
+    """(N, 2) (row, col) nuclei centres from a (C, H, W) probability map (foreground = 1 - P(background)),
+    by :func:`bundle.labels.points_from_probability` (reference parameters by default)."""
+    return points_from_probability(1.0 - np.asarray(prob)[0], threshold=threshold, **kwargs)

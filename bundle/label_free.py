@@ -1,0 +1,119 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""The whole label-free nuclei pipeline on a folder, one command, stage by stage:
+
+    python -m bundle.label_free --dataset_dir /path/to/tiles --bundle_root out
+
+Stages (each a MONAI bundle config run as ``python -m monai.bundle run``; outputs under ``bundle_root``):
+
+1. ``ssl``   configs/ssl_train.json  -> models/model.pt           (self-supervised activation network)
+2. ``psm``   configs/psm_infer.json  -> eval/pseudo_masks/masks/  (PSM + SCM pseudo masks)
+3. ``det``   configs/det_train.json  -> models/det/model.pt       (detection network on the pseudo masks)
+4. ``seg``   configs/seg_train.json  -> models/seg/model.pt       (points -> Voronoi -> segmentation network)
+5. ``infer`` configs/inference.json  -> eval/nuclei/              (instances, points CSV, GeoJSON, overlays)
+
+A stage whose completion marker ``<bundle_root>/stages/<stage>.json`` exists is skipped (``--force psm,det``
+reruns stages; ``--stages psm,det,seg`` runs a subset). A killed training stage resumes from its last epoch when
+rerun. ``--override '{"det": {"epochs": 10}}'`` passes config overrides per stage (``"all"`` applies to every
+stage), and ``--profile paper`` merges configs/profile_paper.json into the SSL/PSM stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("ssl", "psm", "det", "seg", "infer")
+CONFIGS = {"ssl": "ssl_train.json", "psm": "psm_infer.json", "det": "det_train.json", "seg": "seg_train.json",
+           "infer": "inference.json"}
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str = "cpu", overrides: dict | None = None,
+                  config_dir: Path = CONFIG_DIR) -> list:
+    """The ``python -m monai.bundle run ...`` argument list of one stage."""
+    if stage not in CONFIGS:
+        raise ValueError(f"unknown stage {stage!r} (use {', '.join(STAGES)})")
+    cfg = str(config_dir / CONFIGS[stage])
+    if profile == "paper" and stage in ("ssl", "psm"):
+        cfg = str([cfg, str(config_dir / "profile_paper.json")])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cfg, "--dataset_dir", str(dataset_dir),
+           "--bundle_root", str(bundle_root), "--meta_file", str(config_dir / "metadata.json"),
+           "--logging_file", str(config_dir / "logging.conf")]
+    for k, v in (overrides or {}).items():
+        cmd += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+    return cmd
+
+
+def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES, force: str | list = (),
+                 profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False) -> list:
+    """Run the stages in order, skipping completed ones. Returns ``[(stage, "ran" | "skipped", seconds)]``.
+
+    Raises:
+        RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept).
+    """
+    if isinstance(stages, str):
+        stages = [s.strip() for s in stages.split(",") if s.strip()]
+    if isinstance(force, str):
+        force = [s.strip() for s in force.split(",") if s.strip()]
+    if isinstance(override, str):
+        override = json.loads(override) if override else {}
+    override = override or {}
+    for s in list(stages) + list(force):
+        if s not in STAGES:
+            raise ValueError(f"unknown stage {s!r} (use {', '.join(STAGES)})")
+    if not os.path.exists(dataset_dir):
+        raise FileNotFoundError(f"{dataset_dir}: dataset folder or datalist not found")
+    root = Path(bundle_root)
+    done_dir = root / "stages"
+    report = []
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        marker = done_dir / f"{stage}.json"
+        if marker.is_file() and stage not in force:
+            logger.info(f"stage {stage}: done before ({marker}), skipped")
+            report.append((stage, "skipped", 0.0))
+            continue
+        ov = {**override.get("all", {}), **override.get(stage, {})}
+        cmd = stage_command(stage, dataset_dir, bundle_root, profile, ov)
+        logger.info(f"stage {stage}: {' '.join(cmd)}")
+        if dry_run:
+            report.append((stage, "dry-run", 0.0))
+            continue
+        t0 = time.time()
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            raise RuntimeError(f"stage {stage} failed (exit {rc}); fix the cause and rerun: completed stages are "
+                               f"skipped and training resumes. Command: {' '.join(cmd)}")
+        from .io import write_json
+
+        write_json(marker, {"stage": stage, "seconds": time.time() - t0, "command": cmd,
+                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        report.append((stage, "ran", time.time() - t0))
+    return report
+
+
+def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = ",".join(STAGES), force: str = "",
+         profile: str = "cpu", override: str = "", dry_run: bool = False) -> None:
+    """Command-line entry (Python Fire): see the module docstring."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    try:
+        report = run_pipeline(dataset_dir, bundle_root, stages, force, profile, override or None, dry_run)
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        logger.error(str(e))
+        raise SystemExit(1) from None
+    for stage, what, sec in report:
+        print(f"{stage:6s} {what:8s} {sec:8.1f} s")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

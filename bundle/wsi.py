@@ -1,0 +1,215 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Whole-slide images: open with tifffile (+ zarr, tile-wise decoding) or MONAI's ``WSIReader`` (``openslide`` /
+``cucim`` backends), pick a level by index or
+microns per pixel, find tissue on a thumbnail, and stream overlapping tiles so memory stays bounded.
+
+* :func:`is_wsi` -- does a path look like a slide (SVS/NDPI/MRXS/SCN..., or a pyramidal TIFF larger than a tile)?
+* :func:`tissue_mask` -- (h, w) bool tissue mask of a thumbnail (saturation Otsu, cleaned).
+* :class:`SlideTiles` -- iterate ``(row0, col0, rgb_tile)`` over tissue at the chosen level, with a margin, and
+  report the level's downsample factor so outputs can be written in level-0 pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SLIDE_SUFFIXES", "is_wsi", "tissue_mask", "SlideTiles"]
+
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+
+
+def is_wsi(path, min_side: int = 8192) -> bool:
+    """True for slide formats, and for TIFFs with several pyramid levels or a side >= ``min_side`` px."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in SLIDE_SUFFIXES:
+        return True
+    if suffix not in (".tif", ".tiff"):
+        return False
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(p) as tf:
+            s = tf.series[0]
+            shape = s.levels[0].shape
+            return len(s.levels) > 1 or len(tf.pages) > 1 or max(shape[:2]) >= min_side
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the image reader
+        return False
+
+
+def tissue_mask(rgb: np.ndarray, min_size: int = 16) -> np.ndarray:
+    """(h, w) bool tissue mask of an (h, w, 3) uint8 thumbnail: HSV saturation > Otsu (and > 0.05), cleaned.
+
+    A blank (flat) thumbnail gives an all-False mask.
+    """
+    from skimage.color import rgb2hsv
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    sat = rgb2hsv(np.asarray(rgb)[..., :3])[..., 1]
+    if float(sat.max()) - float(sat.min()) < 0.02:
+        return np.zeros(sat.shape, bool)
+    m = sat > max(0.05, float(threshold_otsu(sat)))
+    m = remove_small_objects(m, max_size=min_size - 1)
+    return remove_small_holes(m, max_size=min_size * 4)
+
+
+class SlideTiles:
+    """Stream tiles of a whole-slide image over tissue.
+
+    Args:
+        path: slide file.  backend: ``"tifffile"`` (default: tifffile + zarr read only the TIFF tiles a region
+            touches; MONAI's own tifffile backend decodes a whole level per read and counts pages, not pyramid
+            levels, so it is not used) or ``"openslide"`` / ``"cucim"`` through MONAI's ``WSIReader``.
+        level: pyramid level to analyse (0 = full resolution); ignored when ``mpp`` is given.
+        mpp: target microns per pixel; the nearest level is used (MONAI ``WSIReader`` semantics).
+        tile_size: tile side at the analysis level.  margin: context added on each side (px).
+        tissue_level: level for the tissue mask (default: the lowest-resolution level).
+        min_tissue: minimum tissue fraction for a tile to be processed.
+
+    Iterating yields ``(row0, col0, rgb)`` where ``(row0, col0)`` is the top-left of the *core* tile at the
+    analysis level and ``rgb`` is the (h, w, 3) uint8 tile including the margin (clipped at slide borders;
+    ``self.last_offset`` gives the margin actually added on the top/left).
+    """
+
+    def __init__(self, path, backend: str = "tifffile", level: int | None = 0, mpp: float | None = None,
+                 tile_size: int = 1024, margin: int = 64, tissue_level: int | None = None, min_tissue: float = 0.05):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"{self.path}: slide not found")
+        self.backend = backend
+        try:
+            if backend == "tifffile":
+                self._open_tifffile()
+            else:
+                from monai.data import WSIReader
+
+                self.reader = WSIReader(backend=backend)
+                self.wsi = self.reader.read(self.path)
+                self.level_sizes = [tuple(int(v) for v in self.reader.get_size(self.wsi, lv))
+                                    for lv in range(self.reader.get_level_count(self.wsi))]
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{self.path}: cannot open slide with the {backend} backend ({str(e)[:200]})") from None
+        n_levels = len(self.level_sizes)
+        if mpp is not None:
+            level = self._level_for_mpp(mpp)
+        self.level = int(level or 0)
+        if not 0 <= self.level < n_levels:
+            raise ValueError(f"{self.path}: level {self.level} does not exist (slide has {n_levels} levels)")
+        self.size = self.level_sizes[self.level]  # (rows, cols)
+        self.downsample = self.level_sizes[0][0] / self.size[0]
+        self.tile_size, self.margin, self.min_tissue = int(tile_size), int(margin), float(min_tissue)
+        self.tissue_level = n_levels - 1 if tissue_level is None else int(tissue_level)
+        self.last_offset = (0, 0)
+        self._mask = None
+
+    def _open_tifffile(self) -> None:
+        """tifffile + zarr: pyramid levels from the TIFF series (SubIFD/OME/SVS pyramids); region reads decode only
+        the TIFF tiles they touch, so memory stays bounded by the tile size."""
+        import tifffile
+        import zarr
+
+        self._tif = tifffile.TiffFile(self.path)
+        series = self._tif.series[0]
+        self._levels = [zarr.open(series.aszarr(level=lv), mode="r") for lv in range(len(series.levels))]
+        self.level_sizes = [tuple(int(v) for v in z.shape[:2]) for z in self._levels]
+        self._mpp0 = None
+        try:
+            tags = series.levels[0].pages[0].tags
+            xres = tags["XResolution"].value
+            unit = tags["ResolutionUnit"].value
+            if unit == 3 and xres[0]:  # centimetre
+                self._mpp0 = 1e4 * xres[1] / xres[0]
+        except Exception:  # noqa: BLE001 - no resolution metadata
+            self._mpp0 = None
+        desc = series.levels[0].pages[0].description or ""
+        if self._mpp0 is None and "MPP = " in desc:  # Aperio SVS
+            try:
+                self._mpp0 = float(desc.split("MPP = ")[1].split("|")[0])
+            except ValueError:
+                pass
+
+    def level_mpp(self, level: int) -> float | None:
+        """Microns per pixel of ``level`` (None when the file does not say)."""
+        if self.backend != "tifffile":
+            try:
+                return float(np.mean(self.reader.get_mpp(self.wsi, level)))
+            except Exception:  # noqa: BLE001
+                return None
+        if self._mpp0 is None:
+            return None
+        return self._mpp0 * self.level_sizes[0][0] / self.level_sizes[level][0]
+
+    def _level_for_mpp(self, mpp: float) -> int:
+        mpps = [self.level_mpp(lv) for lv in range(len(self.level_sizes))]
+        if mpps[0] is None:
+            logger.warning(f"{self.path}: no microns-per-pixel metadata; using level 0")
+            return 0
+        return int(np.argmin([abs(m - mpp) for m in mpps]))
+
+    def read(self, row: int, col: int, h: int, w: int, level: int | None = None) -> np.ndarray:
+        """(h, w, 3) uint8 region at ``level`` (default the analysis level), top-left (row, col) in that level."""
+        level = self.level if level is None else level
+        if self.backend == "tifffile":
+            arr = np.asarray(self._levels[level][row: row + h, col: col + w])
+            if arr.ndim == 2:
+                arr = np.repeat(arr[..., None], 3, -1)
+        else:
+            ds = self.level_sizes[0][0] / self.level_sizes[level][0]
+            loc = (int(round(row * ds)), int(round(col * ds)))  # MONAI expects level-0 (row, col)
+            arr, _ = self.reader.get_data(self.wsi, location=loc, size=(int(h), int(w)), level=level)
+            arr = np.asarray(arr)
+            if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+                arr = np.moveaxis(arr, 0, -1)
+        return np.ascontiguousarray(arr[..., :3]).astype(np.uint8)
+
+    def thumbnail(self, max_side: int = 2048) -> np.ndarray:
+        """The slide at ``tissue_level`` (h, w, 3) uint8, subsampled to at most ``max_side`` px per side."""
+        h, w = self.level_sizes[self.tissue_level]
+        step = max(1, int(np.ceil(max(h, w) / max_side)))
+        rows = []
+        for r in range(0, h, 1024 * step):  # strips, so a large level is never held whole
+            rows.append(self.read(r, 0, min(1024 * step, h - r), w, level=self.tissue_level)[::step, ::step])
+        return np.concatenate(rows, 0)
+
+    def close(self) -> None:
+        if self.backend == "tifffile":
+            self._tif.close()
+
+    @property
+    def mask(self) -> np.ndarray:
+        if self._mask is None:
+            self._mask = tissue_mask(self.thumbnail())
+        return self._mask
+
+    def tissue_fraction(self, row: int, col: int, h: int, w: int) -> float:
+        m = self.mask
+        sr, sc = m.shape[0] / self.size[0], m.shape[1] / self.size[1]
+        r0, c0 = int(row * sr), int(col * sc)
+        r1, c1 = max(r0 + 1, int(np.ceil((row + h) * sr))), max(c0 + 1, int(np.ceil((col + w) * sc)))
+        sub = m[r0:r1, c0:c1]
+        return float(sub.mean()) if sub.size else 0.0
+
+    def core_tiles(self) -> list:
+        """Top-left corners (row, col) of the core tiles that contain enough tissue."""
+        H, W, t = self.size[0], self.size[1], self.tile_size
+        out = []
+        for r in range(0, H, t):
+            for c in range(0, W, t):
+                if self.tissue_fraction(r, c, min(t, H - r), min(t, W - c)) >= self.min_tissue:
+                    out.append((r, c))
+        return out
+
+    def __iter__(self):
+        H, W, t, m = self.size[0], self.size[1], self.tile_size, self.margin
+        for r, c in self.core_tiles():
+            r0, c0 = max(0, r - m), max(0, c - m)
+            r1, c1 = min(H, r + t + m), min(W, c + t + m)
+            self.last_offset = (r - r0, c - c0)
+            yield r, c, self.read(r0, c0, r1 - r0, c1 - c0)

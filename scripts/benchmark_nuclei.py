@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""MoNuSeg benchmark of the trained detection / segmentation networks (issue 3), next to the classical baseline.
+
+Each ``--runs NAME=BUNDLE_ROOT`` is a bundle root produced by ``python -m bundle.label_free`` on the 30 MoNuSeg
+*train* images (no labels). For every network (``models/det``, ``models/seg``) and instance mode
+(``cc`` = connected components, the reference; ``watershed`` = distance-transform watershed; ``points`` =
+watershed seeded by the detected points) the script predicts train and test images once (flip TTA), scores
+instances with :func:`bundle.metrics.instance_scores`, selects the mode by **train** AJI (labels used only to
+score), and reports test under three protocols: ``full`` (1000x1000, true instances), ``crop512`` (centre crop,
+true instances), ``crop512_cc`` (centre crop vs connected components of the binary GT, the PSM code's protocol).
+The classical baseline (parameters from ``docs/results/classical_baseline.json``, chosen on train) is scored by
+the same code.
+
+    python scripts/benchmark_nuclei.py --monuseg ../shared/data/monuseg --runs psm=runs/pipe/monuseg \
+        --out docs/results/nuclei_benchmark
+
+Writes ``<out>.json`` (per-image rows, means, selection, timings, command) and ``<out>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmark_classical import PROTOCOLS, centre_crop, load_split, mean_rows  # noqa: E402
+
+from bundle.detection import detection_points, nuclei_from_probability, predict_probability  # noqa: E402
+from bundle.handlers import load_network_weights  # noqa: E402
+from bundle.io import write_json  # noqa: E402
+from bundle.metrics import instance_scores  # noqa: E402
+from bundle.networks import ResUNet34  # noqa: E402
+from bundle.postprocess import classical_nuclei  # noqa: E402
+
+KEYS = ("pixel_f1", "pixel_iou", "object_dice", "aji", "aji_plus", "pq")
+MODES = ("cc", "watershed", "points")
+
+
+def instances(prob, mode, min_size):
+    if mode == "points":
+        return nuclei_from_probability(prob, "watershed", min_size=min_size, points=detection_points(prob))
+    return nuclei_from_probability(prob, mode, min_size=min_size)
+
+
+def score(pred, gt, crop):
+    from skimage.measure import label
+
+    pc, gc = centre_crop(pred, crop), centre_crop(gt, crop)
+    return {"full": instance_scores(pred, gt), "crop512": instance_scores(pc, gc),
+            "crop512_cc": instance_scores(pc, label(gc > 0))}
+
+
+def load_net(root: Path, stage: str, base_channels: int):
+    path = root / "models" / stage / "model.pt"
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    out_ch = int(sd["head.weight"].shape[0])
+    net = ResUNet34(out_channels=out_ch, base_channels=base_channels)
+    load_network_weights(net, path)
+    return net.eval()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--monuseg", type=Path, default=Path("/work/shared/data/monuseg"))
+    ap.add_argument("--runs", nargs="+", required=True, help="NAME=BUNDLE_ROOT pairs")
+    ap.add_argument("--stages", default="det,seg")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--base_channels", type=int, default=16)
+    ap.add_argument("--tta", type=int, default=1)
+    ap.add_argument("--min_size", type=int, default=20)
+    ap.add_argument("--crop", type=int, default=512)
+    ap.add_argument("--limit", type=int, default=None, help="images per split (smoke tests only)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("docs/results/nuclei_benchmark"))
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    command = " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv])
+    t_start = time.perf_counter()
+    train, test = load_split(a.monuseg, "train", a.limit), load_split(a.monuseg, "test", a.limit)
+    modes = [m for m in a.modes.split(",") if m]
+    results = {}
+
+    # classical baseline, same scoring code
+    cl = json.loads((Path(__file__).resolve().parents[1] / "docs/results/classical_baseline.json").read_text())
+    params = cl["selected"]
+    t0 = time.perf_counter()
+    rows = [score(classical_nuclei(rgb, **params), gt, a.crop) for _, rgb, gt in test]
+    results["classical"] = {"params": params, "test": {p: mean_rows([r[p] for r in rows], KEYS) for p in PROTOCOLS},
+                            "train_aji": cl["train_score_of_selected"]["aji"],
+                            "seconds_per_test_image": (time.perf_counter() - t0) / len(test)}
+    print("classical test full", {k: round(v, 4) for k, v in results["classical"]["test"]["full"].items()}, flush=True)
+
+    for spec in a.runs:
+        name, root = spec.split("=", 1)
+        for stage in [s for s in a.stages.split(",") if s]:
+            if not (Path(root) / "models" / stage / "model.pt").is_file():
+                print(f"{name}/{stage}: no model, skipped", flush=True)
+                continue
+            net = load_net(Path(root), stage, a.base_channels)
+            key = f"{name}/{stage}"
+            res = {"train": {}, "test": {}, "n_classes": int(net.head.weight.shape[0])}
+            timings = []
+            for split, data in (("train", train), ("test", test)):
+                per_mode = {m: [] for m in modes}
+                for _, rgb, gt in data:
+                    t1 = time.perf_counter()
+                    prob = predict_probability(net, rgb, tta=bool(a.tta))
+                    timings.append(time.perf_counter() - t1)
+                    for m in modes:
+                        if m == "points" and prob.shape[0] == 3:
+                            continue
+                        inst = instances(prob, m, a.min_size)
+                        per_mode[m].append(score(inst, gt, a.crop) if split == "test" else
+                                           {"full": instance_scores(inst, gt)})
+                for m, rws in per_mode.items():
+                    if rws:
+                        prots = PROTOCOLS if split == "test" else ("full",)
+                        res[split][m] = {p: mean_rows([r[p] for r in rws], KEYS) for p in prots}
+            res["selected_mode"] = max(res["train"], key=lambda m: res["train"][m]["full"]["aji"])
+            res["predict_seconds_per_image"] = float(np.mean(timings))
+            results[key] = res
+            for m in res["test"]:
+                print(f"{key} {m}: train AJI {res['train'][m]['full']['aji']:.4f} | test full "
+                      + " ".join(f"{k} {v:.4f}" for k, v in res["test"][m]["full"].items()), flush=True)
+
+    # speed of one 1000x1000 prediction (no TTA and TTA), the last network loaded
+    speed = {}
+    if len(results) > 1:
+        rgb = test[0][1]
+        for tta in (False, True):
+            predict_probability(net, rgb, tta=tta)
+            t1 = time.perf_counter()
+            for _ in range(2):
+                predict_probability(net, rgb, tta=tta)
+            speed["ms_per_1000px_image_tta" if tta else "ms_per_1000px_image"] = 1000 * (time.perf_counter() - t1) / 2
+    out = {"command": command, "results": results, "speed": speed, "threads": a.threads, "limit": a.limit,
+           "total_seconds": time.perf_counter() - t_start,
+           "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+           "date": time.strftime("%Y-%m-%d")}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(a.out.with_suffix(".json"), out)
+    a.out.with_suffix(".md").write_text(render_md(out))
+    print(f"wrote {a.out.with_suffix('.json')} ({out['total_seconds']:.0f} s)")
+
+
+def render_md(r) -> str:
+    lines = ["# Nuclei instances on MoNuSeg test (label-free training on the 30 train images)", "",
+             f"Command: `{r['command']}` ({r['date']}, {r['machine']['cpus']} CPUs, {r['threads']} torch thread(s)).",
+             "", "Mode selected per network by **train** AJI (labels only score). Means over the 14 test images.", ""]
+    if r["limit"]:
+        lines += [f"**Smoke test only (--limit {r['limit']}): not a result.**", ""]
+    lines += ["| method | mode | train AJI | protocol | pixel IoU | pixel F1 | object Dice | AJI | AJI+ | PQ |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    c = r["results"]["classical"]
+    for p in PROTOCOLS:
+        m = c["test"][p]
+        lines.append(f"| classical (H Otsu + watershed) | - | {c['train_aji']:.3f} | {p} | {m['pixel_iou']:.3f} | "
+                     f"{m['pixel_f1']:.3f} | {m['object_dice']:.3f} | {m['aji']:.3f} | {m['aji_plus']:.3f} | "
+                     f"{m['pq']:.3f} |")
+    for key, res in r["results"].items():
+        if key == "classical":
+            continue
+        for mode in res["test"]:
+            sel = " (selected)" if mode == res["selected_mode"] else ""
+            for p in PROTOCOLS:
+                m = res["test"][mode][p]
+                lines.append(f"| {key} | {mode}{sel} | {res['train'][mode]['full']['aji']:.3f} | {p} | "
+                             f"{m['pixel_iou']:.3f} | {m['pixel_f1']:.3f} | {m['object_dice']:.3f} | {m['aji']:.3f} | "
+                             f"{m['aji_plus']:.3f} | {m['pq']:.3f} |")
+    if r["speed"]:
+        lines += ["", "Prediction time per 1000x1000 image (ResUNet-34, CPU): "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in r["speed"].items()), ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

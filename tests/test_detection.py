@@ -1,0 +1,239 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Detection / segmentation stage: labels, loss, prediction, instances, polygons, GeoJSON, slides, evaluation."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bundle.detection import (IGNORE, PartialCrossEntropy, detection_target, nuclei_from_probability,
+                              predict_probability, segmentation_targets)
+from bundle.labels import instance_target
+from bundle.postprocess import instance_polygons, instances_from_three_class
+
+
+def two_touching_disks(shape=(64, 64)):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    a = (yy - 32) ** 2 + (xx - 22) ** 2 <= 81
+    b = (yy - 32) ** 2 + (xx - 40) ** 2 <= 81
+    return a | b
+
+
+def test_instance_target_marks_shared_boundary():
+    inst = np.zeros((20, 20), int)
+    inst[5:15, 2:10] = 1
+    inst[5:15, 10:18] = 2
+    t = instance_target(inst)
+    assert set(np.unique(t)) == {0, 1, 2}
+    assert (t[inst == 0] == 0).all()
+    assert t[10, 9] == 2 and t[10, 10] == 2  # both sides of the shared border
+    assert t[10, 5] == 1 and t[10, 14] == 1
+    assert (instance_target(inst, boundary_width=2)[10, 8]) == 2
+
+
+def test_detection_target_binary_three_and_ignore_band():
+    m = two_touching_disks()
+    b = detection_target(m, "binary")
+    assert b.dtype == np.uint8 and set(np.unique(b)) == {0, 1} and (b.astype(bool) == m).all()
+    t = detection_target(m, "three")
+    assert set(np.unique(t)) == {0, 1, 2}
+    assert (t[~m] == 0).all()
+    assert t[32, 31] == 2  # the two disks are split: a boundary runs between them
+    band = detection_target(m, "binary", ignore_band=2)
+    assert (band == IGNORE).sum() > 0 and (band[m] == 1).all()
+    with pytest.raises(ValueError, match="unknown detection target"):
+        detection_target(m, "four")
+
+
+def test_segmentation_targets_channels():
+    m = two_touching_disks()
+    pts = np.array([[32, 22], [32, 40]])
+    lab = segmentation_targets(m, pts, keep_foreground=False)
+    assert lab.shape == (2, 64, 64) and lab.dtype == np.uint8
+    assert (lab[0][m] == IGNORE).all() and (lab[0][~m] == 0).all()
+    assert lab[1][32, 22] == 1 and lab[1][32, 31] == 0  # disk at the point, Voronoi edge between the points
+    assert (lab[1] == IGNORE).any()
+    kept = segmentation_targets(m, pts, keep_foreground=True)
+    assert (kept[0][m] == 1).all()
+
+
+def test_partial_cross_entropy_ignores_and_weights():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8)
+    y = torch.randint(0, 2, (2, 8, 8))
+    full = torch.nn.functional.cross_entropy(logits, y)
+    lab = y[:, None].float()
+    assert torch.allclose(PartialCrossEntropy()(logits, lab), full)
+    ignored = lab.clone()
+    ignored[:, :, :4] = IGNORE  # the loss must equal CE on the other half only
+    half = torch.nn.functional.cross_entropy(logits[:, :, 4:], y[:, 4:])
+    assert torch.allclose(PartialCrossEntropy()(logits, ignored), half)
+    two = torch.cat([lab, ignored], 1)
+    assert torch.allclose(PartialCrossEntropy((1.0, 1.5))(logits, two), full + 1.5 * half)
+    assert float(PartialCrossEntropy()(logits, torch.full_like(lab, IGNORE))) == 0.0
+    with pytest.raises(ValueError, match="channels"):
+        PartialCrossEntropy((1.0, 1.5))(logits, lab)
+
+
+class _PixelNet(torch.nn.Module):
+    """A 1x1 convolution: the sliding-window and whole-image paths must agree exactly for it."""
+
+    def __init__(self, c=2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, c, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_predict_probability_sliding_window_and_tta():
+    rgb = (np.random.default_rng(0).random((150, 200, 3)) * 255).astype(np.uint8)
+    net = _PixelNet()
+    whole = predict_probability(net, rgb, roi_size=512, tta=False)
+    tiled = predict_probability(net, rgb, roi_size=64, overlap=0.25, tta=False)
+    assert whole.shape == (2, 150, 200)
+    assert np.allclose(whole.sum(0), 1, atol=1e-5)
+    assert np.allclose(whole, tiled, atol=1e-5)
+    assert np.allclose(predict_probability(net, rgb, roi_size=64, tta=True), whole, atol=1e-5)
+    with pytest.raises(ValueError, match="RGB"):
+        predict_probability(net, rgb[..., 0])
+
+
+def test_nuclei_from_probability_modes_split_touching():
+    m = two_touching_disks()
+    prob = np.stack([1.0 - m, m.astype(float)]).astype(np.float32)
+    assert nuclei_from_probability(prob, "cc", min_size=5).max() == 1
+    assert nuclei_from_probability(prob, "watershed", min_size=5).max() == 2
+    seeded = nuclei_from_probability(prob, "watershed", min_size=5, points=np.array([[32, 22], [32, 40]]))
+    assert seeded.max() == 2
+    t = instance_target(nuclei_from_probability(prob, "watershed", min_size=5))
+    three = np.stack([(t == 0), (t == 1), (t == 2)]).astype(np.float32)
+    assert instances_from_three_class(three, min_size=5).max() == 2
+    assert nuclei_from_probability(three, "auto", min_size=5).max() == 2
+    with pytest.raises(ValueError, match="unknown instance mode"):
+        nuclei_from_probability(prob, "blobs")
+
+
+def test_instance_polygons_outline_area():
+    from skimage.draw import polygon as fill
+
+    inst = np.zeros((40, 50), np.int32)
+    inst[10:20, 5:25] = 1
+    inst[25:35, 30:45] = 3
+    polys = instance_polygons(inst)
+    assert sorted(polys) == [1, 3]
+    for i, xy in polys.items():
+        assert np.array_equal(xy[0], xy[-1])
+        rr, cc = fill(xy[:, 1], xy[:, 0], inst.shape)
+        area = (inst == i).sum()
+        assert abs(len(rr) - area) <= 0.25 * area  # outline encloses the object
+
+
+def test_write_geojson_feature_collection(tmp_path):
+    from bundle.io import write_geojson
+
+    write_geojson(tmp_path / "a.geojson", [np.array([[0, 0], [4, 0], [4, 4], [0, 4]])],
+                  [{"classification": {"name": "Nucleus"}}])
+    gj = json.loads((tmp_path / "a.geojson").read_text())
+    f = gj["features"][0]
+    assert gj["type"] == "FeatureCollection" and f["geometry"]["type"] == "Polygon"
+    ring = f["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) == 5
+    assert f["properties"]["objectType"] == "detection" and f["properties"]["classification"]["name"] == "Nucleus"
+
+
+def write_pyramid(path, img, mpp=0.25):
+    import tifffile
+
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, tile=(128, 128), photometric="rgb", subifds=1, resolution=(1e4 / mpp, 1e4 / mpp),
+                 resolutionunit="CENTIMETER")
+        tw.write(img[::2, ::2], tile=(128, 128), photometric="rgb", subfiletype=1)
+
+
+def test_slide_tiles_levels_mpp_tissue(tmp_path):
+    from bundle.synthetic import synthetic_he_tile
+    from bundle.wsi import SlideTiles, is_wsi
+
+    img = np.full((600, 700, 3), 240, np.uint8)
+    img[50:306, 60:316] = synthetic_he_tile(256, seed=1)[0]
+    write_pyramid(tmp_path / "s.tif", img)
+    assert is_wsi(tmp_path / "s.tif")
+    s = SlideTiles(tmp_path / "s.tif", mpp=0.5, tile_size=128, margin=16)
+    assert s.level == 1 and s.size == (300, 350) and s.downsample == 2.0
+    assert np.array_equal(s.read(10, 20, 30, 40), img[::2, ::2][10:40, 20:60])
+    tiles = list(s)
+    assert 0 < len(tiles) < 9  # blank areas are skipped
+    r, c, t = tiles[0]
+    assert t.shape[0] <= 128 + 32 and t.dtype == np.uint8
+    with pytest.raises(ValueError, match="level 5 does not exist"):
+        SlideTiles(tmp_path / "s.tif", level=5)
+    with pytest.raises(FileNotFoundError, match="slide not found"):
+        SlideTiles(tmp_path / "missing.tif")
+
+
+def _runner(data, out, net=None, **kw):
+    from bundle.networks import ResUNet34
+    from bundle.pipeline import NucleiRunner
+
+    torch.manual_seed(0)
+    net = net or ResUNet34(out_channels=2, base_channels=8)
+    return NucleiRunner(net, data, out, tta=False, **kw)
+
+
+def test_nuclei_runner_outputs_and_bad_file(synthetic_dir, tmp_path):
+    from bundle.annotations import read_instance_label
+
+    data = tmp_path / "tiles"
+    data.mkdir()
+    for f in sorted((synthetic_dir / "images").glob("tile_0[01].png")):
+        (data / f.name).write_bytes(f.read_bytes())
+    (data / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    summary = _runner(data, out, mode="watershed").run()
+    assert summary["n_images"] == 2 and summary["n_skipped"] == 1 and "broken.png" in summary["skipped"][0]
+    lab = read_instance_label(out / "labels" / "tile_00.png")
+    assert lab.dtype == np.uint16 and lab.shape == (256, 256)
+    header = (out / "points" / "tile_00.csv").read_text().splitlines()[0]
+    assert header == "image,x,y,class,score"
+    gj = json.loads((out / "geojson" / "tile_00.geojson").read_text())
+    n_rows = len((out / "points" / "tile_00.csv").read_text().splitlines()) - 1
+    assert len(gj["features"]) == n_rows == int(lab.max())
+    assert (out / "overlays" / "tile_00.png").is_file() and (out / "summary.csv").is_file()
+    assert not list(out.rglob("*.part*"))  # nothing half-written
+
+
+def test_nuclei_runner_slide_and_blank_slide(tmp_path):
+    from bundle.synthetic import synthetic_he_tile
+
+    img = np.full((400, 500, 3), 240, np.uint8)
+    img[40:296, 50:306] = synthetic_he_tile(256, seed=2)[0]
+    write_pyramid(tmp_path / "slide.tif", img)
+    write_pyramid(tmp_path / "blank.tif", np.full((300, 300, 3), 245, np.uint8))
+    out = tmp_path / "out"
+    summary = _runner(tmp_path / "slide.tif", out, wsi_tile=128).run()
+    assert summary["n_images"] == 1 and summary["tiles"] >= 1
+    pts = (out / "points" / "slide.csv").read_text().splitlines()
+    assert pts[0] == "image,x,y,class,score"
+    xs = [float(r.split(",")[1]) for r in pts[1:]]
+    assert all(0 <= x < 500 for x in xs)
+    empty = _runner(tmp_path / "blank.tif", tmp_path / "out2", wsi_tile=128).run()
+    assert empty["n_nuclei"] == 0 and empty["tiles"] == 0
+    assert json.loads((tmp_path / "out2" / "geojson" / "blank.geojson").read_text())["features"] == []
+
+
+def test_evaluate_runner_perfect_and_errors(tmp_path):
+    from bundle.annotations import write_instance_label
+    from bundle.pipeline import EvaluateRunner
+
+    gt = np.zeros((64, 64), np.int32)
+    gt[5:15, 5:15], gt[30:40, 20:35] = 1, 2
+    for d in ("pred", "gt"):
+        write_instance_label(tmp_path / d / "a.png", gt)
+    write_instance_label(tmp_path / "gt" / "b.png", gt)
+    res = EvaluateRunner(tmp_path / "pred", tmp_path / "gt", tmp_path / "ev").run()
+    assert res["mean"]["aji"] == pytest.approx(1.0) and res["missing_predictions"] == ["b"]
+    assert (tmp_path / "ev" / "metrics.csv").is_file()
+    with pytest.raises(FileNotFoundError, match="prediction folder not found"):
+        EvaluateRunner(tmp_path / "nope", tmp_path / "gt", tmp_path / "ev").run()

@@ -1,0 +1,158 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""End-to-end runs of det_train -> seg_train -> inference -> evaluate, resume, stage skipping and export, on
+synthetic tiles whose pseudo masks are made from their synthetic labels (tiny crops, one or two epochs)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from test_workflows import root_cause
+
+FAST = {"epochs": 1, "crop_size": 64, "images_per_batch": 2, "crops_per_image": 2, "base_channels": 8,
+        "steps_per_epoch": 2, "val_interval": 1}
+
+
+@pytest.fixture(scope="module")
+def pseudo_root(synthetic_dir, tmp_path_factory):
+    """A bundle root whose eval/pseudo_masks/masks holds 0/255 masks for the synthetic tiles."""
+    from bundle.annotations import read_instance_label
+    from bundle.io import load_datalist, write_image
+
+    root = tmp_path_factory.mktemp("nuclei_run")
+    for it in load_datalist(synthetic_dir / "datalist.json"):
+        m = read_instance_label(it["label"]) > 0
+        name = os.path.basename(it["image"]).rsplit(".", 1)[0] + ".png"
+        write_image(root / "eval" / "pseudo_masks" / "masks" / name, (m * 255).astype(np.uint8))
+    return root
+
+
+def workflow(root, config, bundle_root, data, wtype="train", **kw):
+    wf = ConfigWorkflow(config_file=str(root / "configs" / config), workflow_type=wtype,
+                        meta_file=str(root / "configs" / "metadata.json"),
+                        logging_file=str(root / "configs" / "logging.conf"),
+                        bundle_root=str(bundle_root), dataset_dir=str(data), **kw)
+    wf.initialize()
+    return wf
+
+
+def test_det_seg_infer_evaluate_end_to_end(root, synthetic_dir, pseudo_root):
+    data = synthetic_dir / "datalist.json"
+    det = workflow(root, "det_train.json", pseudo_root, data, **FAST)
+    assert det.check_properties() in ([], None)
+    det.run()
+    det.finalize()
+    d = pseudo_root / "models" / "det"
+    assert (d / "model.pt").is_file() and (d / "last_checkpoint.pt").is_file() and (d / "best_model.pt").is_file()
+    assert len(list((pseudo_root / "eval" / "det_labels").glob("*.npy"))) == 6
+    assert list((pseudo_root / "eval" / "det").glob("events.out.tfevents.*"))  # TensorBoard scalars + images
+
+    seg = workflow(root, "seg_train.json", pseudo_root, data, **FAST)
+    seg.run()
+    seg.finalize()
+    assert (pseudo_root / "models" / "seg" / "model.pt").is_file()
+    lab = np.load(sorted((pseudo_root / "eval" / "seg_labels").glob("*.npy"))[0])
+    assert lab.shape[0] == 2 and set(np.unique(lab[0])) <= {0, 255}  # pseudo foreground ignored by default
+    assert (pseudo_root / "eval" / "seg_labels" / "points").is_dir()
+
+    inf = workflow(root, "inference.json", pseudo_root, data, wtype="infer", base_channels=8, tta=False)
+    assert inf.check_properties() in ([], None)
+    summary = inf.run()[0]
+    assert summary["n_images"] == 6 and "aji" in summary  # the datalist has labels, so it is scored
+    out = pseudo_root / "eval" / "nuclei"
+    ev = ConfigWorkflow(config_file=str(root / "configs" / "evaluate.json"), workflow_type="infer",
+                        meta_file=str(root / "configs" / "metadata.json"),
+                        logging_file=str(root / "configs" / "logging.conf"),
+                        bundle_root=str(pseudo_root), dataset_dir=str(synthetic_dir / "labels"))
+    ev.initialize()
+    res = ev.run()[0]
+    assert res["n_images"] == 6
+    assert res["mean"]["aji"] == pytest.approx(summary["aji"], abs=1e-6)
+    assert json.loads((out / "evaluation" / "metrics.json").read_text())["n_images"] == 6
+
+
+def test_det_train_resumes(root, synthetic_dir, pseudo_root, tmp_path):
+    import shutil
+
+    broot = tmp_path / "r"
+    shutil.copytree(pseudo_root / "eval" / "pseudo_masks", broot / "eval" / "pseudo_masks")
+    data = synthetic_dir / "datalist.json"
+    workflow(root, "det_train.json", broot, data, **FAST).run()
+    ck = torch.load(broot / "models" / "det" / "last_checkpoint.pt", weights_only=False)
+    ck["network"]["head.bias"].fill_(77.0)  # a marker: a resumed run starts from it, a fresh run would not
+    torch.save(ck, broot / "models" / "det" / "last_checkpoint.pt")
+    wf = workflow(root, "det_train.json", broot, data, **{**FAST, "epochs": 2, "learning_rate": 0.0})
+    wf.run()
+    t = torch.load(broot / "models" / "det" / "last_checkpoint.pt", weights_only=False)
+    assert t["trainer"]["iteration"] // t["trainer"]["epoch_length"] == 2
+    assert float(t["network"]["head.bias"][0]) == pytest.approx(77.0)
+
+
+def test_seg_train_needs_detection_checkpoint(root, synthetic_dir, pseudo_root, tmp_path):
+    import shutil
+
+    broot = tmp_path / "r2"
+    shutil.copytree(pseudo_root / "eval" / "pseudo_masks", broot / "eval" / "pseudo_masks")
+    wf = workflow(root, "seg_train.json", broot, synthetic_dir / "datalist.json", **FAST)
+    with pytest.raises(Exception) as e:
+        wf.run()
+    err = root_cause(e.value)
+    assert isinstance(err, FileNotFoundError) and "det/model.pt: checkpoint not found" in str(err)
+    assert "\n" not in str(err)
+
+
+def test_det_train_without_pseudo_masks_is_one_line_error(root, synthetic_dir, tmp_path):
+    wf = workflow(root, "det_train.json", tmp_path / "empty", synthetic_dir / "datalist.json", **FAST)
+    with pytest.raises(Exception) as e:
+        wf.run()
+    err = root_cause(e.value)
+    assert isinstance(err, FileNotFoundError) and "pseudo-mask folder not found (run psm_infer first)" in str(err)
+
+
+def test_label_free_skips_completed_stages(tmp_path, synthetic_dir, monkeypatch):
+    import bundle.label_free as lf
+
+    calls = []
+    monkeypatch.setattr(lf.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    rep = lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="psm,det")
+    assert [r[:2] for r in rep] == [("psm", "ran"), ("det", "ran")] and len(calls) == 2
+    assert "psm_infer.json" in calls[0][calls[0].index("--config_file") + 1]
+    rep = lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="psm,det", force="det",
+                          override={"det": {"epochs": 3}})
+    assert [r[:2] for r in rep] == [("psm", "skipped"), ("det", "ran")]
+    assert calls[-1][calls[-1].index("--epochs") + 1] == "3"
+    monkeypatch.setattr(lf.subprocess, "call", lambda cmd: 1)
+    with pytest.raises(RuntimeError, match="stage seg failed"):
+        lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="seg")
+    with pytest.raises(ValueError, match="unknown stage"):
+        lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="train")
+
+
+def test_export_segmentation_network(root, tmp_path):
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    from bundle.networks import ResUNet34
+
+    cfg, meta = str(root / "configs" / "inference.json"), str(root / "configs" / "metadata.json")
+    torch.manual_seed(0)
+    net = ResUNet34(out_channels=2, base_channels=8).eval()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=cfg, n=2, base_channels=8)
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
+                meta_file=meta, config_file=cfg, base_channels=8)
+    ts = torch.jit.load(str(tmp_path / "model.ts"))
+    x = torch.randn(1, 3, 100, 70)  # not a multiple of 32, not the export size
+    assert torch.allclose(ts(x), net(x), atol=1e-5)
+
+
+def test_det_train_same_seed_same_weights(root, synthetic_dir, pseudo_root, tmp_path):
+    import shutil
+
+    weights = []
+    for i in range(2):
+        broot = tmp_path / f"s{i}"
+        shutil.copytree(pseudo_root / "eval" / "pseudo_masks", broot / "eval" / "pseudo_masks")
+        workflow(root, "det_train.json", broot, synthetic_dir / "datalist.json", **FAST).run()
+        weights.append(torch.load(broot / "models" / "det" / "model.pt", weights_only=True))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
