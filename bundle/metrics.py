@@ -621,3 +621,100 @@ def clustering_scores(pred_labels: Any, true_labels: Any) -> Dict[str, float]:
         "ari": float(skmetrics.adjusted_rand_score(true, pred)),
         "f_score": f_score,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# semantic segmentation: confusion counts, cluster -> class matching (unsupervised segmentation)
+# ----------------------------------------------------------------------------------------------
+def confusion_counts(pred: Any, gt: Any, n_pred: int, n_gt: int, ignore_index: int | None = None) -> np.ndarray:
+    """Pixel co-occurrence counts of two label maps of the same shape.
+
+    Args:
+        pred: integer labels in [0, n_pred) (e.g. cluster ids).  gt: integer labels in [0, n_gt) (GT classes);
+            GT pixels outside that range or equal to ``ignore_index`` are not counted.
+    Returns:
+        (n_pred, n_gt) int64, ``counts[i, j]`` = pixels with pred i and gt j.
+
+    Raises:
+        ValueError: shapes differ, or a prediction is outside [0, n_pred).
+    """
+    p, g = _check_pair(pred, gt, "confusion_counts")
+    p = p.astype(np.int64).ravel()
+    g = g.astype(np.int64).ravel()
+    keep = (g >= 0) & (g < n_gt)
+    if ignore_index is not None:
+        keep &= g != ignore_index
+    p, g = p[keep], g[keep]
+    if p.size and (p.min() < 0 or p.max() >= n_pred):
+        raise ValueError(f"confusion_counts: predictions must lie in [0, {n_pred}), got {p.min()}..{p.max()}.")
+    return np.bincount(p * n_gt + g, minlength=n_pred * n_gt).reshape(n_pred, n_gt).astype(np.int64)
+
+
+def match_clusters(counts: Any, normalize: bool = False) -> np.ndarray:
+    """Map each cluster to one GT class by pixel overlap (several clusters may share a class).
+
+    Args:
+        counts: (n_clusters, n_classes) pixel counts (:func:`confusion_counts`).
+        normalize: divide each class column by that class's total pixels first, so a rare class can win a
+            cluster in which it is over-represented relative to its frequency.
+    Returns:
+        (n_clusters,) int64 class per cluster; -1 for clusters with no (counted) pixels.
+    """
+    c = np.asarray(counts, np.float64)
+    if normalize:
+        c = c / np.maximum(c.sum(0, keepdims=True), 1.0)
+    out = c.argmax(1).astype(np.int64)
+    out[np.asarray(counts).sum(1) == 0] = -1
+    return out
+
+
+def semantic_scores(conf: Any, class_names: Sequence[str] | None = None) -> Dict[str, Any]:
+    """Per-class IoU and F1 (Dice), their means and pixel accuracy from a pooled confusion matrix.
+
+    Args:
+        conf: (n, n) counts, rows = predicted class, columns = GT class.
+    Returns:
+        ``{"iou": {name: v}, "f1": {name: v}, "miou", "mean_f1", "pixel_accuracy"}``; a class absent from both
+        prediction and GT gets NaN and is left out of the means.
+    """
+    m = np.asarray(conf, np.float64)
+    n = m.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    tp = np.diag(m)
+    fp = m.sum(1) - tp
+    fn = m.sum(0) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(tp + fp + fn > 0, tp / (tp + fp + fn), np.nan)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+    total = m.sum()
+    return {
+        "iou": {names[i]: float(iou[i]) for i in range(n)},
+        "f1": {names[i]: float(f1[i]) for i in range(n)},
+        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "mean_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan"),
+        "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
+    }
+
+
+def matching_scores(counts: Any, class_names: Sequence[str] | None = None, normalize: bool = False) -> Dict[str, Any]:
+    """Matching evaluation of an unsupervised segmentation: clusters -> classes by :func:`match_clusters`, then
+    :func:`semantic_scores` of the resulting class maps (pooled over all pixels of ``counts``).
+
+    Args:
+        counts: (n_clusters, n_classes) pixel counts.  normalize: class-frequency-normalised matching.
+    Returns:
+        :func:`semantic_scores` plus ``"mapping"`` (cluster id -> class id, -1 for empty clusters).
+    """
+    c = np.asarray(counts, np.int64)
+    n_classes = c.shape[1]
+    mapping = match_clusters(c, normalize)
+    conf = np.zeros((n_classes, n_classes), np.int64)
+    for cl, cls in enumerate(mapping):
+        if cls >= 0:
+            conf[cls] += c[cl]
+    out = semantic_scores(conf, class_names)
+    out["mapping"] = [int(v) for v in mapping]
+    return out
+
+
+__all__ += ["confusion_counts", "match_clusters", "semantic_scores", "matching_scores"]
