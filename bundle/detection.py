@@ -170,14 +170,14 @@ def instance_points(inst: np.ndarray) -> np.ndarray:
 
 
 def nuclei_from_probability(prob: np.ndarray, mode: str = "auto", min_size: int = 20, min_distance: int = 6,
-                            points: np.ndarray | None = None) -> np.ndarray:
+                            points: np.ndarray | None = None, threshold: float = 0.5) -> np.ndarray:
     """Instances from a (C, H, W) probability map.
 
     Args:
         mode: ``"three"`` (background / interior / boundary head: seeded watershed), ``"watershed"``
-            (foreground = ``P(class>0) > 0.5`` split by a distance-transform watershed, markers = ``points`` if
-            given), ``"cc"`` (connected components of the foreground; the reference), ``"auto"`` = ``"three"``
-            for 3 channels else ``"watershed"``.
+            (foreground = ``1 - P(background) > threshold`` split by a distance-transform watershed with peaks at
+            least ``min_distance`` px apart, or markers = ``points`` if given), ``"cc"`` (connected components of
+            the foreground; the reference), ``"auto"`` = ``"three"`` for 3 channels else ``"watershed"``.
     Returns:
         (H, W) int32 instance map, 0 = background.
     """
@@ -187,14 +187,14 @@ def nuclei_from_probability(prob: np.ndarray, mode: str = "auto", min_size: int 
     if mode == "three":
         if prob.shape[0] != 3:
             raise ValueError(f"mode 'three' needs a 3-channel background/interior/boundary map, got {prob.shape[0]}")
-        return instances_from_three_class(prob, min_size=min_size)
+        return instances_from_three_class(prob, fg_threshold=threshold, min_size=min_size)
     fg = 1.0 - prob[0]
     if mode == "cc":
-        return instances_from_foreground(fg, 0.5, min_size=min_size)
+        return instances_from_foreground(fg, threshold, min_size=min_size)
     if mode == "watershed":
         from .clustering import clean_mask
 
-        return instances_by_watershed(clean_mask(fg > 0.5, min_size, 64), points, min_distance=min_distance,
+        return instances_by_watershed(clean_mask(fg > threshold, min_size, 64), points, min_distance=min_distance,
                                       sigma=1.0, min_size=min_size)
     raise ValueError(f"unknown instance mode {mode!r} (use 'auto', 'three', 'watershed' or 'cc')")
 

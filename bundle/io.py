@@ -216,8 +216,8 @@ def load_datalist(path_or_folder: str | os.PathLike, key: str = "training") -> l
         out = []
         for it in items:
             it = {"image": it} if isinstance(it, str) else dict(it)
-            for k in ("image", "label"):
-                if k in it and not os.path.isabs(it[k]):
+            for k in ("image", "label", "mask", "points"):
+                if isinstance(it.get(k), str) and not os.path.isabs(it[k]):
                     it[k] = str(p.parent / it[k])
             out.append(it)
         return out

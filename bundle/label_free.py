@@ -47,7 +47,8 @@ def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str =
            "--bundle_root", str(bundle_root), "--meta_file", str(config_dir / "metadata.json"),
            "--logging_file", str(config_dir / "logging.conf")]
     for k, v in (overrides or {}).items():
-        cmd += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+        # Fire reads "True"/"False" as booleans (JSON's true/false would stay strings, and "false" is truthy)
+        cmd += [f"--{k}", v if isinstance(v, str) else repr(v) if isinstance(v, bool) else json.dumps(v)]
     return cmd
 
 

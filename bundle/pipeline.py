@@ -7,6 +7,7 @@ labels are listed. A bad file is reported in one line and skipped; outputs are w
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -26,6 +27,23 @@ def overlay_mask(rgb: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.nd
     out = rgb.copy()
     out[find_boundaries(mask, mode="inner")] = colour
     return out
+
+
+def write_summary(output_dir, rows: list, skipped: list, data, csv_name: str = "summary.csv") -> dict:
+    """Per-image ``rows`` -> ``<output_dir>/<csv_name>`` and ``summary.json`` (means of the numeric columns,
+    counts, skipped files), atomically. Raises ``ImageError`` naming ``data`` when no image was processed."""
+    if not rows:
+        raise ImageError(f"{data}: no image could be processed ({len(skipped)} skipped"
+                         + (f": {skipped[0]})" if skipped else ")"))
+    output_dir = Path(output_dir)
+    write_csv(output_dir / csv_name, rows)
+    numeric = [k for k in rows[0] if k != "image" and isinstance(rows[0][k], (int, float, np.floating, np.integer))]
+    summary = {k: float(np.mean([r[k] for r in rows if k in r])) for k in numeric}
+    summary.update({"n_images": len(rows), "n_skipped": len(skipped), "skipped": skipped})
+    write_json(output_dir / "summary.json", summary)
+    if skipped:
+        logger.warning(f"{len(skipped)} file(s) skipped: " + "; ".join(skipped))
+    return summary
 
 
 def score_pseudo_mask(mask: np.ndarray, gt_inst: np.ndarray) -> dict:
@@ -95,15 +113,7 @@ class PseudoMaskRunner:
             if it.get("label"):
                 row.update(score_pseudo_mask(mask, read_instance_label(it["label"])))
             rows.append(row)
-        if not rows:
-            raise ImageError(f"{self.data}: no image could be processed ({len(skipped)} skipped)")
-        write_csv(self.output_dir / "metrics.csv", rows)
-        numeric = [k for k in rows[0] if k != "image"]
-        summary = {k: float(np.mean([r[k] for r in rows if k in r])) for k in numeric}
-        summary.update({"n_images": len(rows), "n_skipped": len(skipped), "skipped": skipped})
-        write_json(self.output_dir / "summary.json", summary)
-        if skipped:
-            logger.warning(f"{len(skipped)} file(s) skipped: " + "; ".join(skipped))
+        summary = write_summary(self.output_dir, rows, skipped, self.data, csv_name="metrics.csv")
         logger.info(f"wrote {len(rows)} pseudo masks to {self.output_dir} (PSM {summary['psm_s']:.2f} s/img, "
                     f"SCM {summary['scm_s']:.2f} s/img)")
         return summary
@@ -125,6 +135,22 @@ def _stale(out: Path, *inputs) -> bool:
         return True
     t = out.stat().st_mtime
     return any(Path(p).is_file() and Path(p).stat().st_mtime > t for p in inputs if p)
+
+
+def _settings_changed(label_dir: Path, settings: dict) -> bool:
+    """Record the label settings in ``label_dir/settings.json``; True when they differ from the recorded ones
+    (then every label is rewritten, so a changed option never reuses stale labels)."""
+    path = Path(label_dir) / "settings.json"
+    old = None
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+    if old != settings:
+        write_json(path, settings)
+        return old is not None
+    return False
 
 
 def _items_with_pseudo(data, pseudo_dir, datalist_key="training", min_size=32) -> list:
@@ -166,9 +192,10 @@ def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three",
 
     items = _items_with_pseudo(data, pseudo_dir, datalist_key)
     label_dir = Path(label_dir)
+    redo = _settings_changed(label_dir, {"target": target, "min_distance": min_distance, "ignore_band": ignore_band})
     for it in items:
         out = label_dir / f"{Path(it['image']).stem}.npy"
-        if _stale(out, it["mask"]):
+        if redo or _stale(out, it["mask"]):
             mask = read_rgb(it["mask"])[..., 0] > 127
             lab = detection_target(mask, target, min_distance=min_distance, ignore_band=ignore_band)
             with atomic_path(out) as tmp, open(tmp, "wb") as f:
@@ -196,10 +223,11 @@ def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ck
     label_dir = Path(label_dir)
     device = torch.device(device)
     loaded = False
+    redo = _settings_changed(label_dir, {"keep_foreground": bool(keep_foreground), "point_threshold": point_threshold})
     for it in items:
         stem = Path(it["image"]).stem
         out = label_dir / f"{stem}.npy"
-        if _stale(out, it["mask"], det_ckpt):
+        if redo or _stale(out, it["mask"], det_ckpt):
             if not loaded:
                 load_network_weights(det_network, det_ckpt, map_location=device)
                 det_network.to(device).eval()
@@ -232,8 +260,9 @@ class NucleiRunner:
     Args:
         network: per-pixel classifier (2-channel background/nucleus or 3-channel background/interior/boundary).
         ckpt_path: weights to load (one-line error when missing or mismatched).
-        mode: instance mode of :func:`bundle.detection.nuclei_from_probability`; ``markers="points"`` seeds the
-            ``"watershed"`` mode with the detected points (:func:`bundle.detection.detection_points`).
+        mode, threshold, min_distance, min_size: instance post-processing of
+            :func:`bundle.detection.nuclei_from_probability`; ``markers="points"`` seeds the ``"watershed"`` mode
+            with the detected points (:func:`bundle.detection.detection_points`).
         roi_size, overlap, tta: sliding window and flip test-time augmentation of
             :func:`bundle.detection.predict_probability`.
         wsi_level / wsi_mpp / wsi_tile / wsi_backend: slide options (level or microns per pixel, core tile side).
@@ -241,12 +270,14 @@ class NucleiRunner:
 
     def __init__(self, network, data, output_dir, ckpt_path=None, device="cpu", mode: str = "auto",
                  markers: str = "distance", roi_size: int = 512, overlap: float = 0.25, tta: bool = True,
-                 min_size: int = 20, label_format: str = "png", write_overlays: bool = True,
+                 min_size: int = 20, threshold: float = 0.5, min_distance: int = 6, label_format: str = "png",
+                 write_overlays: bool = True,
                  datalist_key: str = "testing", wsi_level: int | None = 0, wsi_mpp: float | None = None,
                  wsi_tile: int = 1024, wsi_backend: str = "tifffile", class_name: str = "Nucleus"):
         self.network, self.data, self.output_dir = network, data, Path(output_dir)
         self.ckpt_path, self.device = ckpt_path, torch.device(device)
         self.mode, self.markers, self.min_size = mode, markers, min_size
+        self.threshold, self.min_distance = threshold, min_distance
         self.roi_size, self.overlap, self.tta = roi_size, overlap, tta
         self.label_format, self.write_overlays, self.datalist_key = label_format, write_overlays, datalist_key
         self.wsi_level, self.wsi_mpp, self.wsi_tile, self.wsi_backend = wsi_level, wsi_mpp, wsi_tile, wsi_backend
@@ -284,7 +315,9 @@ class NucleiRunner:
 
         prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta)
         pts = detection_points(prob) if (self.markers == "points" and self.mode == "watershed") else None
-        return nuclei_from_probability(prob, self.mode, min_size=self.min_size, points=pts), prob
+        inst = nuclei_from_probability(prob, self.mode, min_size=self.min_size, min_distance=self.min_distance,
+                                       points=pts, threshold=self.threshold)
+        return inst, prob
 
     def _rows(self, stem, inst, prob, scale=1.0, offset=(0, 0)):
         from scipy import ndimage as ndi
@@ -388,14 +421,7 @@ class NucleiRunner:
             except (ImageError, ValueError, FileNotFoundError) as e:
                 logger.warning(f"skipped {e}")
                 skipped.append(str(e))
-        if not rows:
-            raise ImageError(f"{self.data}: no image could be processed ({len(skipped)} skipped: "
-                             f"{skipped[0] if skipped else ''})")
-        write_csv(self.output_dir / "summary.csv", rows)
-        numeric = [k for k in rows[0] if k != "image" and isinstance(rows[0][k], (int, float))]
-        summary = {k: float(np.mean([r[k] for r in rows if k in r])) for k in numeric}
-        summary.update({"n_images": len(rows), "n_skipped": len(skipped), "skipped": skipped})
-        write_json(self.output_dir / "summary.json", summary)
+        summary = write_summary(self.output_dir, rows, skipped, self.data, csv_name="summary.csv")
         logger.info(f"wrote nuclei of {len(rows)} image(s) to {self.output_dir}")
         return summary
 

@@ -47,10 +47,18 @@ KEYS = ("pixel_f1", "pixel_iou", "object_dice", "aji", "aji_plus", "pq")
 MODES = ("cc", "watershed", "points")
 
 
-def instances(prob, mode, min_size):
+def instances(prob, mode, min_size, threshold=0.5, min_distance=6):
+    """``mode`` is ``cc`` / ``watershed`` / ``points``, optionally suffixed ``@threshold`` and ``/min_distance``."""
+    if "/" in mode:
+        mode, md = mode.split("/")
+        min_distance = int(md)
+    if "@" in mode:
+        mode, th = mode.split("@")
+        threshold = float(th)
     if mode == "points":
-        return nuclei_from_probability(prob, "watershed", min_size=min_size, points=detection_points(prob))
-    return nuclei_from_probability(prob, mode, min_size=min_size)
+        return nuclei_from_probability(prob, "watershed", min_size=min_size, threshold=threshold,
+                                       points=detection_points(prob))
+    return nuclei_from_probability(prob, mode, min_size=min_size, threshold=threshold, min_distance=min_distance)
 
 
 def score(pred, gt, crop):
@@ -75,7 +83,8 @@ def main(argv=None):
     ap.add_argument("--monuseg", type=Path, default=Path("/work/shared/data/monuseg"))
     ap.add_argument("--runs", nargs="+", required=True, help="NAME=BUNDLE_ROOT pairs")
     ap.add_argument("--stages", default="det,seg")
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="instance modes; 'watershed@0.4/8' = foreground threshold 0.4, peaks 8 px apart")
     ap.add_argument("--base_channels", type=int, default=16)
     ap.add_argument("--tta", type=int, default=1)
     ap.add_argument("--min_size", type=int, default=20)
@@ -83,6 +92,8 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None, help="images per split (smoke tests only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("docs/results/nuclei_benchmark"))
+    ap.add_argument("--figure", type=Path, default=None,
+                    help="PNG: two test crops with GT, classical and each network's selected-mode instances")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     command = " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv])
@@ -118,7 +129,7 @@ def main(argv=None):
                     prob = predict_probability(net, rgb, tta=bool(a.tta))
                     timings.append(time.perf_counter() - t1)
                     for m in modes:
-                        if m == "points" and prob.shape[0] == 3:
+                        if m.startswith("points") and prob.shape[0] == 3:
                             continue
                         inst = instances(prob, m, a.min_size)
                         per_mode[m].append(score(inst, gt, a.crop) if split == "test" else
@@ -133,6 +144,9 @@ def main(argv=None):
             for m in res["test"]:
                 print(f"{key} {m}: train AJI {res['train'][m]['full']['aji']:.4f} | test full "
                       + " ".join(f"{k} {v:.4f}" for k, v in res["test"][m]["full"].items()), flush=True)
+
+    if a.figure is not None:
+        make_figure(a, test, results, params)
 
     # speed of one 1000x1000 prediction (no TTA and TTA), the last network loaded
     speed = {}
@@ -152,6 +166,29 @@ def main(argv=None):
     write_json(a.out.with_suffix(".json"), out)
     a.out.with_suffix(".md").write_text(render_md(out))
     print(f"wrote {a.out.with_suffix('.json')} ({out['total_seconds']:.0f} s)")
+
+
+def make_figure(a, test, results, params, size=320):
+    """Rows = two test images (centre crops); columns = image, GT, classical, each network (selected mode)."""
+    from make_figures import labelled
+
+    from bundle.io import write_image
+    from bundle.pipeline import overlay_mask
+
+    nets = [(k, v["selected_mode"]) for k, v in results.items() if k != "classical"]
+    rows = []
+    for name, rgb, gt in test[:2]:
+        crop = lambda x: centre_crop(x, size)  # noqa: E731
+        cols = [labelled(crop(rgb), name[:12]), labelled(crop(overlay_mask(rgb, gt)), "ground truth"),
+                labelled(crop(overlay_mask(rgb, classical_nuclei(rgb, **params))), "classical")]
+        for key, mode in nets:
+            root, stage = key.split("/")
+            spec = dict(s.split("=", 1) for s in a.runs)
+            net = load_net(Path(spec[root]), stage, a.base_channels)
+            inst = instances(predict_probability(net, rgb, tta=bool(a.tta)), mode, a.min_size)
+            cols.append(labelled(crop(overlay_mask(rgb, inst)), f"{key} {mode}"))
+        rows.append(np.concatenate(cols, 1))
+    write_image(a.figure, np.concatenate(rows, 0))
 
 
 def render_md(r) -> str:

@@ -53,7 +53,11 @@ def test_det_seg_infer_evaluate_end_to_end(root, synthetic_dir, pseudo_root):
     seg.finalize()
     assert (pseudo_root / "models" / "seg" / "model.pt").is_file()
     lab = np.load(sorted((pseudo_root / "eval" / "seg_labels").glob("*.npy"))[0])
-    assert lab.shape[0] == 2 and set(np.unique(lab[0])) <= {0, 255}  # pseudo foreground ignored by default
+    assert lab.shape[0] == 2 and set(np.unique(lab[0])) == {0, 1}  # pseudo foreground kept by default
+    # the reference's choice (pseudo foreground ignored) rewrites the cached labels instead of reusing them
+    workflow(root, "seg_train.json", pseudo_root, data, **{**FAST, "keep_foreground": False}).run()
+    lab = np.load(sorted((pseudo_root / "eval" / "seg_labels").glob("*.npy"))[0])
+    assert set(np.unique(lab[0])) == {0, 255}
     assert (pseudo_root / "eval" / "seg_labels" / "points").is_dir()
 
     inf = workflow(root, "inference.json", pseudo_root, data, wtype="infer", base_channels=8, tta=False)
@@ -119,9 +123,10 @@ def test_label_free_skips_completed_stages(tmp_path, synthetic_dir, monkeypatch)
     assert [r[:2] for r in rep] == [("psm", "ran"), ("det", "ran")] and len(calls) == 2
     assert "psm_infer.json" in calls[0][calls[0].index("--config_file") + 1]
     rep = lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="psm,det", force="det",
-                          override={"det": {"epochs": 3}})
+                          override={"det": {"epochs": 3, "resume": False}})
     assert [r[:2] for r in rep] == [("psm", "skipped"), ("det", "ran")]
     assert calls[-1][calls[-1].index("--epochs") + 1] == "3"
+    assert calls[-1][calls[-1].index("--resume") + 1] == "False"  # Fire parses this as a boolean
     monkeypatch.setattr(lf.subprocess, "call", lambda cmd: 1)
     with pytest.raises(RuntimeError, match="stage seg failed"):
         lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="seg")
