@@ -1,0 +1,421 @@
+#!/usr/bin/env python
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""BCData benchmark of label-free Ki-67 positive / negative cell detection (issue 4).
+
+All images of ``--data`` (BCData layout: ``images/<stem>.png``, ``annotations/{positive,negative}/<stem>.h5``) are
+*unlabelled input*; the annotations are read only here, to score. The protocol is transductive: the network
+(``--ckpt``, trained by ``configs/ki67_train.json`` on the same images' pseudo labels) is scored on the images it was
+trained on without labels.
+
+Methods, all scored by :func:`bundle.metrics.multiclass_point_scores` (one-to-one Hungarian matching within a
+radius; TP / FP / FN summed over images = micro average) at radius 6 and 10 px:
+
+* ``otsu_rule`` — the issue's calibration: Otsu threshold of the combined stain OD (H + DAB), components, class by
+  mean DAB vs haematoxylin;
+* ``classical_log`` — classical baseline: colour deconvolution + LoG blob detection on H + DAB OD
+  (``skimage.feature.blob_log``, sigmas from the nucleus diameter, default threshold), class by mean DAB vs H;
+  ``classical_log_per_stain`` — the same per stain (DAB blobs positive, haematoxylin blobs negative);
+* ``alt_*`` — pseudo-label alternatives tried while designing (see docs/ki67.md);
+* ``pseudo_labels`` — :class:`bundle.ki67.Ki67PseudoLabeler` alone (``Ki67Runner(method="classical")``);
+* ``network`` — the trained 3-class ResUNet-34 through :class:`bundle.ki67.Ki67Runner` (flip TTA), and
+  ``network_no_tta``.
+
+Also per method: counting MAE per class (mean over images of |#pred - #gt|), Ki-67 index error (mean over images of
+|index_pred - index_gt|, and the folder-level index error), seconds per 640x640 image on this CPU (1 thread).
+
+    OMP_NUM_THREADS=1 python scripts/benchmark_ki67.py --data ../shared/data/bcdata_sample \
+        --ckpt network=/tmp/ki67bench/root/models/ki67/model.pt \
+        --ckpt network_round2=/tmp/ki67bench/root/models/ki67_r2/model.pt \
+        --he_dir ../shared/data/monuseg/test/images --work /tmp/ki67bench/bench --out docs/results/ki67_benchmark
+
+Writes ``<out>.json`` and ``<out>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bundle.io import read_rgb  # noqa: E402
+from bundle.ki67 import (NEGATIVE, POSITIVE, Ki67PseudoLabeler, Ki67Runner, _blob_points, _hd_of_od,  # noqa: E402
+                         dab_fraction, optical_density, read_bcdata_item)
+from bundle.metrics import multiclass_point_scores  # noqa: E402
+
+RADII = (6, 10)
+CLASSES = (POSITIVE, NEGATIVE)
+NAMES = {POSITIVE: "positive", NEGATIVE: "negative", "overall": "overall"}
+
+
+# --------------------------------------------------------------------------------------------- classical methods
+def _hd(rgb, sigma=1.5):
+    hd = np.maximum(_hd_of_od(optical_density(rgb, sigma)), 0)
+    return hd[..., 0], hd[..., 1]
+
+
+def _classify_by_stain(pts, h, dab, radius):
+    """Class of each point by mean DAB vs haematoxylin OD in a disk of ``radius``."""
+    from scipy import ndimage as ndi
+
+    if len(pts) == 0:
+        return np.zeros(0, np.uint8)
+    mh = ndi.uniform_filter(h, int(2 * radius + 1))[pts[:, 0], pts[:, 1]]
+    md = ndi.uniform_filter(dab, int(2 * radius + 1))[pts[:, 0], pts[:, 1]]
+    return np.where(md > mh, POSITIVE, NEGATIVE).astype(np.uint8)
+
+
+def otsu_rule(rgbs, d):
+    """Plain Otsu on H + DAB OD, connected components >= 30 % of a nucleus, centroid, DAB-vs-H rule."""
+    from skimage.filters import threshold_otsu
+    from skimage.measure import label, regionprops
+
+    out = []
+    for rgb in rgbs:
+        h, dab = _hd(rgb)
+        tot = h + dab
+        lab = label(tot > threshold_otsu(tot))
+        min_area = 0.3 * np.pi * (d / 2) ** 2
+        pts = np.array([np.rint(r.centroid) for r in regionprops(lab) if r.area >= min_area], np.int64).reshape(-1, 2)
+        out.append((pts, _classify_by_stain(pts, h, dab, d / 4)))
+    return out
+
+
+def classical_log(rgbs, d):
+    """Colour deconvolution + LoG blob detection (scikit-image defaults apart from the sigma range)."""
+    from skimage.feature import blob_log
+
+    s = d / (2 * np.sqrt(2))
+    out = []
+    for rgb in rgbs:
+        h, dab = _hd(rgb)
+        tot = h + dab
+        tot = tot / max(1e-6, np.percentile(tot, 99.5))
+        b = blob_log(np.clip(tot, 0, 1), min_sigma=0.6 * s, max_sigma=1.4 * s, num_sigma=5, overlap=0.5)
+        pts = np.rint(b[:, :2]).astype(np.int64).reshape(-1, 2)
+        out.append((pts, _classify_by_stain(pts, h, dab, d / 4)))
+    return out
+
+
+def classical_log_per_stain(rgbs, d):
+    """Colour deconvolution + LoG blob detection per stain: blobs of the DAB OD -> positive, blobs of the
+    haematoxylin OD -> negative (dropped within d/2 of a DAB blob); each channel scaled by its 99.5th percentile,
+    scikit-image's default threshold."""
+    from scipy.spatial import cKDTree
+    from skimage.feature import blob_log
+
+    s = d / (2 * np.sqrt(2))
+    out = []
+    for rgb in rgbs:
+        h, dab = _hd(rgb)
+        res = []
+        for ch in (dab, h):
+            ch = np.clip(ch / max(1e-6, np.percentile(ch, 99.5)), 0, 1)
+            b = blob_log(ch, min_sigma=0.6 * s, max_sigma=1.4 * s, num_sigma=5, overlap=0.5)
+            res.append(np.rint(b[:, :2]).astype(np.int64).reshape(-1, 2))
+        a, b = res
+        if len(a) and len(b):
+            b = b[cKDTree(a).query(b)[0] > d / 2]
+        out.append((np.concatenate([a, b]).reshape(-1, 2),
+                    np.r_[np.full(len(a), POSITIVE), np.full(len(b), NEGATIVE)].astype(np.uint8)))
+    return out
+
+
+def alt_kmeans_only(rgbs, d, labeler):
+    """Only the OD K-Means clusters (positive stain clusters -> positives; no haematoxylin threshold)."""
+    out = []
+    for rgb in rgbs:
+        mp, _ = labeler.masks(rgb)
+        a = _blob_points(mp, labeler.min_distance, labeler.min_area)
+        out.append((a, np.full(len(a), POSITIVE, np.uint8)))
+    return out
+
+
+def alt_blue_ratio(rgbs, d, labeler):
+    """Negatives from 'blueness' OD_red - OD_blue > Otsu over the folder's positive values (instead of the
+    haematoxylin OD): the first negative detector tried."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    bl = [optical_density(r, 1.5) for r in rgbs]
+    vals = np.concatenate([(o[..., 0] - o[..., 2])[::4, ::4].ravel() for o in bl])
+    t = threshold_otsu(vals[vals > 0])
+    out = []
+    for rgb, o in zip(rgbs, bl):
+        mp, _ = labeler.masks(rgb)
+        mn = ndi.binary_opening(((o[..., 0] - o[..., 2]) > t) & ~ndi.binary_dilation(mp, iterations=2))
+        a = _blob_points(mp, labeler.min_distance, labeler.min_area)
+        b = _blob_points(mn, labeler.min_distance, labeler.min_area)
+        out.append((np.concatenate([a, b]).reshape(-1, 2), np.r_[np.full(len(a), POSITIVE), np.full(len(b), NEGATIVE)]))
+    return out
+
+
+def alt_union_ratio(rgbs, d, labeler):
+    """Candidates from the union of both masks, each classified by its DAB fraction DAB / (H + DAB) against an
+    Otsu threshold over all candidates of the folder (the 'classify candidates by stain ratio' design)."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    from bundle.labels import merge_close_points
+
+    cands = []
+    for rgb in rgbs:
+        mp, mn = labeler.masks(rgb)
+        pts = _blob_points(mp | mn, labeler.min_distance, labeler.min_area)
+        if len(pts) > 1:
+            pts = pts[np.sort(merge_close_points(pts, np.ones(len(pts)), labeler.merge_distance, p=2))]
+        h, dab = _hd(rgb)
+        k = int(d / 2) | 1
+        mh = ndi.uniform_filter(h, k)[pts[:, 0], pts[:, 1]] if len(pts) else np.zeros(0)
+        md = ndi.uniform_filter(dab, k)[pts[:, 0], pts[:, 1]] if len(pts) else np.zeros(0)
+        cands.append((pts, md / (mh + md + 1e-6)))
+    allr = np.concatenate([c[1] for c in cands])
+    t = threshold_otsu(allr) if len(allr) > 1 else 0.5
+    return [(p, np.where(r > t, POSITIVE, NEGATIVE).astype(np.uint8)) for p, r in cands]
+
+
+# --------------------------------------------------------------------------------------------- scoring
+def score(preds, gts, seconds=None):
+    """preds / gts: lists of (points (N, 2) (row, col) or (x, y) for gts, classes)."""
+    res = {}
+    for r in RADII:
+        acc = {c: {"tp": 0, "fp": 0, "fn": 0} for c in (*CLASSES, "overall")}
+        for (pp, pc), (gxy, gc) in zip(preds, gts):
+            s = multiclass_point_scores(np.asarray(pp, float).reshape(-1, 2)[:, ::-1], pc, gxy, gc, r, CLASSES)
+            for c in acc:
+                for k in ("tp", "fp", "fn"):
+                    acc[c][k] += int(s[c][k])
+        out = {}
+        for c, v in acc.items():
+            p = v["tp"] / max(1, v["tp"] + v["fp"])
+            rc = v["tp"] / max(1, v["tp"] + v["fn"])
+            f = 2 * v["tp"] / max(1, 2 * v["tp"] + v["fp"] + v["fn"])
+            out[NAMES[c]] = {**v, "precision": round(p, 4), "recall": round(rc, 4), "f1": round(f, 4)}
+        res[f"r{r}"] = out
+    mae, idx_err, npred, ngt = {}, [], {c: 0 for c in CLASSES}, {c: 0 for c in CLASSES}
+    for c in CLASSES:
+        mae[NAMES[c]] = round(float(np.mean([abs(int((pc == c).sum()) - int((gc == c).sum()))
+                                              for (_, pc), (_, gc) in zip(preds, gts)])), 3)
+    for (_, pc), (_, gc) in zip(preds, gts):
+        for c in CLASSES:
+            npred[c] += int((pc == c).sum())
+            ngt[c] += int((gc == c).sum())
+        ip = float((pc == POSITIVE).mean()) if len(pc) else 0.0
+        ig = float((gc == POSITIVE).mean()) if len(gc) else 0.0
+        idx_err.append(abs(ip - ig))
+    fp_ = npred[POSITIVE] / max(1, sum(npred.values()))
+    fg_ = ngt[POSITIVE] / max(1, sum(ngt.values()))
+    res["count_mae"] = mae
+    res["ki67_index_mae"] = round(float(np.mean(idx_err)), 4)
+    res["folder_ki67_index"] = {"pred": round(fp_, 4), "gt": round(fg_, 4), "abs_error": round(abs(fp_ - fg_), 4)}
+    res["n_pred"] = {NAMES[c]: npred[c] for c in CLASSES}
+    res["n_gt"] = {NAMES[c]: ngt[c] for c in CLASSES}
+    if seconds is not None:
+        res["seconds_per_image"] = round(float(seconds), 3)
+    return res
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, (time.perf_counter() - t0)
+
+
+def _runner_points(out_dir, stems):
+    preds = []
+    for s in stems:
+        pts, cls = [], []
+        with open(Path(out_dir) / "points" / f"{s}.csv") as f:
+            for row in csv.DictReader(f):
+                pts.append((int(float(row["y"])), int(float(row["x"]))))
+                cls.append(POSITIVE if row["class"] == "Positive" else NEGATIVE)
+        preds.append((np.asarray(pts, np.int64).reshape(-1, 2), np.asarray(cls, np.uint8)))
+    return preds
+
+
+def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold):
+    import torch
+
+    from bundle.networks import ResUNet34
+
+    torch.set_num_threads(1)
+    net = ResUNet34(out_channels=3, base_channels=base_channels)
+    out = Path(work) / ("network" if tta else "network_no_tta")
+    summ = Ki67Runner(net, str(Path(data_dir) / "images"), out, ckpt_path=ckpt, tta=tta, nucleus_diameter=d,
+                      threshold=threshold).run()
+    return _runner_points(out, stems), summ["seconds_per_image"]
+
+
+def make_figure(path, rgbs, gts, columns, stems, pick=("0", "5"), crop=320):
+    """Rows = images (centre crop), columns = [ground truth] + methods; positive red, negative blue rings."""
+    from PIL import Image, ImageDraw
+
+    from bundle.io import write_image
+    from bundle.ki67 import overlay_points
+
+    rows = []
+    for st in pick:
+        if st not in stems:
+            continue
+        i = stems.index(st)
+        rgb = rgbs[i]
+        h, w = rgb.shape[:2]
+        t, l = (h - crop) // 2, (w - crop) // 2
+        panels = []
+        gxy, gc = gts[i]
+        for name, (pts, cls) in [("ground truth (scoring only)", (np.asarray(gxy)[:, ::-1], gc))] + \
+                [(n, p[i]) for n, p in columns.items()]:
+            pts = np.asarray(pts).reshape(-1, 2)
+            keep = (pts[:, 0] >= t) & (pts[:, 0] < t + crop) & (pts[:, 1] >= l) & (pts[:, 1] < l + crop)
+            ov = overlay_points(rgb[t: t + crop, l: l + crop], pts[keep] - [t, l], np.asarray(cls)[keep], radius=6)
+            im = Image.fromarray(ov)
+            ImageDraw.Draw(im).rectangle([0, 0, crop, 14], fill=(255, 255, 255))
+            ImageDraw.Draw(im).text((3, 2), f"{name} - image {st}", fill=(0, 0, 0))
+            panels.append(np.asarray(im))
+        rows.append(np.concatenate(panels, 1))
+    if rows:
+        write_image(path, np.concatenate(rows, 0))
+
+
+# --------------------------------------------------------------------------------------------- report
+def _md(report) -> str:
+    L = [f"# Ki-67 benchmark (BCData sample, {report['n_images']} images; labels used only to score)", "",
+         f"Machine: {report['machine']}; date {report['date']}. Command: `{report['command']}`", "",
+         "Transductive protocol: the label-free pipeline (and the network's training) saw these same images without "
+         "labels. Micro-averaged over images; one-to-one Hungarian matching within the radius.", ""]
+    for r in RADII:
+        L += [f"## Radius {r} px", "",
+              "| method | pos P | pos R | pos F1 | neg P | neg R | neg F1 | overall P | overall R | overall F1 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for m, res in report["methods"].items():
+            s = res[f"r{r}"]
+            L.append(f"| {m} | " + " | ".join(f"{s[c][k]:.3f}" for c in ("positive", "negative", "overall")
+                                                 for k in ("precision", "recall", "f1")) + " |")
+        L.append("")
+    L += ["## Counts, Ki-67 index, speed", "",
+          "| method | #pos (GT {gp}) | #neg (GT {gn}) | count MAE pos | count MAE neg | Ki-67 index MAE (per image) | "
+          "folder index (GT {gi}) | s / 640x640 image |".format(
+              gp=report["gt_counts"]["positive"], gn=report["gt_counts"]["negative"], gi=report["gt_folder_index"]),
+          "|---|---|---|---|---|---|---|---|"]
+    for m, res in report["methods"].items():
+        L.append(f"| {m} | {res['n_pred']['positive']} | {res['n_pred']['negative']} | "
+                 f"{res['count_mae']['positive']:.2f} | {res['count_mae']['negative']:.2f} | "
+                 f"{res['ki67_index_mae']:.3f} | {res['folder_ki67_index']['pred']:.3f} | "
+                 f"{res.get('seconds_per_image', float('nan')):.2f} |")
+    dab = report["dab_fraction"]
+    L += ["", f"Brown-pixel fraction (`dab_fraction`): BCData {dab['bcdata_min']:.4f} to {dab['bcdata_max']:.4f}"
+          + (f"; H&E tiles of {dab['he_dir']} ({dab['he_n_images']}): max {dab['he_max']:.5f}"
+             if "he_max" in dab else "")
+          + (f"; IHC mode ({dab['he_network']}) on those H&E tiles: {dab['he_n_positive']} positive / "
+             f"{dab['he_n_negative']} negative cells" if "he_n_positive" in dab else "") + "."]
+    L += ["", "Seconds: per image on one CPU thread, reading excluded; `pseudo_labels` / `alt_*` also need a "
+          f"one-off folder fit ({report['fit_seconds']:.1f} s for the {report['n_images']} images, not included).", ""]
+    return "\n".join(L)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="BCData-style folder (images/, annotations/{positive,negative}/)")
+    ap.add_argument("--ckpt", action="append", help="[NAME=]PATH of a trained ki67 network (models/ki67/model.pt); "
+                    "repeat for several; omit to skip the network")
+    ap.add_argument("--base_channels", type=int, default=16)
+    ap.add_argument("--nucleus_diameter", type=float, default=20.0)
+    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--work", default="/tmp/ki67_bench", help="scratch folder for runner outputs")
+    ap.add_argument("--out", default="docs/results/ki67_benchmark")
+    ap.add_argument("--machine", default="2-core CPU, shared with other jobs")
+    ap.add_argument("--he_dir", default=None, help="optional folder of H&E tiles: no-DAB check in IHC mode")
+    ap.add_argument("--figure", default="docs/figures/ki67_examples.png", help="example figure ('' = none)")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    d = a.nucleus_diameter
+    img_dir = Path(a.data) / "images"
+    stems = sorted((p.stem for p in img_dir.glob("*.png")), key=lambda s: (len(s), s))
+    rgbs = [read_rgb(img_dir / f"{s}.png") for s in stems]
+    gts = [read_bcdata_item(a.data, s) for s in stems]
+    n = len(stems)
+    methods = {}
+    preds, t = _timed(otsu_rule, rgbs, d)
+    methods["otsu_rule (calibration)"] = score(preds, gts, t / n)
+    preds, t = _timed(classical_log, rgbs, d)
+    methods["classical_log (baseline)"] = score(preds, gts, t / n)
+    fig_cols = {"classical_log baseline": preds}
+    preds, t = _timed(classical_log_per_stain, rgbs, d)
+    methods["classical_log_per_stain (baseline)"] = score(preds, gts, t / n)
+    labeler, fit_s = _timed(lambda: Ki67PseudoLabeler(d).fit(rgbs))
+    for name, fn in (("alt_kmeans_only", alt_kmeans_only), ("alt_blue_ratio", alt_blue_ratio),
+                     ("alt_union_ratio", alt_union_ratio)):
+        preds, t = _timed(fn, rgbs, d, labeler)
+        methods[name] = score(preds, gts, t / n)
+    out = Path(a.work) / "pseudo_labels"
+    summ = Ki67Runner(None, str(img_dir), out, method="classical", nucleus_diameter=d).run()
+    pseudo = _runner_points(out, stems)
+    fig_cols["pseudo labels"] = pseudo
+    methods["pseudo_labels (Ki67PseudoLabeler)"] = score(pseudo, gts, summ["seconds_per_image"])
+    for spec in a.ckpt or []:
+        name, _, path = spec.rpartition("=")
+        name = name or "network"
+        for tta in (False, True):
+            preds, sec = run_network(a.data, path, Path(a.work) / name, stems, d, tta, a.base_channels, a.threshold)
+            methods[f"{name} (TTA)" if tta else f"{name} (no TTA)"] = score(preds, gts, sec)
+        fig_cols[f"{name} (TTA)"] = preds
+    if a.figure:
+        make_figure(a.figure, rgbs, gts, fig_cols, stems)
+    dab = {"bcdata_min": round(min(dab_fraction(r) for r in rgbs), 4),
+           "bcdata_max": round(max(dab_fraction(r) for r in rgbs), 4)}
+    if a.he_dir:  # H&E tiles given to the IHC mode: DAB fraction and positives found
+        from bundle.io import list_images
+
+        he, fr = [], []
+        for p in list_images(a.he_dir):
+            try:
+                fr.append(dab_fraction(read_rgb(p)))
+                he.append(p)
+            except ValueError as e:  # ImageError: reported and left out
+                print(f"skipped {e}")
+        dab.update({"he_dir": a.he_dir, "he_n_images": len(he), "he_max": round(max(fr), 5)})
+        if a.ckpt:
+            import torch
+
+            from bundle.networks import ResUNet34
+
+            name, _, path = a.ckpt[-1].rpartition("=")
+            sm = Ki67Runner(ResUNet34(out_channels=3, base_channels=a.base_channels), a.he_dir,
+                            Path(a.work) / "he_in_ihc_mode", ckpt_path=path, tta=False, nucleus_diameter=d).run()
+            dab.update({"he_network": name or "network", "he_n_positive": sm["n_positive"],
+                        "he_n_negative": sm["n_negative"]})
+    gtc = {"positive": int(sum((g[1] == POSITIVE).sum() for g in gts)),
+           "negative": int(sum((g[1] == NEGATIVE).sum() for g in gts))}
+    report = {"date": datetime.date.today().isoformat(), "machine": a.machine, "platform": platform.platform(),
+              "command": "OMP_NUM_THREADS=1 python scripts/benchmark_ki67.py " + " ".join(shlex.quote(x) for x in
+                                                                                         (argv or sys.argv[1:])),
+              "n_images": n, "radii_px": list(RADII), "nucleus_diameter_px": d, "gt_counts": gtc,
+              "gt_folder_index": round(gtc["positive"] / max(1, sum(gtc.values())), 4), "fit_seconds": round(fit_s, 2),
+              "labeler": {"positive_clusters": labeler.positive_clusters, "h_threshold": labeler.h_threshold_,
+                          "cluster_centres_od": np.round(labeler.km.cluster_centers_, 4).tolist()},
+              "dab_fraction": dab, "methods": methods}
+    outp = Path(a.out)
+    from bundle.io import atomic_path, write_json
+
+    write_json(outp.with_suffix(".json"), report)
+    with atomic_path(outp.with_suffix(".md")) as tmp, open(tmp, "w") as f:
+        f.write(_md(report))
+    print(_md(report))
+
+
+if __name__ == "__main__":
+    main()

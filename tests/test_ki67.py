@@ -1,0 +1,162 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Ki-67 (IHC positive / negative) label-free detection: pseudo labels on synthetic DAB + haematoxylin tiles, the
+no-DAB (H&E) rule, per-class peaks, and the ki67_train -> ki67_infer bundle run end to end (tiny)."""
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bundle.ki67 import (IGNORE, NEGATIVE, POSITIVE, Ki67PseudoLabeler, Ki67Runner, NoDABWarning, dab_fraction,
+                         ki67_points, point_label, synthetic_ihc_tile)
+from bundle.metrics import multiclass_point_scores
+
+
+@pytest.fixture(scope="module")
+def ihc_tiles():
+    return [synthetic_ihc_tile(160, n_positive=5, n_negative=7, radius=7, seed=s) for s in range(3)]
+
+
+@pytest.fixture(scope="module")
+def ihc_dir(tmp_path_factory, ihc_tiles):
+    from bundle.io import write_image
+
+    d = tmp_path_factory.mktemp("ihc")
+    for i, (rgb, _, _) in enumerate(ihc_tiles):
+        write_image(d / f"tile_{i}.png", rgb)
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return d
+
+
+def test_pseudo_labels_classes_on_synthetic_blobs(ihc_tiles):
+    lab = Ki67PseudoLabeler(nucleus_diameter=14).fit([t[0] for t in ihc_tiles])
+    for rgb, pts, cls in ihc_tiles:
+        p, c = lab.points(rgb)
+        s = multiclass_point_scores(p, c, pts, cls, 5, [POSITIVE, NEGATIVE])
+        assert s[POSITIVE]["f1"] >= 0.9 and s[NEGATIVE]["f1"] >= 0.9, s
+
+
+def test_point_label_disks_and_ignore_ring():
+    lab = point_label(np.array([[20, 20], [20, 50]]), np.array([POSITIVE, NEGATIVE]), (64, 80), 3, 6)
+    assert lab[20, 20] == POSITIVE and lab[20, 50] == NEGATIVE
+    assert lab[20, 25] == IGNORE and lab[0, 0] == 0
+    assert set(np.unique(lab)) == {0, POSITIVE, NEGATIVE, IGNORE}
+    assert (lab == POSITIVE).sum() == (lab == NEGATIVE).sum() == 29  # disk(3)
+
+
+def test_ki67_points_per_class():
+    prob = np.zeros((3, 64, 96), np.float32)
+    yy, xx = np.mgrid[:64, :96]
+    b1 = np.exp(-((yy - 30) ** 2 + (xx - 20) ** 2) / 20.0)
+    b2 = np.exp(-((yy - 30) ** 2 + (xx - 70) ** 2) / 20.0)
+    prob[1], prob[2] = b1, b2
+    prob[0] = 1 - prob[1] - prob[2]
+    pts, cls, score = ki67_points(prob, 0.3, nucleus_diameter=10, sigma=1)
+    order = np.argsort(pts[:, 1])
+    assert pts[order].tolist() == [[30, 20], [30, 70]] and cls[order].tolist() == [POSITIVE, NEGATIVE]
+    assert np.all(score > 0.3)
+
+
+def test_he_input_in_ihc_mode_gives_zero_positives_and_warning(ihc_tiles, tmp_path, caplog):
+    from bundle.io import write_image
+    from bundle.synthetic import synthetic_he_tile
+
+    he, _ = synthetic_he_tile(160, seed=3)
+    assert dab_fraction(he) < 0.002 < dab_fraction(ihc_tiles[0][0])
+    lab = Ki67PseudoLabeler(nucleus_diameter=14).fit([t[0] for t in ihc_tiles])
+    with pytest.warns(NoDABWarning, match="he.png: no DAB"):
+        p, c = lab.points(he, "he.png")
+    assert len(p) > 0 and (c == POSITIVE).sum() == 0
+    # runner, network mode: even an (untrained) network's positives are dropped on an H&E tile
+    write_image(tmp_path / "in" / "he.png", he)
+    torch.manual_seed(0)
+    from bundle.networks import ResUNet34
+
+    net = ResUNet34(out_channels=3, base_channels=8)
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([-2.0, 1.0, 0.0]))  # predicts 'positive' everywhere
+    logging.getLogger("bundle.ki67").disabled = False  # a bundle run's logging.conf may have disabled it
+    with caplog.at_level(logging.WARNING, logger="bundle.ki67"):
+        s = Ki67Runner(net, str(tmp_path / "in"), tmp_path / "out", tta=False, nucleus_diameter=14,
+                       threshold=0.3).run()
+    assert s["n_positive"] == 0 and s["ki67_index"] == 0.0
+    assert any("he.png: no DAB (brown) signal" in r.getMessage() and "\n" not in r.getMessage() for r in caplog.records)
+
+
+def test_runner_rejects_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="unknown stain"):
+        Ki67Runner(None, str(tmp_path), tmp_path, stain="pap")
+    with pytest.raises(ValueError, match="unknown method"):
+        Ki67Runner(None, str(tmp_path), tmp_path, method="magic")
+
+
+def _bundle_run(root, config, args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / config),
+           "--meta_file", str(root / "configs" / "metadata.json"),
+           "--logging_file", str(root / "configs" / "logging.conf")] + [str(a) for a in args]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ki67_train_then_infer_end_to_end(root, ihc_dir, tmp_path):
+    broot = tmp_path / "b"
+    common = ["--dataset_dir", ihc_dir, "--bundle_root", broot, "--base_channels", 8, "--nucleus_diameter", 14]
+    tr = _bundle_run(root, "ki67_train.json", common + ["--epochs", 1, "--crop_size", 64, "--steps_per_epoch", 2,
+                                                         "--val_interval", 1, "--crops_per_image", 2])
+    assert tr.returncode == 0, tr.stderr[-2000:]
+    ckpts = broot / "models" / "ki67"
+    assert (ckpts / "model.pt").is_file() and (ckpts / "best_model.pt").is_file()
+    lab = np.load(broot / "eval" / "ki67_labels" / "tile_0.npy")
+    assert lab.shape == (1, 160, 160) and set(np.unique(lab)) <= {0, POSITIVE, NEGATIVE, IGNORE}
+    assert {POSITIVE, NEGATIVE} <= set(np.unique(lab))
+    bad = [ln for ln in (tr.stdout + tr.stderr).splitlines() if "broken.png" in ln]
+    assert bad and "skipped" in bad[0]
+
+    inf = _bundle_run(root, "ki67_infer.json", common + ["--tta", False, "--threshold", 0.2])
+    assert inf.returncode == 0, inf.stderr[-2000:]
+    out = broot / "eval" / "ki67"
+    for sub, ext in (("points", "csv"), ("geojson", "geojson"), ("overlays", "png")):
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"tile_{i}.{ext}" for i in range(3)]
+    assert (out / "points" / "tile_0.csv").read_text().splitlines()[0] == "image,x,y,class,score"
+    gj = json.loads((out / "geojson" / "tile_0.geojson").read_text())
+    assert gj["type"] == "FeatureCollection"
+    assert all(f["properties"]["classification"]["name"] in ("Positive", "Negative") for f in gj["features"])
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["n_images"] == 3 and summ["n_skipped"] == 1 and "broken.png" in summ["skipped"][0]
+    assert 0.0 <= summ["ki67_index"] <= 1.0
+    header = (out / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"image", "n_positive", "n_negative", "ki67_index"} <= set(header)
+    msg = [ln for ln in (inf.stdout + inf.stderr).splitlines() if "skipped" in ln and "broken.png" in ln]
+    assert msg and "cannot read image" in msg[0]
+    assert not list(out.rglob("*.part*"))  # atomic writers leave no temporary files
+
+    # the classical method (pseudo labels alone, no network) on the same folder finds the synthetic cells
+    cl = _bundle_run(root, "ki67_infer.json", common + ["--method", "classical", "--output_dir", tmp_path / "cl"])
+    assert cl.returncode == 0, cl.stderr[-2000:]
+    s = json.loads((tmp_path / "cl" / "summary.json").read_text())
+    assert s["n_positive"] == 15 and s["n_negative"] == 21 and s["ki67_index"] == pytest.approx(15 / 36)
+
+
+def test_stain_he_delegates_to_nuclei_workflow(root, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from bundle.io import write_image
+    from bundle.networks import ResUNet34
+    from bundle.synthetic import synthetic_he_tile
+
+    for i in range(2):
+        write_image(tmp_path / "he" / f"h{i}.png", synthetic_he_tile(96, seed=i)[0])
+    (tmp_path / "b" / "models" / "seg").mkdir(parents=True)
+    torch.save(ResUNet34(out_channels=2, base_channels=8).state_dict(), tmp_path / "b" / "models" / "seg" / "model.pt")
+    wf = ConfigWorkflow(config_file=str(root / "configs" / "ki67_infer.json"), workflow_type="infer",
+                        meta_file=str(root / "configs" / "metadata.json"),
+                        logging_file=str(root / "configs" / "logging.conf"), bundle_root=str(tmp_path / "b"),
+                        dataset_dir=str(tmp_path / "he"), stain="he", base_channels=8, tta=False)
+    wf.initialize()
+    summ = wf.run()[0]
+    assert summ["n_images"] == 2 and "n_nuclei" in summ
+    assert (tmp_path / "b" / "eval" / "nuclei" / "summary.csv").is_file()
