@@ -127,10 +127,19 @@ def hematoxylin_otsu(rgb: np.ndarray, threshold_scale: float = 1.0, h_sigma: flo
 
 
 class SCM:
-    """Callable wrapper of :func:`semantic_clustering` with fixed parameters, for configs (``_target_: bundle.clustering.SCM``)."""
+    """Callable wrapper of :func:`semantic_clustering` with fixed parameters, for configs (``_target_: bundle.clustering.SCM``).
+
+    ``fusion="otsu"`` is the classical teacher instead: :func:`hematoxylin_otsu` (uses ``h_sigma``, ``min_size``,
+    ``hole_size``, ``threshold_scale``; no PSM needed, ``needs_psm`` is False, so the runner skips the network).
+    """
 
     def __init__(self, **kwargs):
         self.kwargs = kwargs
+        self.needs_psm = kwargs.get("fusion", "jet") != "otsu"
 
     def __call__(self, rgb: np.ndarray, psm: np.ndarray | None = None) -> np.ndarray:
+        if not self.needs_psm:
+            kw = self.kwargs
+            return hematoxylin_otsu(rgb, kw.get("threshold_scale", 1.0), kw.get("h_sigma", 1.0),
+                                    kw.get("min_size", 200), kw.get("hole_size", 64))
         return semantic_clustering(rgb, psm, **self.kwargs)

@@ -95,6 +95,27 @@ class CheckpointResume:
         atomic_torch_save(self.save_dict[self.model_key].state_dict(), self.ckpt_dir / self.model_name)
 
 
+def centre_tiles(images, labels=None, max_size: int = 384, limit: int = 4) -> list:
+    """``[(rgb, label)]`` centre crops (at most ``max_size`` a side) of the first ``limit`` images, for TensorBoard
+    image handlers. ``label`` is the first channel of the matching label file (``.npy`` or image, read with
+    :class:`bundle.transforms.LoadLabeld`) as an int64 array, or None."""
+    from .io import read_rgb
+    from .transforms import LoadLabeld
+
+    labels = list(labels) if labels is not None else [None] * len(images)
+    out = []
+    for p, lp in list(zip(images, labels))[:limit]:
+        img = read_rgb(p)
+        h, w = img.shape[:2]
+        t, l = max(0, (h - max_size) // 2), max(0, (w - max_size) // 2)
+        lab = None
+        if lp is not None:
+            lab = LoadLabeld("label")({"label": lp})["label"][0].numpy().astype(np.int64)[t: t + max_size,
+                                                                                       l: l + max_size]
+        out.append((img[t: t + max_size, l: l + max_size], lab))
+    return out
+
+
 class PSMImageHandler:
     """Every ``interval`` epochs, log [tile | PSM (JET) | pseudo mask] for fixed tiles to TensorBoard.
 
@@ -108,17 +129,10 @@ class PSMImageHandler:
                  interval: int = 1, max_size: int = 384, tag: str = "psm"):
         from torch.utils.tensorboard import SummaryWriter
 
-        from .io import read_rgb
-
         self.writer = summary_writer if summary_writer is not None else SummaryWriter(log_dir=log_dir)
         self.network, self.inferer, self.scm = network, inferer, scm
         self.interval, self.tag = max(1, int(interval)), tag
-        self.tiles = []
-        for p in list(images)[:4]:
-            img = read_rgb(p)
-            h, w = img.shape[:2]
-            t, l = max(0, (h - max_size) // 2), max(0, (w - max_size) // 2)
-            self.tiles.append(img[t : t + max_size, l : l + max_size])
+        self.tiles = [rgb for rgb, _ in centre_tiles(images, None, max_size)]
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
@@ -188,42 +202,38 @@ class NucleiImageHandler:
                  interval: int = 1, max_size: int = 384, tag: str = "nuclei", mode: str = "auto"):
         from torch.utils.tensorboard import SummaryWriter
 
-        from .io import read_rgb
-        from .transforms import LoadLabeld
-
         self.writer = summary_writer if summary_writer is not None else SummaryWriter(log_dir=log_dir)
         self.network, self.interval, self.tag, self.mode = network, max(1, int(interval)), tag, mode
-        self.tiles = []
-        labels = list(labels) if labels is not None else [None] * len(images)
-        for p, lp in list(zip(images, labels))[:4]:
-            img = read_rgb(p)
-            h, w = img.shape[:2]
-            t, l = max(0, (h - max_size) // 2), max(0, (w - max_size) // 2)
-            lab = None
-            if lp is not None:
-                lab = LoadLabeld("label")({"label": lp})["label"][0].numpy()[t: t + max_size, l: l + max_size]
-            self.tiles.append((img[t: t + max_size, l: l + max_size], lab))
+        self.tiles = centre_tiles(images, labels, max_size)
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 
-    def __call__(self, engine) -> None:
+    def panel(self, rgb: np.ndarray, lab, prob: np.ndarray) -> np.ndarray:
+        """(h, 4w, 3) float [tile | label | P(nucleus) | instance outlines]; subclasses draw other panels."""
         from skimage.segmentation import find_boundaries
 
-        from .detection import nuclei_from_probability, predict_probability
+        from .detection import nuclei_from_probability
+
+        inst = nuclei_from_probability(prob, self.mode)
+        over = rgb.copy()
+        over[find_boundaries(inst, mode="inner")] = (0, 255, 0)
+        if lab is None:
+            lab_img = np.zeros(rgb.shape[:2], np.float32)
+        else:
+            lab_img = np.where(lab == 255, 0.5, lab / max(1, lab[lab != 255].max(initial=1)))
+        fg = 1.0 - prob[0]
+        return np.concatenate([rgb / 255.0, np.repeat(lab_img[..., None], 3, -1), np.repeat(fg[..., None], 3, -1),
+                               over / 255.0], 1)
+
+    def __call__(self, engine) -> None:
+        from .detection import predict_probability
 
         device = next(self.network.parameters()).device
         was_training = self.network.training
         for i, (rgb, lab) in enumerate(self.tiles):
             prob = predict_probability(self.network, rgb, device, tta=False)
-            inst = nuclei_from_probability(prob, self.mode)
-            over = rgb.copy()
-            over[find_boundaries(inst, mode="inner")] = (0, 255, 0)
-            lab_img = np.zeros(rgb.shape[:2], np.float32) if lab is None else np.where(lab == 255, 0.5,
-                                                                                        lab / max(1, lab[lab != 255].max(initial=1)))
-            fg = 1.0 - prob[0]
-            panel = np.concatenate([rgb / 255.0, np.repeat(lab_img[..., None], 3, -1), np.repeat(fg[..., None], 3, -1),
-                                    over / 255.0], 1)
+            panel = self.panel(rgb, lab, prob)
             self.writer.add_image(f"{self.tag}/{i}", panel.astype(np.float32), engine.state.epoch, dataformats="HWC")
         self.writer.flush()
         self.network.train(was_training)

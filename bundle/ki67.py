@@ -39,6 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .handlers import NucleiImageHandler
 from .io import ImageError, atomic_path, load_datalist, read_rgb, write_csv, write_image, write_json
 from .pipeline import NucleiRunner, _split, _stale
 
@@ -522,47 +523,23 @@ class Ki67Runner:
 
 
 # ------------------------------------------------------------------------------------------------ TensorBoard
-class Ki67ImageHandler:
+class Ki67ImageHandler(NucleiImageHandler):
     """Every ``interval`` epochs, log [tile | training label | P(positive) red + P(negative) blue | points] for up
     to 4 fixed tiles (centre crops of at most ``max_size``) to TensorBoard."""
 
     def __init__(self, network, images, labels=None, log_dir: str = "./runs", interval: int = 1,
                  max_size: int = 320, tag: str = "ki67", nucleus_diameter: float = 20.0):
-        from torch.utils.tensorboard import SummaryWriter
+        super().__init__(network, images, labels, log_dir=log_dir, interval=interval, max_size=max_size, tag=tag)
+        self.d = nucleus_diameter
 
-        self.writer = SummaryWriter(log_dir=log_dir)
-        self.network, self.interval, self.tag, self.d = network, max(1, int(interval)), tag, nucleus_diameter
-        labels = list(labels) if labels is not None else [None] * len(images)
-        self.tiles = []
-        for p, lp in list(zip(images, labels))[:4]:
-            img = read_rgb(p)
-            h, w = img.shape[:2]
-            t, l = max(0, (h - max_size) // 2), max(0, (w - max_size) // 2)
-            lab = np.load(lp)[0][t: t + max_size, l: l + max_size] if lp else None
-            self.tiles.append((img[t: t + max_size, l: l + max_size], lab))
-
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-
-    def __call__(self, engine) -> None:
-        from .detection import predict_probability
-
-        device = next(self.network.parameters()).device
-        was_training = self.network.training
-        for i, (rgb, lab) in enumerate(self.tiles):
-            prob = predict_probability(self.network, rgb, device, tta=False)
-            pts, cls, _ = ki67_points(prob, nucleus_diameter=self.d)
-            lab_img = np.full(rgb.shape, 0.5, np.float32) if lab is None else np.stack(
-                [lab == POSITIVE, np.zeros_like(lab, bool), lab == NEGATIVE], -1).astype(np.float32)
-            if lab is not None:
-                lab_img[lab == IGNORE] = 0.3
-            pm = np.stack([prob[1], np.zeros_like(prob[1]), prob[2]], -1)
-            panel = np.concatenate([rgb / 255.0, lab_img, pm, overlay_points(rgb, pts, cls) / 255.0], 1)
-            self.writer.add_image(f"{self.tag}/{i}", panel.astype(np.float32), engine.state.epoch, dataformats="HWC")
-        self.writer.flush()
-        self.network.train(was_training)
+    def panel(self, rgb: np.ndarray, lab, prob: np.ndarray) -> np.ndarray:
+        pts, cls, _ = ki67_points(prob, nucleus_diameter=self.d)
+        lab_img = np.full(rgb.shape, 0.5, np.float32) if lab is None else np.stack(
+            [lab == POSITIVE, np.zeros_like(lab, bool), lab == NEGATIVE], -1).astype(np.float32)
+        if lab is not None:
+            lab_img[lab == IGNORE] = 0.3
+        pm = np.stack([prob[1], np.zeros_like(prob[1]), prob[2]], -1)
+        return np.concatenate([rgb / 255.0, lab_img, pm, overlay_points(rgb, pts, cls) / 255.0], 1)
 
 
 # ------------------------------------------------------------------------------------------------ data helpers

@@ -14,7 +14,9 @@ Stages (each a MONAI bundle config run as ``python -m monai.bundle run``; output
 A stage whose completion marker ``<bundle_root>/stages/<stage>.json`` exists is skipped (``--force psm,det``
 reruns stages; ``--stages psm,det,seg`` runs a subset). A killed training stage resumes from its last epoch when
 rerun. ``--override '{"det": {"epochs": 10}}'`` passes config overrides per stage (``"all"`` applies to every
-stage), and ``--profile paper`` merges configs/profile_paper.json into the SSL/PSM stages.
+stage), ``--profile paper`` merges configs/profile_paper.json into the SSL/PSM stages, and
+``--teacher hematoxylin`` replaces the PSM pseudo masks by haematoxylin-Otsu masks (no ``ssl`` stage), the teacher
+that measured better on MoNuSeg (docs/README.md).
 """
 
 from __future__ import annotations
@@ -53,8 +55,12 @@ def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str =
 
 
 def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES, force: str | list = (),
-                 profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False) -> list:
+                 profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False,
+                 teacher: str = "psm") -> list:
     """Run the stages in order, skipping completed ones. Returns ``[(stage, "ran" | "skipped", seconds)]``.
+
+    ``teacher="hematoxylin"`` makes the pseudo masks by haematoxylin Otsu (``--scm#fusion otsu``) and skips the
+    ``ssl`` stage (no activation network is needed); ``"psm"`` (default) is the PSM method.
 
     Raises:
         RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept).
@@ -66,6 +72,12 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
     if isinstance(override, str):
         override = json.loads(override) if override else {}
     override = override or {}
+    if teacher not in ("psm", "hematoxylin"):
+        raise ValueError(f"unknown teacher {teacher!r} (use 'psm' or 'hematoxylin')")
+    if teacher == "hematoxylin":
+        stages = [st for st in stages if st != "ssl"]
+        override = {**override, "psm": {"scm#fusion": "otsu", "scm#min_size": 30, "ckpt_path": "$None",
+                                         **override.get("psm", {})}}
     for s in list(stages) + list(force):
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r} (use {', '.join(STAGES)})")
@@ -102,11 +114,11 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
 
 
 def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = ",".join(STAGES), force: str = "",
-         profile: str = "cpu", override: str = "", dry_run: bool = False) -> None:
+         profile: str = "cpu", override: str = "", dry_run: bool = False, teacher: str = "psm") -> None:
     """Command-line entry (Python Fire): see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
-        report = run_pipeline(dataset_dir, bundle_root, stages, force, profile, override or None, dry_run)
+        report = run_pipeline(dataset_dir, bundle_root, stages, force, profile, override or None, dry_run, teacher)
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         logger.error(str(e))
         raise SystemExit(1) from None

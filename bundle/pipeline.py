@@ -86,11 +86,12 @@ class PseudoMaskRunner:
         from .handlers import load_network_weights
 
         items = self.items()
-        if self.ckpt_path:
+        use_psm = getattr(self.scm, "needs_psm", True)
+        if use_psm and self.ckpt_path:
             load_network_weights(self.network, self.ckpt_path, map_location=self.device)
         self.network.to(self.device).eval()
         rows, skipped = [], []
-        for it in tqdm(items, desc="PSM -> pseudo masks", unit="img"):
+        for it in tqdm(items, desc="PSM -> pseudo masks" if use_psm else "pseudo masks", unit="img"):
             path = it["image"]
             try:
                 rgb = read_rgb(path, min_size=self.min_size)
@@ -100,12 +101,15 @@ class PseudoMaskRunner:
                 continue
             stem = Path(path).stem
             t0 = time.perf_counter()
-            x = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None].float().to(self.device)
-            psm = self.inferer(x, self.network)[0, 0].cpu().numpy()
+            psm = None
+            if use_psm:
+                x = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None].float().to(self.device)
+                psm = self.inferer(x, self.network)[0, 0].cpu().numpy()
             t1 = time.perf_counter()
             mask = self.scm(rgb, psm)
             t2 = time.perf_counter()
-            write_image(self.output_dir / "psm" / f"{stem}.png", (psm * 255 + 0.5).astype(np.uint8))
+            if psm is not None:
+                write_image(self.output_dir / "psm" / f"{stem}.png", (psm * 255 + 0.5).astype(np.uint8))
             write_image(self.output_dir / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
             if self.write_overlays:
                 write_image(self.output_dir / "overlays" / f"{stem}.png", overlay_mask(rgb, mask))

@@ -161,3 +161,25 @@ def test_det_train_same_seed_same_weights(root, synthetic_dir, pseudo_root, tmp_
         workflow(root, "det_train.json", broot, synthetic_dir / "datalist.json", **FAST).run()
         weights.append(torch.load(broot / "models" / "det" / "model.pt", weights_only=True))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_hematoxylin_teacher_skips_ssl_and_psm(root, synthetic_dir, tmp_path, monkeypatch):
+    import bundle.label_free as lf
+
+    calls = []
+    monkeypatch.setattr(lf.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    rep = lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="ssl,psm",
+                          teacher="hematoxylin")
+    assert [r[:2] for r in rep] == [("psm", "ran")]
+    assert calls[0][calls[0].index("--scm#fusion") + 1] == "otsu"
+    # the psm_infer config itself with that override: pseudo masks, no PSM maps, no checkpoint needed
+    wf = ConfigWorkflow(config_file=str(root / "configs" / "psm_infer.json"), workflow_type="infer",
+                        meta_file=str(root / "configs" / "metadata.json"),
+                        logging_file=str(root / "configs" / "logging.conf"), bundle_root=str(tmp_path / "r"),
+                        dataset_dir=str(synthetic_dir / "datalist.json"), ckpt_path=None,
+                        **{"scm#fusion": "otsu", "scm#min_size": 30})
+    wf.initialize()
+    summary = wf.run()[0]
+    out = tmp_path / "r" / "eval" / "pseudo_masks"
+    assert len(list((out / "masks").glob("*.png"))) == 6 and not (out / "psm").exists()
+    assert summary["pixel_f1"] > 0.5  # synthetic nuclei are dark: the classical teacher finds them
