@@ -270,6 +270,8 @@ class NucleiRunner:
         roi_size, overlap, tta: sliding window and flip test-time augmentation of
             :func:`bundle.detection.predict_probability`.
         wsi_level / wsi_mpp / wsi_tile / wsi_backend: slide options (level or microns per pixel, core tile side).
+        write_masks: also write ``masks/<stem>.png`` (0/255 foreground of the instances) for tiles, the pseudo-mask
+            format of ``det_train`` / ``seg_train``, so a trained network can teach a self-training round.
     """
 
     def __init__(self, network, data, output_dir, ckpt_path=None, device="cpu", mode: str = "auto",
@@ -277,7 +279,8 @@ class NucleiRunner:
                  min_size: int = 20, threshold: float = 0.5, min_distance: int = 6, label_format: str = "png",
                  write_overlays: bool = True,
                  datalist_key: str = "testing", wsi_level: int | None = 0, wsi_mpp: float | None = None,
-                 wsi_tile: int = 1024, wsi_backend: str = "tifffile", class_name: str = "Nucleus"):
+                 wsi_tile: int = 1024, wsi_backend: str = "tifffile", class_name: str = "Nucleus",
+                 write_masks: bool = False):
         self.network, self.data, self.output_dir = network, data, Path(output_dir)
         self.ckpt_path, self.device = ckpt_path, torch.device(device)
         self.mode, self.markers, self.min_size = mode, markers, min_size
@@ -285,7 +288,7 @@ class NucleiRunner:
         self.roi_size, self.overlap, self.tta = roi_size, overlap, tta
         self.label_format, self.write_overlays, self.datalist_key = label_format, write_overlays, datalist_key
         self.wsi_level, self.wsi_mpp, self.wsi_tile, self.wsi_backend = wsi_level, wsi_mpp, wsi_tile, wsi_backend
-        self.class_name = class_name
+        self.class_name, self.write_masks = class_name, write_masks
 
     def items(self) -> list:
         """A list, one image or slide file, a datalist JSON (``datalist_key``, else ``training``), or a folder
@@ -360,6 +363,8 @@ class NucleiRunner:
         self._write_points(stem, rows, [polys[i] for i in sorted(polys)])
         if self.write_overlays:
             write_image(self.output_dir / "overlays" / f"{stem}.png", overlay_mask(rgb, inst))
+        if self.write_masks:  # 0/255 foreground, the pseudo-mask format: lets a trained network teach a new round
+            write_image(self.output_dir / "masks" / f"{stem}.png", (inst > 0).astype(np.uint8) * 255)
         row = {"image": stem, "n_nuclei": int(inst.max()), "seconds": sec, "height": rgb.shape[0], "width": rgb.shape[1]}
         if item.get("label"):
             row.update(instance_scores(inst, read_instance_label(item["label"])))

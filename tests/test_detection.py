@@ -191,7 +191,7 @@ def test_nuclei_runner_outputs_and_bad_file(synthetic_dir, tmp_path):
         (data / f.name).write_bytes(f.read_bytes())
     (data / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    summary = _runner(data, out, mode="watershed").run()
+    summary = _runner(data, out, mode="watershed", write_masks=True).run()
     assert summary["n_images"] == 2 and summary["n_skipped"] == 1 and "broken.png" in summary["skipped"][0]
     lab = read_instance_label(out / "labels" / "tile_00.png")
     assert lab.dtype == np.uint16 and lab.shape == (256, 256)
@@ -201,6 +201,10 @@ def test_nuclei_runner_outputs_and_bad_file(synthetic_dir, tmp_path):
     n_rows = len((out / "points" / "tile_00.csv").read_text().splitlines()) - 1
     assert len(gj["features"]) == n_rows == int(lab.max())
     assert (out / "overlays" / "tile_00.png").is_file() and (out / "summary.csv").is_file()
+    from bundle.io import read_rgb
+
+    mask = read_rgb(out / "masks" / "tile_00.png")[..., 0]  # pseudo-mask format for a self-training round
+    assert set(np.unique(mask)) <= {0, 255} and ((mask > 0) == (lab > 0)).all()
     assert not list(out.rglob("*.part*"))  # nothing half-written
 
 
