@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .io import ImageError, atomic_path, load_datalist, read_rgb, write_csv, write_image, write_json
+from .io import ImageError, load_datalist, read_rgb, write_csv, write_image, write_json, write_npy
 
 logger = logging.getLogger(__name__)
 
@@ -494,8 +494,7 @@ class CellExtractor:
         if len(cells) == 0:
             raise ImageError(f"{data}: no cells found in {len(per_image)} image(s); check the image scale "
                              "(min_radius / max_radius / min_area)")
-        with atomic_path(out / "cells.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, cells)
+        write_npy(out / "cells.npy", cells)
         write_csv(out / "cells.csv", table)
         sel = rng.choice(len(cells), min(128, len(cells)), replace=False)
         write_image(out / "cells_preview.png", montage(cells[np.sort(sel)], 16))

@@ -158,12 +158,19 @@ def write_json(path: str | os.PathLike, obj) -> None:
         f.write("\n")
 
 
-def write_csv(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Write a list of dicts as CSV (header from the union of keys, in first-seen order) atomically."""
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a NumPy array (``.npy``, no pickle) atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[dict], fieldnames: Sequence[str] = ()) -> None:
+    """Write a list of dicts as CSV atomically. Header: ``fieldnames`` first, then the other keys of the rows in
+    first-seen order (so an empty ``rows`` with ``fieldnames`` still gives a header line)."""
     import csv
 
     rows = list(rows)
-    keys: list[str] = []
+    keys: list[str] = list(fieldnames)
     for r in rows:
         keys += [k for k in r if k not in keys]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from .handlers import NucleiImageHandler
-from .io import ImageError, atomic_path, load_datalist, read_rgb, write_csv, write_image, write_json
-from .pipeline import NucleiRunner, _split, _stale
+from .io import ImageError, load_datalist, read_rgb, write_csv, write_image, write_json, write_npy
+from .pipeline import POINT_FIELDS, NucleiRunner, _split, _stale
 
 logger = logging.getLogger(__name__)
 
@@ -312,20 +312,14 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
                 for w in caught:
                     logger.warning(str(w.message))
             lab = point_label(pts, cls, rgb.shape[:2], r_disk, r_ign)
-            with atomic_path(it["label"]) as tmp, open(tmp, "wb") as f:
-                np.save(f, lab[None])
+            write_npy(it["label"], lab[None])
             stem = Path(it["image"]).stem
             rows = [{"x": int(c), "y": int(r), "class": CLASS_NAMES[int(k)]} for (r, c), k in zip(pts, cls)]
             csv_path = label_dir / "points" / f"{stem}.csv"
-            write_csv(csv_path, rows) if rows else _write_header(csv_path, "x,y,class")
+            write_csv(csv_path, rows, fieldnames=("x", "y", "class"))
     train, val = _split(good, val_fraction, seed)
     logger.info(f"Ki-67 pseudo labels in {label_dir}: {len(train)} training / {len(val)} held-back tiles")
     return {"training": train, "validation": val}
-
-
-def _write_header(path, header: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(header + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ inference
@@ -454,7 +448,7 @@ class Ki67Runner:
         rows = [{"image": stem, "x": int(c), "y": int(r), "class": CLASS_NAMES[int(k)], "score": round(float(s), 4)}
                 for (r, c), k, s in zip(pts, cls, score)]
         csv_path = self.output_dir / "points" / f"{stem}.csv"
-        write_csv(csv_path, rows) if rows else _write_header(csv_path, "image,x,y,class,score")
+        write_csv(csv_path, rows, fieldnames=POINT_FIELDS)
         polys = [_circle(r, c, self.marker_radius) for r, c in pts]
         props = [{"classification": {"name": CLASS_NAMES[int(k)], "color": list(CLASS_COLOURS[int(k)])},
                   "measurements": {"score": round(float(s), 4)}} for k, s in zip(cls, score)]

@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import ImageError, atomic_path, load_datalist, read_rgb, write_csv, write_image, write_json
+from .io import (ImageError, load_datalist, read_rgb, usable_items, write_csv, write_image, write_json,
+                 write_npy)
 
 logger = logging.getLogger(__name__)
+
+POINT_FIELDS = ("image", "x", "y", "class", "score")  # columns of every points CSV
 
 
 def overlay_mask(rgb: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarray:
@@ -166,20 +169,15 @@ def _items_with_pseudo(data, pseudo_dir, datalist_key="training", min_size=32) -
     for it in items:
         it = it if isinstance(it, dict) else {"image": it}
         mask = pseudo_dir / f"{Path(it['image']).stem}.png"
-        if not mask.is_file():
+        if mask.is_file():
+            out.append({**it, "mask": str(mask)})
+        else:
             missing.append(str(mask))
-            continue
-        try:
-            read_rgb(it["image"], min_size=min_size)
-        except ImageError as e:
-            logger.warning(f"skipped {e}")
-            continue
-        out.append({**it, "mask": str(mask)})
     if missing:
         logger.warning(f"{len(missing)} image(s) have no pseudo mask and are left out, e.g. {missing[0]}")
     if not out:
         raise ImageError(f"{pseudo_dir}: no pseudo mask matches an image of {data}")
-    return out
+    return usable_items(out, min_size=min_size)
 
 
 def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three", val_fraction: float = 0.1,
@@ -202,8 +200,7 @@ def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three",
         if redo or _stale(out, it["mask"]):
             mask = read_rgb(it["mask"])[..., 0] > 127
             lab = detection_target(mask, target, min_distance=min_distance, ignore_band=ignore_band)
-            with atomic_path(out) as tmp, open(tmp, "wb") as f:
-                np.save(f, lab[None])
+            write_npy(out, lab[None])
         it["label"] = str(out)
     train, val = _split(items, val_fraction, seed)
     logger.info(f"detection labels ({target}) in {label_dir}: {len(train)} training / {len(val)} held-back tiles")
@@ -240,8 +237,7 @@ def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ck
             mask = read_rgb(it["mask"])[..., 0] > 127
             pts = detection_points(predict_probability(det_network, rgb, device, tta=False), point_threshold)
             lab = segmentation_targets(mask, pts, keep_foreground=keep_foreground)
-            with atomic_path(out) as tmp, open(tmp, "wb") as f:
-                np.save(f, lab)
+            write_npy(out, lab)
             write_csv(label_dir / "points" / f"{stem}.csv", [{"row": int(r), "col": int(c)} for r, c in pts])
         it["label"] = str(out)
     train, val = _split(items, val_fraction, seed)
@@ -326,7 +322,7 @@ class NucleiRunner:
                                        points=pts, threshold=self.threshold)
         return inst, prob
 
-    def _rows(self, stem, inst, prob, scale=1.0, offset=(0, 0)):
+    def _rows(self, stem, inst, prob):
         from scipy import ndimage as ndi
 
         from .detection import instance_points
@@ -334,14 +330,13 @@ class NucleiRunner:
         n = int(inst.max())
         cen = instance_points(inst)
         score = ndi.mean(1.0 - prob[0], inst, np.arange(1, n + 1)) if n else []
-        return [{"image": stem, "x": round((c + offset[1]) * scale, 2), "y": round((r + offset[0]) * scale, 2),
-                 "class": self.class_name, "score": round(float(s), 4)} for (r, c), s in zip(cen, score)]
+        return [{"image": stem, "x": round(c, 2), "y": round(r, 2), "class": self.class_name,
+                 "score": round(float(s), 4)} for (r, c), s in zip(cen, score)]
 
     def _write_points(self, stem, rows, polys):
         from .io import write_geojson
 
-        write_csv(self.output_dir / "points" / f"{stem}.csv", rows) if rows else _write_empty_points(
-            self.output_dir / "points" / f"{stem}.csv")
+        write_csv(self.output_dir / "points" / f"{stem}.csv", rows, fieldnames=POINT_FIELDS)
         props = [{"classification": {"name": self.class_name}, "measurements": {"score": r["score"]}} for r in rows]
         write_geojson(self.output_dir / "geojson" / f"{stem}.geojson", polys, props)
 
@@ -433,11 +428,6 @@ class NucleiRunner:
         summary = write_summary(self.output_dir, rows, skipped, self.data, csv_name="summary.csv")
         logger.info(f"wrote nuclei of {len(rows)} image(s) to {self.output_dir}")
         return summary
-
-
-def _write_empty_points(path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write("image,x,y,class,score\n")
 
 
 class EvaluateRunner:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.annotations import read_instance_label  # noqa: E402
+from bundle.detection import predict_probability  # noqa: E402
 from bundle.io import read_rgb  # noqa: E402
 from bundle.labels import instance_target  # noqa: E402
 from bundle.metrics import instance_scores  # noqa: E402
@@ -45,15 +46,8 @@ def teacher_instances(rgb, name, teacher):
 
 
 def predict(net, rgb, tta):
-    x = normalize_rgb(torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float()[None])
-    flips = [[], [-1], [-2], [-1, -2]] if tta else [[]]
-    acc = 0
-    with torch.no_grad():
-        for f in flips:
-            xi = x.flip(f) if f else x
-            p = torch.softmax(net(xi), 1)
-            acc = acc + (p.flip(f) if f else p)
-    return (acc / len(flips))[0].numpy()
+    """Whole-image softmax (no sliding window), as the recorded runs used."""
+    return predict_probability(net, rgb, roi_size=max(rgb.shape[:2]), tta=bool(tta))
 
 
 def instances(prob, target):
