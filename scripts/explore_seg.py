@@ -56,6 +56,34 @@ def instances(prob, target):
     return instances_by_watershed(prob[1] > 0.5, None, min_distance=6, sigma=1.0, min_size=30)
 
 
+def standardize_rgb(rgb: np.ndarray, eps: float = 1.0) -> np.ndarray:
+    """Per-image colour standardisation: each channel of an (H, W, 3) RGB image is shifted and scaled to the
+    mean 127.5 and standard deviation 63.75 (so that :func:`normalize_rgb` then gives zero mean, unit variance).
+
+    A network fed standardised images sees each image relative to its own staining, as a per-image threshold
+    (Otsu) does (hypothesis; measured: it does not help, docs/results/nuclei_diagnosis.md); with the fixed :func:`normalize_rgb` alone, a pale image's nuclei look like a dark image's
+    cytoplasm. Returns (H, W, 3) float32 (not clipped).
+    """
+    x = np.asarray(rgb, np.float32)
+    mean = x.reshape(-1, 3).mean(0)
+    std = x.reshape(-1, 3).std(0)
+    return ((x - mean) / np.maximum(std, eps) * 63.75 + 127.5).astype(np.float32)
+
+
+def make_prep(norm, paths):
+    """Input colour normalisation applied to every image before the network (train and test alike)."""
+    if norm == "fixed":
+        return lambda rgb: rgb
+    if norm == "image":
+        return standardize_rgb
+    if norm == "reinhard":
+        from bundle.cells import lab_stats, reinhard_normalize
+        stats = [lab_stats(read_rgb(p)) for p in paths]
+        mean, std = np.mean([m for m, _ in stats], 0), np.mean([s for _, s in stats], 0)
+        return lambda rgb: reinhard_normalize(rgb, mean, std)
+    raise ValueError(norm)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--monuseg", type=Path, required=True)
@@ -71,15 +99,18 @@ def main(argv=None):
     ap.add_argument("--tta", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--norm", default="fixed", choices=["fixed", "image", "reinhard"])
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     train, names = [], []
+    prep = make_prep(a.norm, sorted((a.monuseg / "train" / "images").glob("*.png")))
     for p in sorted((a.monuseg / "train" / "images").glob("*.png")):
         rgb = read_rgb(p)
         inst = teacher_instances(rgb, p.name, a.teacher)
+        rgb = prep(rgb)
         y = instance_target(inst, a.boundary_width) if a.target == "three" else (inst > 0).astype(np.uint8)
         train.append((torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float(), torch.from_numpy(y).long()))
         names.append(p)
@@ -120,7 +151,7 @@ def main(argv=None):
     for split in ("train", "test"):
         rows = []
         for p in sorted((a.monuseg / split / "images").glob("*.png")):
-            prob = predict(net, read_rgb(p), a.tta)
+            prob = predict(net, prep(read_rgb(p)), a.tta)
             gt = read_instance_label(a.monuseg / split / "labels" / p.name)
             rows.append(instance_scores(instances(prob, a.target), gt))
         res[split] = {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}

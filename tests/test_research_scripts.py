@@ -1,0 +1,59 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Helpers of the research scripts scripts/diagnose_nuclei.py and scripts/tune_ki67_postprocess.py on tiny
+synthetic inputs (the scripts themselves read MoNuSeg / BCData, which tests never need)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+diagnose = pytest.importorskip("diagnose_nuclei")
+tune = pytest.importorskip("tune_ki67_postprocess")
+
+
+def test_error_breakdown_separates_missed_and_spurious_objects():
+    gt = np.zeros((40, 40), np.int32)
+    gt[5:15, 5:15] = 1  # found
+    gt[25:35, 5:15] = 2  # wholly missed
+    pred = np.zeros_like(gt)
+    pred[5:15, 5:15] = 1
+    pred[25:35, 25:35] = 2  # spurious, far from any GT
+    b = diagnose.breakdown(diagnose.errors(pred, gt))
+    assert b["fn_of_gt"] == pytest.approx(0.5)
+    assert b["fn_in_missed_objects"] == pytest.approx(1.0)
+    assert b["fp_of_pred"] == pytest.approx(0.5)
+    assert b["fp_in_spurious_objects"] == pytest.approx(1.0)
+    assert b["fp_in_boundary_band"] == pytest.approx(0.0)
+
+
+def test_oracle_with_gt_foreground_and_gt_points_is_near_perfect():
+    yy, xx = np.mgrid[:64, :64]
+    gt = np.zeros((64, 64), np.int32)
+    for i, (r, c) in enumerate(((16, 14), (16, 27), (45, 45)), 1):  # a touching pair (with a neck) and one alone
+        gt[((yy - r) ** 2 + (xx - c) ** 2 <= 49) & (gt == 0)] = i
+    prob = np.stack([np.where(gt > 0, 0.1, 0.9), np.where(gt > 0, 0.9, 0.1)]).astype(np.float32)
+    res = diagnose.oracle(prob, gt)
+    assert res["gt_foreground+gt_points"]["aji"] > 0.95
+    assert res["ours"]["pixel_f1"] > 0.95
+
+
+def test_ki67_counts_match_points_per_class():
+    prob = np.zeros((3, 64, 64), np.float32)
+    prob[0] = 1.0
+    yy, xx = np.mgrid[:64, :64]
+    for (r, c), ch in (((16, 16), 1), ((40, 44), 2)):
+        blob = np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 4.0 ** 2))
+        prob[ch] += blob
+        prob[0] -= blob
+    prob = np.clip(prob, 0, 1)
+    gt_xy = np.array([[16.0, 16.0], [44.0, 40.0], [60.0, 5.0]])  # (x, y); the last one is missed
+    gt_cls = np.array([1, 2, 2])
+    c = tune.counts([(prob, gt_xy, gt_cls)], {"threshold": 0.5, "nucleus_diameter": 20.0, "sigma": 2.0}, 10)
+    assert c[0].tolist() == [2, 2, 3]  # both found overall
+    assert c[1].tolist() == [1, 1, 1]  # positive
+    assert c[2].tolist() == [1, 1, 2]  # negative: one of two found
+    assert tune.f1(c[0])["f1"] == pytest.approx(2 * 1.0 * (2 / 3) / (1.0 + 2 / 3))
