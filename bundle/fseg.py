@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import ImageError, load_datalist, read_rgb, write_csv, write_image, write_json
+from .io import ImageError, load_datalist, read_rgb, read_rgb_or_skip, write_csv, write_image, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -953,11 +953,8 @@ class ConceptBankBuilder:
                     vecs.append(v)
                     used += 1
                 continue
-            try:
-                rgb = read_rgb(it["image"], min_size=self.min_size)
-            except ImageError as e:
-                logger.warning(f"skipped {e}")
-                skipped.append(str(e))
+            rgb = read_rgb_or_skip(it["image"], skipped, self.min_size)
+            if rgb is None:
                 continue
             f = _features(self.extractor, rgb)
             hs, ws = self.extractor.scaled_size(*rgb.shape[:2])
@@ -1123,11 +1120,8 @@ class FSegRunner:
                     logger.warning(f"skipped {e}")
                     skipped.append(str(e))
                 continue
-            try:
-                rgb = read_rgb(path, min_size=self.min_size)
-            except ImageError as e:
-                logger.warning(f"skipped {e}")
-                skipped.append(str(e))
+            rgb = read_rgb_or_skip(path, skipped, self.min_size)
+            if rgb is None:
                 continue
             stem = Path(path).stem
             res = self.segment_rgb(rgb, centres)

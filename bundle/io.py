@@ -231,6 +231,19 @@ def load_datalist(path_or_folder: str | os.PathLike, key: str = "training") -> l
     return [{"image": f} for f in list_images(p)]
 
 
+def read_rgb_or_skip(path: str | os.PathLike, skipped: list, min_size: int = 32):
+    """:func:`read_rgb`, or None for an unusable file after logging ``skipped <reason>`` (one line) and appending the
+    reason to ``skipped`` (the runners' list of skipped files)."""
+    try:
+        return read_rgb(path, min_size=min_size)
+    except ImageError as e:
+        import logging
+
+        logging.getLogger(__name__).warning(f"skipped {e}")
+        skipped.append(str(e))
+        return None
+
+
 def usable_items(items: list[dict], min_size: int = 32, key: str = "image") -> list[dict]:
     """Keep the items whose ``key`` image reads and is at least ``min_size`` per side; log one line per skipped file.
 

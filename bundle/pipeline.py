@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import (ImageError, load_datalist, read_rgb, usable_items, write_csv, write_image, write_json,
-                 write_npy)
+from .io import (ImageError, load_datalist, read_rgb, read_rgb_or_skip, usable_items, write_csv, write_image,
+                 write_json, write_npy)
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +96,8 @@ class PseudoMaskRunner:
         rows, skipped = [], []
         for it in tqdm(items, desc="PSM -> pseudo masks" if use_psm else "pseudo masks", unit="img"):
             path = it["image"]
-            try:
-                rgb = read_rgb(path, min_size=self.min_size)
-            except ImageError as e:
-                logger.warning(f"skipped {e}")
-                skipped.append(str(e))
+            rgb = read_rgb_or_skip(path, skipped, self.min_size)
+            if rgb is None:
                 continue
             stem = Path(path).stem
             t0 = time.perf_counter()

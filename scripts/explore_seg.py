@@ -70,17 +70,12 @@ def standardize_rgb(rgb: np.ndarray, eps: float = 1.0) -> np.ndarray:
     return ((x - mean) / np.maximum(std, eps) * 63.75 + 127.5).astype(np.float32)
 
 
-def make_prep(norm, paths):
+def make_prep(norm):
     """Input colour normalisation applied to every image before the network (train and test alike)."""
     if norm == "fixed":
         return lambda rgb: rgb
     if norm == "image":
         return standardize_rgb
-    if norm == "reinhard":
-        from bundle.cells import lab_stats, reinhard_normalize
-        stats = [lab_stats(read_rgb(p)) for p in paths]
-        mean, std = np.mean([m for m, _ in stats], 0), np.mean([s for _, s in stats], 0)
-        return lambda rgb: reinhard_normalize(rgb, mean, std)
     raise ValueError(norm)
 
 
@@ -99,14 +94,14 @@ def main(argv=None):
     ap.add_argument("--tta", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--norm", default="fixed", choices=["fixed", "image", "reinhard"])
+    ap.add_argument("--norm", default="fixed", choices=["fixed", "image"])
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     train, names = [], []
-    prep = make_prep(a.norm, sorted((a.monuseg / "train" / "images").glob("*.png")))
+    prep = make_prep(a.norm)
     for p in sorted((a.monuseg / "train" / "images").glob("*.png")):
         rgb = read_rgb(p)
         inst = teacher_instances(rgb, p.name, a.teacher)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bundle.detection import predict_probability  # noqa: E402
 from bundle.io import read_rgb, write_json  # noqa: E402
 from bundle.ki67 import NEGATIVE, POSITIVE, ki67_points, read_bcdata_item  # noqa: E402
-from bundle.metrics import match_points  # noqa: E402
+from bundle.metrics import multiclass_point_scores  # noqa: E402
 from bundle.networks import ResUNet34  # noqa: E402
 
 
@@ -45,10 +45,9 @@ def counts(prob_gt, params, radius):
     for prob, gxy, gcls in prob_gt:
         pts, cls, _ = ki67_points(prob, params["threshold"], params["nucleus_diameter"], params["sigma"])
         pxy = pts[:, ::-1].astype(np.float64) if len(pts) else np.zeros((0, 2))
-        for row, (pm, gm) in enumerate([(np.ones(len(pxy), bool), np.ones(len(gxy), bool)),
-                                        (cls == POSITIVE, gcls == POSITIVE), (cls == NEGATIVE, gcls == NEGATIVE)]):
-            mp, _ = match_points(pxy[pm], gxy[gm], radius)
-            c[row] += [len(mp), int(pm.sum()), int(gm.sum())]
+        sc = multiclass_point_scores(pxy, cls, gxy, gcls, radius, (POSITIVE, NEGATIVE))
+        for row, key in enumerate(("overall", POSITIVE, NEGATIVE)):
+            c[row] += [sc[key]["tp"], sc[key]["tp"] + sc[key]["fp"], sc[key]["tp"] + sc[key]["fn"]]
     return c
 
 
