@@ -49,7 +49,10 @@ def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str =
            "--bundle_root", str(bundle_root), "--meta_file", str(config_dir / "metadata.json"),
            "--logging_file", str(config_dir / "logging.conf")]
     for k, v in (overrides or {}).items():
-        # Fire reads "True"/"False" as booleans (JSON's true/false would stay strings, and "false" is truthy)
+        # Fire reads "True"/"False" as booleans (JSON's true/false would stay strings, and "false" is truthy);
+        # Fire also parses this module's own --override, turning a JSON false into the string "false"
+        if isinstance(v, str) and v.lower() in ("true", "false"):
+            v = v.lower() == "true"
         cmd += [f"--{k}", v if isinstance(v, str) else repr(v) if isinstance(v, bool) else json.dumps(v)]
     return cmd
 

@@ -257,7 +257,7 @@ class NucleiRunner:
     Args:
         network: per-pixel classifier (2-channel background/nucleus or 3-channel background/interior/boundary).
         ckpt_path: weights to load (one-line error when missing or mismatched).
-        mode, threshold, min_distance, min_size: instance post-processing of
+        mode, threshold, min_distance, min_size, grow: instance post-processing of
             :func:`bundle.detection.nuclei_from_probability`; ``markers="points"`` seeds the ``"watershed"`` mode
             with the detected points (:func:`bundle.detection.detection_points`).
         roi_size, overlap, tta: sliding window and flip test-time augmentation of
@@ -273,11 +273,11 @@ class NucleiRunner:
                  write_overlays: bool = True,
                  datalist_key: str = "testing", wsi_level: int | None = 0, wsi_mpp: float | None = None,
                  wsi_tile: int = 1024, wsi_backend: str = "tifffile", class_name: str = "Nucleus",
-                 write_masks: bool = False):
+                 write_masks: bool = False, grow: int = 0):
         self.network, self.data, self.output_dir = network, data, Path(output_dir)
         self.ckpt_path, self.device = ckpt_path, torch.device(device)
         self.mode, self.markers, self.min_size = mode, markers, min_size
-        self.threshold, self.min_distance = threshold, min_distance
+        self.threshold, self.min_distance, self.grow = threshold, min_distance, int(grow)
         self.roi_size, self.overlap, self.tta = roi_size, overlap, tta
         self.label_format, self.write_overlays, self.datalist_key = label_format, write_overlays, datalist_key
         self.wsi_level, self.wsi_mpp, self.wsi_tile, self.wsi_backend = wsi_level, wsi_mpp, wsi_tile, wsi_backend
@@ -316,7 +316,7 @@ class NucleiRunner:
         prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta)
         pts = detection_points(prob) if (self.markers == "points" and self.mode == "watershed") else None
         inst = nuclei_from_probability(prob, self.mode, min_size=self.min_size, min_distance=self.min_distance,
-                                       points=pts, threshold=self.threshold)
+                                       points=pts, threshold=self.threshold, grow=self.grow)
         return inst, prob
 
     def _rows(self, stem, inst, prob):

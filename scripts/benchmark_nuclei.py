@@ -48,7 +48,12 @@ MODES = ("cc", "watershed", "points")
 
 
 def instances(prob, mode, min_size, threshold=0.5, min_distance=6):
-    """``mode`` is ``cc`` / ``watershed`` / ``points``, optionally suffixed ``@threshold`` and ``/min_distance``."""
+    """``mode`` is ``cc`` / ``watershed`` / ``points``, optionally suffixed ``@threshold``, ``/min_distance`` and
+    ``+grow`` (px the instances are grown by), in that order (``points@0.4+1``)."""
+    grow = 0
+    if "+" in mode:
+        mode, g = mode.split("+")
+        grow = int(g)
     if "/" in mode:
         mode, md = mode.split("/")
         min_distance = int(md)
@@ -57,8 +62,9 @@ def instances(prob, mode, min_size, threshold=0.5, min_distance=6):
         threshold = float(th)
     if mode == "points":
         return nuclei_from_probability(prob, "watershed", min_size=min_size, threshold=threshold,
-                                       points=detection_points(prob))
-    return nuclei_from_probability(prob, mode, min_size=min_size, threshold=threshold, min_distance=min_distance)
+                                       points=detection_points(prob), grow=grow)
+    return nuclei_from_probability(prob, mode, min_size=min_size, threshold=threshold, min_distance=min_distance,
+                                   grow=grow)
 
 
 def score(pred, gt, crop):

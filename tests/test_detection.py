@@ -115,6 +115,18 @@ def test_nuclei_from_probability_modes_split_touching():
         nuclei_from_probability(prob, "blobs")
 
 
+def test_nuclei_from_probability_grow_keeps_instances_apart():
+    m = two_touching_disks()
+    prob = np.stack([1.0 - m, m.astype(float)]).astype(np.float32)
+    base = nuclei_from_probability(prob, "watershed", min_size=5)
+    grown = nuclei_from_probability(prob, "watershed", min_size=5, grow=2)
+    assert grown.max() == base.max() == 2
+    assert (grown > 0).sum() > (base > 0).sum()
+    assert np.array_equal(grown[base > 0], base[base > 0])  # growth only claims background
+    ring = (grown > 0) & (base == 0)
+    from scipy import ndimage as ndi
+    assert not (ring & ~ndi.binary_dilation(base > 0, iterations=2)).any()  # at most 2 px (4-connected steps)
+
 def test_instance_polygons_outline_area():
     from skimage.draw import polygon as fill
 

@@ -127,6 +127,10 @@ def test_label_free_skips_completed_stages(tmp_path, synthetic_dir, monkeypatch)
     assert [r[:2] for r in rep] == [("psm", "skipped"), ("det", "ran")]
     assert calls[-1][calls[-1].index("--epochs") + 1] == "3"
     assert calls[-1][calls[-1].index("--resume") + 1] == "False"  # Fire parses this as a boolean
+    # the command line: Fire hands --override over as a dict whose JSON false became the string 'false'
+    lf.main(str(synthetic_dir / "images"), bundle_root=str(tmp_path / "cli"), stages="seg",
+            override={"seg": {"keep_foreground": "false", "epochs": 2}})
+    assert calls[-1][calls[-1].index("--keep_foreground") + 1] == "False"
     monkeypatch.setattr(lf.subprocess, "call", lambda cmd: 1)
     with pytest.raises(RuntimeError, match="stage seg failed"):
         lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="seg")
