@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .handlers import NucleiImageHandler
-from .io import ImageError, load_datalist, read_rgb, write_csv, write_image, write_json, write_npy
+from .io import ImageError, load_datalist, read_rgb, usable_items, write_csv, write_image, write_json, write_npy
 from .pipeline import POINT_FIELDS, NucleiRunner, _split, _stale
 
 logger = logging.getLogger(__name__)
@@ -268,21 +268,12 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
     items = load_datalist(data, datalist_key) if not isinstance(data, (list, tuple)) else [
         d if isinstance(d, dict) else {"image": d} for d in data]
     label_dir = Path(label_dir)
-    good, todo = [], []
-    for it in items:
-        it = {"image": it["image"]}
-        try:
-            read_rgb(it["image"], min_size=min_size)
-        except ImageError as e:
-            logger.warning(f"skipped {e}")
-            continue
-        out = label_dir / f"{Path(it['image']).stem}.npy"
-        it["label"] = str(out)
-        good.append(it)
-        if _stale(out, it["image"], teacher_ckpt):
-            todo.append(it)
-    if not good:
-        raise ImageError(f"{data}: no usable image for Ki-67 pseudo labels")
+    try:
+        usable = usable_items([{"image": it["image"]} for it in items], min_size=min_size)
+    except ImageError as e:
+        raise ImageError(f"{data}: {e}") from None
+    good = [{"image": it["image"], "label": str(label_dir / f"{Path(it['image']).stem}.npy")} for it in usable]
+    todo = [it for it in good if _stale(Path(it["label"]), it["image"], teacher_ckpt)]
     if todo:
         d = float(nucleus_diameter)
         r_disk = 0.25 * d if disk_radius is None else float(disk_radius)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 from bundle.detection import (IGNORE, PartialCrossEntropy, detection_target, nuclei_from_probability,
                               predict_probability, segmentation_targets)
@@ -124,8 +125,8 @@ def test_nuclei_from_probability_grow_keeps_instances_apart():
     assert (grown > 0).sum() > (base > 0).sum()
     assert np.array_equal(grown[base > 0], base[base > 0])  # growth only claims background
     ring = (grown > 0) & (base == 0)
-    from scipy import ndimage as ndi
     assert not (ring & ~ndi.binary_dilation(base > 0, iterations=2)).any()  # at most 2 px (4-connected steps)
+
 
 def test_instance_polygons_outline_area():
     from skimage.draw import polygon as fill
