@@ -31,6 +31,8 @@ The PSM paper reports multi-class Ki-67 detection but its code has none; this is
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -41,12 +43,12 @@ import torch
 
 from .handlers import NucleiImageHandler
 from .io import ImageError, load_datalist, read_rgb, usable_items, write_csv, write_image, write_json, write_npy
-from .pipeline import POINT_FIELDS, NucleiRunner, _split, _stale
+from .pipeline import POINT_FIELDS, NucleiRunner, split_items, is_stale
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["BACKGROUND", "POSITIVE", "NEGATIVE", "IGNORE", "CLASS_NAMES", "optical_density", "dab_fraction",
-           "Ki67PseudoLabeler", "point_label", "prepare_ki67_labels", "ki67_points", "overlay_points",
+           "Ki67PseudoLabeler", "point_label", "prepare_ki67_labels", "run_name", "round_checkpoints", "teacher_list", "ki67_points", "overlay_points",
            "Ki67Runner", "Ki67ImageHandler", "synthetic_ihc_tile", "read_bcdata_item", "NoDABWarning"]
 
 BACKGROUND, POSITIVE, NEGATIVE, IGNORE = 0, 1, 2, 255
@@ -250,6 +252,37 @@ def point_label(points: np.ndarray, classes: np.ndarray, shape, disk_radius: flo
     return out
 
 
+def run_name(round: int = 1, seed: int = 0) -> str:
+    """Folder name of one Ki-67 training run under ``models/`` (and ``eval/``): ``ki67`` for round 1 seed 0,
+    ``ki67_r2`` for round 2, ``ki67_seed1`` / ``ki67_r2_seed1`` for other seeds."""
+    return "ki67" + ("" if int(round) == 1 else f"_r{int(round)}") + ("" if int(seed) == 0 else f"_seed{int(seed)}")
+
+
+def round_checkpoints(bundle_root, round: int) -> list[str]:
+    """``model.pt`` of every seed of training round ``round`` under ``<bundle_root>/models`` (seed 0 first): the
+    teachers of round ``round + 1``, whose probabilities are averaged. Raises FileNotFoundError naming the folder
+    when there is none (train that round first)."""
+    models = Path(bundle_root) / "models"
+    base = run_name(round)
+    seeds = sorted(int(m.group(1)) for d in models.glob(f"{base}_seed*")
+                   if (m := re.fullmatch(re.escape(base) + r"_seed(\d+)", d.name)))
+    found = [str(models / run_name(round, s) / "model.pt") for s in [0] + seeds]
+    found = [f for f in found if Path(f).is_file()]
+    if not found:
+        raise FileNotFoundError(f"{models / base}/model.pt: no round-{round} checkpoint to teach round {round + 1} "
+                                f"(train round {round} first)")
+    return found
+
+
+def teacher_list(teacher_ckpt) -> list[str]:
+    """Checkpoint paths from ``None`` / ``""`` (no teacher), one path, a comma-separated string or a list of paths."""
+    if not teacher_ckpt:
+        return []
+    if isinstance(teacher_ckpt, (str, os.PathLike)):
+        teacher_ckpt = str(teacher_ckpt).split(",")
+    return [str(t).strip() for t in teacher_ckpt if str(t).strip()]
+
+
 def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_radius: float | None = None,
                         ignore_radius: float | None = None, val_fraction: float = 0.1, seed: int = 0,
                         datalist_key: str = "training", min_size: int = 64, teacher_ckpt=None,
@@ -258,7 +291,9 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
 
     Round 1 (``teacher_ckpt=None``): fits :class:`Ki67PseudoLabeler` on all tiles (no annotation is read).
     Self-training rounds (``teacher_ckpt`` = a trained 3-class ResUNet-34 with ``base_channels``): the points are the
-    teacher's own detections (:func:`ki67_points`, flip TTA). Writes ``<label_dir>/<stem>.npy`` ((1, H, W) uint8
+    teacher's own detections (:func:`ki67_points`, flip TTA). ``teacher_ckpt`` may also be a list (or a comma-separated
+    string) of checkpoints, e.g. round-1 runs with different seeds: their flip-TTA probabilities are averaged (an
+    ensemble teacher). Writes ``<label_dir>/<stem>.npy`` ((1, H, W) uint8
     :func:`point_label`) and ``<label_dir>/points/<stem>.csv`` (``x, y, class``); a rerun reuses labels newer than
     their image (and teacher). Unreadable tiles are reported in one line and left out.
 
@@ -273,25 +308,27 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
     except ImageError as e:
         raise ImageError(f"{data}: {e}") from None
     good = [{"image": it["image"], "label": str(label_dir / f"{Path(it['image']).stem}.npy")} for it in usable]
-    todo = [it for it in good if _stale(Path(it["label"]), it["image"], teacher_ckpt)]
+    teachers = teacher_list(teacher_ckpt)
+    todo = [it for it in good if is_stale(Path(it["label"]), it["image"], *teachers)]
     if todo:
         d = float(nucleus_diameter)
         r_disk = 0.25 * d if disk_radius is None else float(disk_radius)
         r_ign = 0.5 * d if ignore_radius is None else float(ignore_radius)
-        if teacher_ckpt:
+        if teachers:
             from .detection import predict_probability
             from .handlers import load_network_weights
             from .networks import ResUNet34
 
-            teacher = load_network_weights(ResUNet34(out_channels=3, base_channels=base_channels), teacher_ckpt,
-                                           map_location=device).to(device).eval()
-            logger.info(f"Ki-67 self-training labels from the teacher {teacher_ckpt}")
+            nets = [load_network_weights(ResUNet34(out_channels=3, base_channels=base_channels), t,
+                                         map_location=device).to(device).eval() for t in teachers]
+            logger.info(f"Ki-67 self-training labels from the teacher{'s (averaged)' if len(nets) > 1 else ''} "
+                        f"{', '.join(teachers)}")
         else:
             labeler = Ki67PseudoLabeler(nucleus_diameter=d, seed=seed).fit([it["image"] for it in good])
         for it in todo:
             rgb = read_rgb(it["image"])
-            if teacher_ckpt:
-                prob = predict_probability(teacher, rgb, device, tta=True)
+            if teachers:
+                prob = np.mean([predict_probability(n, rgb, device, tta=True) for n in nets], axis=0)
                 pts, cls, _ = ki67_points(prob, threshold, d)
                 if dab_fraction(rgb) < 0.002:
                     logger.warning(f"{it['image']}: no DAB (brown) signal - is this an H&E image? 0 positive cells")
@@ -308,7 +345,7 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
             rows = [{"x": int(c), "y": int(r), "class": CLASS_NAMES[int(k)]} for (r, c), k in zip(pts, cls)]
             csv_path = label_dir / "points" / f"{stem}.csv"
             write_csv(csv_path, rows, fieldnames=("x", "y", "class"))
-    train, val = _split(good, val_fraction, seed)
+    train, val = split_items(good, val_fraction, seed)
     logger.info(f"Ki-67 pseudo labels in {label_dir}: {len(train)} training / {len(val)} held-back tiles")
     return {"training": train, "validation": val}
 

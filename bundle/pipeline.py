@@ -123,7 +123,7 @@ class PseudoMaskRunner:
         return summary
 
 
-def _split(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
+def split_items(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
     """Deterministic train / held-back split of a list (at least one of each when there are >= 2 items)."""
     if val_fraction <= 0 or len(items) < 2:
         return items, items[:1] if val_fraction > 0 else []
@@ -133,7 +133,7 @@ def _split(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
     return [items[i] for i in range(len(items)) if i not in set(val)], [items[i] for i in val]
 
 
-def _stale(out: Path, *inputs) -> bool:
+def is_stale(out: Path, *inputs) -> bool:
     """True when ``out`` is missing or older than any existing input path."""
     if not out.is_file():
         return True
@@ -194,12 +194,12 @@ def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three",
     redo = _settings_changed(label_dir, {"target": target, "min_distance": min_distance, "ignore_band": ignore_band})
     for it in items:
         out = label_dir / f"{Path(it['image']).stem}.npy"
-        if redo or _stale(out, it["mask"]):
+        if redo or is_stale(out, it["mask"]):
             mask = read_rgb(it["mask"])[..., 0] > 127
             lab = detection_target(mask, target, min_distance=min_distance, ignore_band=ignore_band)
             write_npy(out, lab[None])
         it["label"] = str(out)
-    train, val = _split(items, val_fraction, seed)
+    train, val = split_items(items, val_fraction, seed)
     logger.info(f"detection labels ({target}) in {label_dir}: {len(train)} training / {len(val)} held-back tiles")
     return {"training": train, "validation": val}
 
@@ -225,7 +225,7 @@ def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ck
     for it in items:
         stem = Path(it["image"]).stem
         out = label_dir / f"{stem}.npy"
-        if redo or _stale(out, it["mask"], det_ckpt):
+        if redo or is_stale(out, it["mask"], det_ckpt):
             if not loaded:
                 load_network_weights(det_network, det_ckpt, map_location=device)
                 det_network.to(device).eval()
@@ -237,7 +237,7 @@ def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ck
             write_npy(out, lab)
             write_csv(label_dir / "points" / f"{stem}.csv", [{"row": int(r), "col": int(c)} for r, c in pts])
         it["label"] = str(out)
-    train, val = _split(items, val_fraction, seed)
+    train, val = split_items(items, val_fraction, seed)
     logger.info(f"segmentation labels in {label_dir}: {len(train)} training / {len(val)} held-back tiles")
     return {"training": train, "validation": val}
 

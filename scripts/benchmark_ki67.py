@@ -225,6 +225,41 @@ def score(preds, gts, seconds=None):
     return res
 
 
+def split_stems(stems):
+    """Fixed dev / test halves of the tiles: in numeric stem order, even positions are dev, odd positions test.
+
+    Labels of the dev half may guide a choice (a default, an ablation); the test half is only reported."""
+    return {"dev": [i for i in range(len(stems)) if i % 2 == 0], "test": [i for i in range(len(stems)) if i % 2 == 1]}
+
+
+def score_split(preds, gts, halves, seconds=None):
+    """:func:`score` on all images plus ``res["split"][half]`` on each half of :func:`split_stems`."""
+    res = score(preds, gts, seconds)
+    res["split"] = {h: score([preds[i] for i in idx], [gts[i] for i in idx]) for h, idx in halves.items()}
+    return res
+
+
+def group_summary(methods):
+    """Mean / sd / values of overall F1 (10 and 6 px) over the runs of each group: a method named
+    ``GROUP@RUN (TTA)`` belongs to ``GROUP`` (e.g. ``default@seed0``); groups of one run are left out."""
+    groups = {}
+    for m, res in methods.items():
+        if "@" in m and m.endswith("(TTA)"):
+            groups.setdefault(m.split("@")[0], []).append(res)
+    out = {}
+    for g, runs in groups.items():
+        if len(runs) < 2:
+            continue
+        row = {"n_runs": len(runs)}
+        for part in ("all", "dev", "test"):
+            for r in RADII:
+                v = [(x if part == "all" else x["split"][part])[f"r{r}"]["overall"]["f1"] for x in runs]
+                row[f"{part}_r{r}"] = {"mean": round(float(np.mean(v)), 4), "sd": round(float(np.std(v, ddof=1)), 4),
+                                       "values": v}
+        out[g] = row
+    return out
+
+
 def _timed(fn, *args):
     t0 = time.perf_counter()
     out = fn(*args)
@@ -243,13 +278,20 @@ def _runner_points(out_dir, stems):
     return preds
 
 
+def _width(ckpt) -> int:
+    """base_channels of a saved ResUNet-34: the input width of its 1x1 head."""
+    import torch
+
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["head.weight"].shape[1])
+
+
 def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold):
     import torch
 
     from bundle.networks import ResUNet34
 
     torch.set_num_threads(1)
-    net = ResUNet34(out_channels=3, base_channels=base_channels)
+    net = ResUNet34(out_channels=3, base_channels=base_channels or _width(ckpt))
     out = Path(work) / ("network" if tta else "network_no_tta")
     summ = Ki67Runner(net, str(Path(data_dir) / "images"), out, ckpt_path=ckpt, tta=tta, nucleus_diameter=d,
                       threshold=threshold).run()
@@ -312,6 +354,25 @@ def _md(report) -> str:
                  f"{res['count_mae']['positive']:.2f} | {res['count_mae']['negative']:.2f} | "
                  f"{res['ki67_index_mae']:.3f} | {res['folder_ki67_index']['pred']:.3f} | "
                  f"{res.get('seconds_per_image', float('nan')):.2f} |")
+    if "split" in report:
+        sp = report["split"]
+        L += ["", "## Dev / test halves (overall F1)", "",
+              f"Fixed halves (`split_stems`): dev = tiles {', '.join(sp['dev'])}; test = tiles {', '.join(sp['test'])}. "
+              "Choices may be made on dev; test is only reported.", "",
+              "| method | all 10 px | dev 10 px | test 10 px | all 6 px | dev 6 px | test 6 px |", "|---|---|---|---|---|---|---|"]
+        for m, res in report["methods"].items():
+            cells = [(res if h == "all" else res["split"][h])[f"r{r}"]["overall"]["f1"] for r in (10, 6)
+                     for h in ("all", "dev", "test")]
+            L.append(f"| {m} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    if report.get("groups"):
+        L += ["", "## Runs grouped (`GROUP@RUN`, TTA): overall F1 mean (sd) over runs", "",
+              "| group | runs | all 10 px | dev 10 px | test 10 px | all 6 px | test 6 px | values, all 10 px |",
+              "|---|---|---|---|---|---|---|---|"]
+        for g, row in report["groups"].items():
+            cell = [f"{row[k]['mean']:.3f} ({row[k]['sd']:.3f})" for k in ("all_r10", "dev_r10", "test_r10", "all_r6",
+                                                                          "test_r6")]
+            L.append(f"| {g} | {row['n_runs']} | " + " | ".join(cell) + " | "
+                     + " / ".join(f"{v:.3f}" for v in row["all_r10"]["values"]) + " |")
     dab = report["dab_fraction"]
     L += ["", f"Brown-pixel fraction (`dab_fraction`): BCData {dab['bcdata_min']:.4f} to {dab['bcdata_max']:.4f}"
           + (f"; H&E tiles of {dab['he_dir']} ({dab['he_n_images']}): max {dab['he_max']:.5f}"
@@ -328,7 +389,7 @@ def main(argv=None):
     ap.add_argument("--data", required=True, help="BCData-style folder (images/, annotations/{positive,negative}/)")
     ap.add_argument("--ckpt", action="append", help="[NAME=]PATH of a trained ki67 network (models/ki67/model.pt); "
                     "repeat for several; omit to skip the network")
-    ap.add_argument("--base_channels", type=int, default=16)
+    ap.add_argument("--base_channels", type=int, default=None, help="network width (default: read from each checkpoint)")
     ap.add_argument("--nucleus_diameter", type=float, default=20.0)
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--work", default="/tmp/ki67_bench", help="scratch folder for runner outputs")
@@ -336,6 +397,8 @@ def main(argv=None):
     ap.add_argument("--machine", default="2-core CPU, shared with other jobs")
     ap.add_argument("--he_dir", default=None, help="optional folder of H&E tiles: no-DAB check in IHC mode")
     ap.add_argument("--figure", default="docs/figures/ki67_examples.png", help="example figure ('' = none)")
+    ap.add_argument("--figure_nets", default="", help="comma-separated --ckpt names shown in the figure (default all)")
+    ap.add_argument("--tta", choices=("both", "on", "off"), default="both", help="score networks with / without flip TTA")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -348,31 +411,33 @@ def main(argv=None):
     rgbs = [read_rgb(img_dir / f"{s}.png") for s in stems]
     gts = [read_bcdata_item(a.data, s) for s in stems]
     n = len(stems)
+    halves = split_stems(stems)
     methods = {}
     preds, t = _timed(otsu_rule, rgbs, d)
-    methods["otsu_rule (calibration)"] = score(preds, gts, t / n)
+    methods["otsu_rule (calibration)"] = score_split(preds, gts, halves, t / n)
     preds, t = _timed(classical_log, rgbs, d)
-    methods["classical_log (baseline)"] = score(preds, gts, t / n)
+    methods["classical_log (baseline)"] = score_split(preds, gts, halves, t / n)
     fig_cols = {"classical_log baseline": preds}
     preds, t = _timed(classical_log_per_stain, rgbs, d)
-    methods["classical_log_per_stain (baseline)"] = score(preds, gts, t / n)
+    methods["classical_log_per_stain (baseline)"] = score_split(preds, gts, halves, t / n)
     labeler, fit_s = _timed(lambda: Ki67PseudoLabeler(d).fit(rgbs))
     for name, fn in (("alt_kmeans_only", alt_kmeans_only), ("alt_blue_ratio", alt_blue_ratio),
                      ("alt_union_ratio", alt_union_ratio)):
         preds, t = _timed(fn, rgbs, d, labeler)
-        methods[name] = score(preds, gts, t / n)
+        methods[name] = score_split(preds, gts, halves, t / n)
     out = Path(a.work) / "pseudo_labels"
     summ = Ki67Runner(None, str(img_dir), out, method="classical", nucleus_diameter=d).run()
     pseudo = _runner_points(out, stems)
     fig_cols["pseudo labels"] = pseudo
-    methods["pseudo_labels (Ki67PseudoLabeler)"] = score(pseudo, gts, summ["seconds_per_image"])
+    methods["pseudo_labels (Ki67PseudoLabeler)"] = score_split(pseudo, gts, halves, summ["seconds_per_image"])
     for spec in a.ckpt or []:
         name, _, path = spec.rpartition("=")
         name = name or "network"
-        for tta in (False, True):
+        for tta in {"both": (False, True), "on": (True,), "off": (False,)}[a.tta]:
             preds, sec = run_network(a.data, path, Path(a.work) / name, stems, d, tta, a.base_channels, a.threshold)
-            methods[f"{name} (TTA)" if tta else f"{name} (no TTA)"] = score(preds, gts, sec)
-        fig_cols[f"{name} (TTA)"] = preds
+            methods[f"{name} (TTA)" if tta else f"{name} (no TTA)"] = score_split(preds, gts, halves, sec)
+        if not a.figure_nets or name in a.figure_nets.split(","):
+            fig_cols[f"{name} (TTA)" if tta else name] = preds
     if a.figure:
         make_figure(a.figure, rgbs, gts, fig_cols, stems)
     dab = {"bcdata_min": round(min(dab_fraction(r) for r in rgbs), 4),
@@ -389,12 +454,10 @@ def main(argv=None):
                 print(f"skipped {e}")
         dab.update({"he_dir": a.he_dir, "he_n_images": len(he), "he_max": round(max(fr), 5)})
         if a.ckpt:
-            import torch
-
             from bundle.networks import ResUNet34
 
             name, _, path = a.ckpt[-1].rpartition("=")
-            sm = Ki67Runner(ResUNet34(out_channels=3, base_channels=a.base_channels), a.he_dir,
+            sm = Ki67Runner(ResUNet34(out_channels=3, base_channels=a.base_channels or _width(path)), a.he_dir,
                             Path(a.work) / "he_in_ihc_mode", ckpt_path=path, tta=False, nucleus_diameter=d).run()
             dab.update({"he_network": name or "network", "he_n_positive": sm["n_positive"],
                         "he_n_negative": sm["n_negative"]})
@@ -407,7 +470,8 @@ def main(argv=None):
               "gt_folder_index": round(gtc["positive"] / max(1, sum(gtc.values())), 4), "fit_seconds": round(fit_s, 2),
               "labeler": {"positive_clusters": labeler.positive_clusters, "h_threshold": labeler.h_threshold_,
                           "cluster_centres_od": np.round(labeler.km.cluster_centers_, 4).tolist()},
-              "dab_fraction": dab, "methods": methods}
+              "dab_fraction": dab, "split": {h: [stems[i] for i in idx] for h, idx in halves.items()},
+              "methods": methods, "groups": group_summary(methods)}
     outp = Path(a.out)
     from bundle.io import atomic_path, write_json
 

@@ -75,11 +75,12 @@ def score(pred, gt, crop):
             "crop512_cc": instance_scores(pc, label(gc > 0))}
 
 
-def load_net(root: Path, stage: str, base_channels: int):
+def load_net(root: Path, stage: str):
+    """The ResUNet-34 of ``<root>/models/<stage>/model.pt``; classes and width (base_channels) read from its head."""
     path = root / "models" / stage / "model.pt"
     sd = torch.load(path, map_location="cpu", weights_only=True)
-    out_ch = int(sd["head.weight"].shape[0])
-    net = ResUNet34(out_channels=out_ch, base_channels=base_channels)
+    out_ch, width = (int(n) for n in sd["head.weight"].shape[:2])
+    net = ResUNet34(out_channels=out_ch, base_channels=width)
     load_network_weights(net, path)
     return net.eval()
 
@@ -91,7 +92,6 @@ def main(argv=None):
     ap.add_argument("--stages", default="det,seg")
     ap.add_argument("--modes", default=",".join(MODES),
                     help="instance modes; 'watershed@0.4/8' = foreground threshold 0.4, peaks 8 px apart")
-    ap.add_argument("--base_channels", type=int, default=16)
     ap.add_argument("--tta", type=int, default=1)
     ap.add_argument("--min_size", type=int, default=20)
     ap.add_argument("--crop", type=int, default=512)
@@ -124,7 +124,7 @@ def main(argv=None):
             if not (Path(root) / "models" / stage / "model.pt").is_file():
                 print(f"{name}/{stage}: no model, skipped", flush=True)
                 continue
-            net = load_net(Path(root), stage, a.base_channels)
+            net = load_net(Path(root), stage)
             key = f"{name}/{stage}"
             res = {"train": {}, "test": {}, "n_classes": int(net.head.weight.shape[0])}
             timings = []
@@ -190,7 +190,7 @@ def make_figure(a, test, results, params, size=320):
         for key, mode in nets:
             root, stage = key.split("/")
             spec = dict(s.split("=", 1) for s in a.runs)
-            net = load_net(Path(spec[root]), stage, a.base_channels)
+            net = load_net(Path(spec[root]), stage)
             inst = instances(predict_probability(net, rgb, tta=bool(a.tta)), mode, a.min_size)
             cols.append(labelled(crop(overlay_mask(rgb, inst)), f"{key} {mode}"))
         rows.append(np.concatenate(cols, 1))

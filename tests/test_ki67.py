@@ -87,6 +87,48 @@ def test_he_input_in_ihc_mode_gives_zero_positives_and_warning(ihc_tiles, tmp_pa
     assert any("he.png: no DAB (brown) signal" in r.getMessage() and "\n" not in r.getMessage() for r in caplog.records)
 
 
+def test_ensemble_teacher_averages_probabilities(ihc_dir, tmp_path):
+    """Self-training labels from a list of teachers: the same checkpoint twice must give exactly the single teacher's
+    labels (a mean, not a sum); a comma-separated string is the same list; a missing teacher is a one-line error."""
+    from bundle.handlers import atomic_torch_save
+    from bundle.ki67 import prepare_ki67_labels, teacher_list
+    from bundle.networks import ResUNet34
+
+    torch.manual_seed(0)
+    net = ResUNet34(out_channels=3, base_channels=8)
+    with torch.no_grad():  # a head that makes the untrained teacher detect peaks of its own noise on the tiles
+        net.head.bias.copy_(torch.tensor([-0.5, 0.0, 0.2]))
+    ck = tmp_path / "t.pt"
+    atomic_torch_save(net.state_dict(), ck)
+    assert teacher_list(None) == [] and teacher_list(f"{ck}, {ck}") == [str(ck), str(ck)]
+    kw = dict(nucleus_diameter=14, base_channels=8, threshold=0.3, val_fraction=0.0)
+    one = prepare_ki67_labels(str(ihc_dir), tmp_path / "one", teacher_ckpt=str(ck), **kw)
+    two = prepare_ki67_labels(str(ihc_dir), tmp_path / "two", teacher_ckpt=f"{ck},{ck}", **kw)
+    assert len(one["training"]) == len(two["training"]) == 3
+    found = set()
+    for a, b in zip(one["training"], two["training"]):
+        np.testing.assert_array_equal(np.load(a["label"]), np.load(b["label"]))
+        found |= set(np.unique(np.load(a["label"])).tolist())
+    assert found & {POSITIVE, NEGATIVE}  # the comparison is not between empty labels
+    with pytest.raises(Exception, match="nope.pt"):
+        prepare_ki67_labels(str(ihc_dir), tmp_path / "bad", teacher_ckpt=[str(ck), str(tmp_path / "nope.pt")], **kw)
+
+
+def test_run_names_and_round_teachers(tmp_path):
+    from bundle.ki67 import round_checkpoints, run_name
+
+    assert [run_name(1), run_name(2), run_name(1, 3), run_name(2, 1)] == ["ki67", "ki67_r2", "ki67_seed3",
+                                                                          "ki67_r2_seed1"]
+    for name in ("ki67", "ki67_seed10", "ki67_seed2", "ki67_seedx", "ki67_r2"):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "model.pt").write_bytes(b"")
+    (tmp_path / "models" / "ki67_seed3").mkdir()  # no model.pt: left out
+    assert [os.path.basename(os.path.dirname(p)) for p in round_checkpoints(tmp_path, 1)] == [
+        "ki67", "ki67_seed2", "ki67_seed10"]
+    with pytest.raises(FileNotFoundError, match="ki67_r3.*train round 3 first"):
+        round_checkpoints(tmp_path, 3)
+
+
 def test_runner_rejects_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="unknown stain"):
         Ki67Runner(None, str(tmp_path), tmp_path, stain="pap")
@@ -115,6 +157,16 @@ def test_ki67_train_then_infer_end_to_end(root, ihc_dir, tmp_path):
     assert {POSITIVE, NEGATIVE} <= set(np.unique(lab))
     bad = [ln for ln in (tr.stdout + tr.stderr).splitlines() if "broken.png" in ln]
     assert bad and "skipped" in bad[0]
+    # a second round-1 seed, then round 2 taught by both (averaged): the robust recipe of docs/ki67.md
+    short = ["--epochs", 1, "--crop_size", 64, "--steps_per_epoch", 1, "--val_interval", 1, "--crops_per_image", 1]
+    s1 = _bundle_run(root, "ki67_train.json", common + short + ["--seed", 1])
+    assert s1.returncode == 0, s1.stderr[-2000:]
+    assert (broot / "models" / "ki67_seed1" / "model.pt").is_file()
+    r2 = _bundle_run(root, "ki67_train.json", common + short + ["--round", 2])
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    taught = [ln for ln in (r2.stdout + r2.stderr).splitlines() if "teachers (averaged)" in ln]
+    assert taught and "ki67_seed1" in taught[0] and str(ckpts / "model.pt") in taught[0]
+    assert (broot / "models" / "ki67_r2" / "model.pt").is_file()
 
     inf = _bundle_run(root, "ki67_infer.json", common + ["--tta", False, "--threshold", 0.2])
     assert inf.returncode == 0, inf.stderr[-2000:]

@@ -57,3 +57,23 @@ def test_ki67_counts_match_points_per_class():
     assert c[1].tolist() == [1, 1, 1]  # positive
     assert c[2].tolist() == [1, 1, 2]  # negative: one of two found
     assert tune.f1(c[0])["f1"] == pytest.approx(2 * 1.0 * (2 / 3) / (1.0 + 2 / 3))
+
+
+def test_ki67_benchmark_halves_and_run_groups():
+    bench = pytest.importorskip("benchmark_ki67")
+    stems = [str(i) for i in range(5)]
+    halves = bench.split_stems(stems)
+    assert halves == {"dev": [0, 2, 4], "test": [1, 3]}
+    # one GT positive per image at (x=10, y=10); the prediction hits it on dev images only
+    gts = [(np.array([[10.0, 10.0]]), np.array([1])) for _ in stems]
+    hit, miss = (np.array([[10, 10]]), np.array([1], np.uint8)), (np.array([[40, 40]]), np.array([1], np.uint8))
+    preds = [hit if i % 2 == 0 else miss for i in range(5)]
+    res = bench.score_split(preds, gts, halves)
+    assert res["split"]["dev"]["r10"]["overall"]["f1"] == 1.0
+    assert res["split"]["test"]["r10"]["overall"]["f1"] == 0.0
+    assert res["r10"]["overall"]["tp"] == 3 and res["r10"]["overall"]["fp"] == 2
+    all_hit = bench.score_split([hit] * 5, gts, halves)
+    groups = bench.group_summary({"a@s0 (TTA)": res, "a@s1 (TTA)": all_hit, "a@s1 (no TTA)": res,
+                                  "single@s0 (TTA)": res})
+    assert list(groups) == ["a"] and groups["a"]["n_runs"] == 2  # no-TTA rows and one-run groups are left out
+    assert groups["a"]["test_r10"]["values"] == [0.0, 1.0] and groups["a"]["test_r10"]["mean"] == 0.5
