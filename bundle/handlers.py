@@ -42,6 +42,16 @@ def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_
     return network
 
 
+def resunet_checkpoint_dims(path: str | os.PathLike) -> tuple[int, int]:
+    """``(out_channels, base_channels)`` of a saved :class:`bundle.networks.ResUNet34`, read from its 1x1 head
+    (weight shape (out_channels, base_channels, 1, 1)). One-line errors as :func:`load_network_weights`."""
+    sd = read_state_dict(path, "checkpoint")
+    if "head.weight" not in sd:
+        raise ValueError(f"{os.fspath(path)}: not a ResUNet-34 checkpoint (no 'head.weight')")
+    out_ch, width = sd["head.weight"].shape[:2]
+    return int(out_ch), int(width)
+
+
 class CheckpointResume:
     """Save ``{name: obj.state_dict()}`` to ``<ckpt_dir>/<last_name>`` every ``interval`` epochs (atomically) and the
     bare network weights to ``<ckpt_dir>/<model_name>``; on start, resume from ``last_name`` if it exists.

@@ -48,8 +48,9 @@ from .pipeline import POINT_FIELDS, NucleiRunner, split_items, is_stale
 logger = logging.getLogger(__name__)
 
 __all__ = ["BACKGROUND", "POSITIVE", "NEGATIVE", "IGNORE", "CLASS_NAMES", "optical_density", "dab_fraction",
-           "Ki67PseudoLabeler", "point_label", "prepare_ki67_labels", "run_name", "round_checkpoints", "teacher_list", "ki67_points", "overlay_points",
-           "Ki67Runner", "Ki67ImageHandler", "synthetic_ihc_tile", "read_bcdata_item", "NoDABWarning"]
+           "Ki67PseudoLabeler", "point_label", "prepare_ki67_labels", "run_name", "round_checkpoints", "teacher_list",
+           "ki67_points", "overlay_points", "Ki67Runner", "Ki67ImageHandler", "synthetic_ihc_tile", "read_bcdata_item",
+           "NoDABWarning"]
 
 BACKGROUND, POSITIVE, NEGATIVE, IGNORE = 0, 1, 2, 255
 CLASS_NAMES = {POSITIVE: "Positive", NEGATIVE: "Negative"}
@@ -252,10 +253,10 @@ def point_label(points: np.ndarray, classes: np.ndarray, shape, disk_radius: flo
     return out
 
 
-def run_name(round: int = 1, seed: int = 0) -> str:
-    """Folder name of one Ki-67 training run under ``models/`` (and ``eval/``): ``ki67`` for round 1 seed 0,
-    ``ki67_r2`` for round 2, ``ki67_seed1`` / ``ki67_r2_seed1`` for other seeds."""
-    return "ki67" + ("" if int(round) == 1 else f"_r{int(round)}") + ("" if int(seed) == 0 else f"_seed{int(seed)}")
+def run_name(round: int = 1, seed: int = 0, prefix: str = "ki67") -> str:
+    """Folder name of one Ki-67 training run under ``models/`` (``prefix`` ``ki67_train`` under ``eval/``): ``ki67``
+    for round 1 seed 0, ``ki67_r2`` for round 2, ``ki67_seed1`` / ``ki67_r2_seed1`` for other seeds."""
+    return prefix + ("" if int(round) == 1 else f"_r{int(round)}") + ("" if int(seed) == 0 else f"_seed{int(seed)}")
 
 
 def round_checkpoints(bundle_root, round: int) -> list[str]:

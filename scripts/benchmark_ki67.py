@@ -48,6 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.handlers import resunet_checkpoint_dims  # noqa: E402
 from bundle.io import read_rgb  # noqa: E402
 from bundle.ki67 import (NEGATIVE, POSITIVE, Ki67PseudoLabeler, Ki67Runner, _blob_points, _hd_of_od,  # noqa: E402
                          dab_fraction, optical_density, read_bcdata_item)
@@ -278,20 +279,13 @@ def _runner_points(out_dir, stems):
     return preds
 
 
-def _width(ckpt) -> int:
-    """base_channels of a saved ResUNet-34: the input width of its 1x1 head."""
-    import torch
-
-    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["head.weight"].shape[1])
-
-
 def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold):
     import torch
 
     from bundle.networks import ResUNet34
 
     torch.set_num_threads(1)
-    net = ResUNet34(out_channels=3, base_channels=base_channels or _width(ckpt))
+    net = ResUNet34(out_channels=3, base_channels=base_channels or resunet_checkpoint_dims(ckpt)[1])
     out = Path(work) / ("network" if tta else "network_no_tta")
     summ = Ki67Runner(net, str(Path(data_dir) / "images"), out, ckpt_path=ckpt, tta=tta, nucleus_diameter=d,
                       threshold=threshold).run()
@@ -357,9 +351,10 @@ def _md(report) -> str:
     if "split" in report:
         sp = report["split"]
         L += ["", "## Dev / test halves (overall F1)", "",
-              f"Fixed halves (`split_stems`): dev = tiles {', '.join(sp['dev'])}; test = tiles {', '.join(sp['test'])}. "
-              "Choices may be made on dev; test is only reported.", "",
-              "| method | all 10 px | dev 10 px | test 10 px | all 6 px | dev 6 px | test 6 px |", "|---|---|---|---|---|---|---|"]
+              f"Fixed halves (`split_stems`): dev = tiles {', '.join(sp['dev'])}; "
+              f"test = tiles {', '.join(sp['test'])}. Choices may be made on dev; test is only reported.", "",
+              "| method | all 10 px | dev 10 px | test 10 px | all 6 px | dev 6 px | test 6 px |",
+              "|---|---|---|---|---|---|---|"]
         for m, res in report["methods"].items():
             cells = [(res if h == "all" else res["split"][h])[f"r{r}"]["overall"]["f1"] for r in (10, 6)
                      for h in ("all", "dev", "test")]
@@ -389,7 +384,8 @@ def main(argv=None):
     ap.add_argument("--data", required=True, help="BCData-style folder (images/, annotations/{positive,negative}/)")
     ap.add_argument("--ckpt", action="append", help="[NAME=]PATH of a trained ki67 network (models/ki67/model.pt); "
                     "repeat for several; omit to skip the network")
-    ap.add_argument("--base_channels", type=int, default=None, help="network width (default: read from each checkpoint)")
+    ap.add_argument("--base_channels", type=int, default=None,
+                    help="network width (default: read from each checkpoint)")
     ap.add_argument("--nucleus_diameter", type=float, default=20.0)
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--work", default="/tmp/ki67_bench", help="scratch folder for runner outputs")
@@ -398,7 +394,8 @@ def main(argv=None):
     ap.add_argument("--he_dir", default=None, help="optional folder of H&E tiles: no-DAB check in IHC mode")
     ap.add_argument("--figure", default="docs/figures/ki67_examples.png", help="example figure ('' = none)")
     ap.add_argument("--figure_nets", default="", help="comma-separated --ckpt names shown in the figure (default all)")
-    ap.add_argument("--tta", choices=("both", "on", "off"), default="both", help="score networks with / without flip TTA")
+    ap.add_argument("--tta", choices=("both", "on", "off"), default="both",
+                    help="score networks with / without flip TTA")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -457,7 +454,8 @@ def main(argv=None):
             from bundle.networks import ResUNet34
 
             name, _, path = a.ckpt[-1].rpartition("=")
-            sm = Ki67Runner(ResUNet34(out_channels=3, base_channels=a.base_channels or _width(path)), a.he_dir,
+            width = a.base_channels or resunet_checkpoint_dims(path)[1]
+            sm = Ki67Runner(ResUNet34(out_channels=3, base_channels=width), a.he_dir,
                             Path(a.work) / "he_in_ihc_mode", ckpt_path=path, tta=False, nucleus_diameter=d).run()
             dab.update({"he_network": name or "network", "he_n_positive": sm["n_positive"],
                         "he_n_negative": sm["n_negative"]})

@@ -119,6 +119,7 @@ def test_run_names_and_round_teachers(tmp_path):
 
     assert [run_name(1), run_name(2), run_name(1, 3), run_name(2, 1)] == ["ki67", "ki67_r2", "ki67_seed3",
                                                                           "ki67_r2_seed1"]
+    assert run_name(2, 1, "ki67_train") == "ki67_train_r2_seed1"
     for name in ("ki67", "ki67_seed10", "ki67_seed2", "ki67_seedx", "ki67_r2"):
         (tmp_path / "models" / name).mkdir(parents=True)
         (tmp_path / "models" / name / "model.pt").write_bytes(b"")

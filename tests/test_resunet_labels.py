@@ -106,3 +106,16 @@ def test_classical_nuclei_on_synthetic_tile():
     pred = classical_nuclei(rgb)
     assert pred.dtype == np.int32 and pred.shape == inst.shape
     assert aji(pred, inst) > 0.5
+
+
+def test_resunet_checkpoint_dims_reads_head(tmp_path):
+    from bundle.handlers import resunet_checkpoint_dims
+
+    path = tmp_path / "m.pt"
+    torch.save(ResUNet34(out_channels=3, base_channels=8).state_dict(), path)
+    assert resunet_checkpoint_dims(path) == (3, 8)
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a ResUNet-34"):
+        resunet_checkpoint_dims(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        resunet_checkpoint_dims(tmp_path / "missing.pt")
