@@ -119,25 +119,38 @@ class PartialCrossEntropy(torch.nn.Module):
         return total
 
 
+def input_channels(network: torch.nn.Module) -> int:
+    """Input channels a convolutional network expects: dim 1 of its first 4-D weight (3 when it has none)."""
+    for p in network.parameters():
+        if p.ndim == 4:
+            return int(p.shape[1])
+    return 3
+
+
 def predict_probability(network: torch.nn.Module, rgb: np.ndarray, device="cpu", roi_size: int = 512,
                         overlap: float = 0.25, sw_batch_size: int = 2, tta: bool = True) -> np.ndarray:
     """Softmax probabilities of a per-pixel classifier over an (H, W, 3) uint8 RGB image of any size.
 
     Images larger than ``roi_size`` are processed with MONAI's Gaussian-weighted sliding window (``overlap``);
-    ``tta`` averages the four flips. The input is normalised with :func:`bundle.transforms.normalize_rgb`.
+    ``tta`` averages the four flips. The input is normalised with :func:`bundle.transforms.normalize_rgb`. A network
+    with 4 input channels (``seg_train.json --hematoxylin_input True``) gets
+    :func:`bundle.transforms.hematoxylin_channel` of the whole image as the 4th.
 
     Returns:
         (C, H, W) float32 probabilities summing to 1 over C.
     """
     from monai.inferers import SlidingWindowInferer
 
-    from .transforms import normalize_rgb
+    from .transforms import add_hematoxylin_channel, normalize_rgb
 
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"predict_probability expects (H, W, 3) RGB, got shape {rgb.shape}")
     device = torch.device(device)
-    x = normalize_rgb(torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float()[None]).to(device)
+    x = torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float()
+    if input_channels(network) == 4:
+        x = add_hematoxylin_channel(x)
+    x = normalize_rgb(x[None]).to(device)
     h, w = rgb.shape[:2]
     if max(h, w) > roi_size:
         inferer = SlidingWindowInferer(roi_size=[min(roi_size, h), min(roi_size, w)], sw_batch_size=sw_batch_size,

@@ -52,6 +52,16 @@ def resunet_checkpoint_dims(path: str | os.PathLike) -> tuple[int, int]:
     return int(out_ch), int(width)
 
 
+def resunet_input_channels(path: str | os.PathLike, default: int = 3) -> int:
+    """Input channels of a saved :class:`bundle.networks.ResUNet34` (3 = RGB, 4 = RGB + haematoxylin channel), from
+    its stem convolution; ``default`` when the file does not exist yet (the runner then reports it missing)."""
+    if not os.path.exists(path):
+        return default
+    sd = read_state_dict(path, "checkpoint")
+    w = sd.get("encoder.conv1.weight")
+    return int(w.shape[1]) if w is not None else default
+
+
 class CheckpointResume:
     """Save ``{name: obj.state_dict()}`` to ``<ckpt_dir>/<last_name>`` every ``interval`` epochs (atomically) and the
     bare network weights to ``<ckpt_dir>/<model_name>``; on start, resume from ``last_name`` if it exists.

@@ -92,9 +92,10 @@ def dab_fraction(rgb: np.ndarray, margin: float = 10.0, min_od: float = 0.6) -> 
     return float((brown & (od > min_od)).mean())
 
 
-def _blob_points(mask: np.ndarray, min_distance: int, min_area: int) -> np.ndarray:
+def _blob_points(mask: np.ndarray, min_distance: int, min_area: int, min_thickness: float = 0.0) -> np.ndarray:
     """(N, 2) (row, col) nucleus centres of a binary mask: peaks of the smoothed distance transform, one or more
-    per connected component of at least ``min_area`` px."""
+    per connected component of at least ``min_area`` px. Peaks where the mask is thinner than ``min_thickness`` px
+    (distance to the mask's edge, i.e. half the local width) are dropped: thin streaks are not nuclei centres."""
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
     from skimage.measure import label
@@ -107,7 +108,10 @@ def _blob_points(mask: np.ndarray, min_distance: int, min_area: int) -> np.ndarr
     if len(pk) == 0:
         return np.zeros((0, 2), np.int64)
     areas = np.bincount(lab.ravel())
-    return pk[areas[lab[pk[:, 0], pk[:, 1]]] >= min_area].astype(np.int64)
+    pk = pk[areas[lab[pk[:, 0], pk[:, 1]]] >= min_area]
+    if min_thickness > 0 and len(pk):
+        pk = pk[ndi.distance_transform_edt(mask)[pk[:, 0], pk[:, 1]] >= min_thickness]
+    return pk.astype(np.int64)
 
 
 class Ki67PseudoLabeler:
@@ -122,14 +126,17 @@ class Ki67PseudoLabeler:
             :class:`NoDABWarning`.
         h_threshold: fixed haematoxylin OD threshold for negatives (``None`` = Otsu over the folder).
         seed: K-Means seed.
+        min_thickness: drop blob centres where the stain mask is thinner than this (px, half the local width;
+            0 = off). Spindle-shaped stromal nuclei are thin streaks that BCData does not annotate.
 
     Use: ``lab = Ki67PseudoLabeler().fit(list_of_rgb)``, then ``points, classes = lab.points(rgb)``.
     """
 
     def __init__(self, nucleus_diameter: float = 20.0, sigma: float = 1.5, n_clusters: int = 4,
                  min_dab_fraction: float = 0.002, h_threshold: float | None = None, seed: int = 0,
-                 max_pixels: int = 400_000):
+                 max_pixels: int = 400_000, min_thickness: float = 0.0):
         self.d = float(nucleus_diameter)
+        self.min_thickness = float(min_thickness)
         self.sigma, self.n_clusters, self.seed = float(sigma), int(n_clusters), int(seed)
         self.min_dab_fraction, self.h_threshold, self.max_pixels = float(min_dab_fraction), h_threshold, max_pixels
         self.km = None
@@ -219,8 +226,8 @@ class Ki67PseudoLabeler:
                           NoDABWarning, stacklevel=2)
             mn = mn | mp
             mp = np.zeros_like(mp)
-        a = _blob_points(mp, self.min_distance, self.min_area)
-        b = _blob_points(mn, self.min_distance, self.min_area)
+        a = _blob_points(mp, self.min_distance, self.min_area, self.min_thickness)
+        b = _blob_points(mn, self.min_distance, self.min_area, self.min_thickness)
         pts = np.concatenate([a, b]).reshape(-1, 2)
         cls = np.r_[np.full(len(a), POSITIVE), np.full(len(b), NEGATIVE)].astype(np.uint8)
         if len(pts) > 1:  # positives win over negatives found at the same nucleus
@@ -287,10 +294,12 @@ def teacher_list(teacher_ckpt) -> list[str]:
 def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_radius: float | None = None,
                         ignore_radius: float | None = None, val_fraction: float = 0.1, seed: int = 0,
                         datalist_key: str = "training", min_size: int = 64, teacher_ckpt=None,
-                        base_channels: int = 16, threshold: float = 0.5, device="cpu") -> dict:
+                        base_channels: int = 16, threshold: float = 0.5, device="cpu",
+                        min_thickness: float = 0.0) -> dict:
     """Label-free 3-class training labels for every readable tile of ``data`` (folder or datalist).
 
-    Round 1 (``teacher_ckpt=None``): fits :class:`Ki67PseudoLabeler` on all tiles (no annotation is read).
+    Round 1 (``teacher_ckpt=None``): fits :class:`Ki67PseudoLabeler` (``min_thickness`` passed on) on all tiles (no
+    annotation is read).
     Self-training rounds (``teacher_ckpt`` = a trained 3-class ResUNet-34 with ``base_channels``): the points are the
     teacher's own detections (:func:`ki67_points`, flip TTA). ``teacher_ckpt`` may also be a list (or a comma-separated
     string) of checkpoints, e.g. round-1 runs with different seeds: their flip-TTA probabilities are averaged (an
@@ -320,12 +329,15 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
             from .handlers import load_network_weights
             from .networks import ResUNet34
 
-            nets = [load_network_weights(ResUNet34(out_channels=3, base_channels=base_channels), t,
+            from .handlers import resunet_input_channels
+
+            nets = [load_network_weights(ResUNet34(resunet_input_channels(t), 3, base_channels=base_channels), t,
                                          map_location=device).to(device).eval() for t in teachers]
             logger.info(f"Ki-67 self-training labels from the teacher{'s (averaged)' if len(nets) > 1 else ''} "
                         f"{', '.join(teachers)}")
         else:
-            labeler = Ki67PseudoLabeler(nucleus_diameter=d, seed=seed).fit([it["image"] for it in good])
+            labeler = Ki67PseudoLabeler(nucleus_diameter=d, seed=seed, min_thickness=min_thickness)
+            labeler.fit([it["image"] for it in good])
         for it in todo:
             rgb = read_rgb(it["image"])
             if teachers:

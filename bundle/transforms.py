@@ -40,6 +40,35 @@ def hematoxylin_od(rgb: np.ndarray, sigma: float = 0.0) -> np.ndarray:
     return h
 
 
+def hematoxylin_channel(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB in [0, 255] -> (H, W) float32 extra network input: the haematoxylin OD (sigma 1) relative to the
+    image's own Otsu threshold, ``r = clip(h / otsu, 0, 4)``, coded as ``127.5 + 63.75 (r - 1)`` so that
+    :func:`normalize_rgb` turns it into ``r - 1`` (0 at the threshold, > 0 on nuclei).
+
+    Why: with a fixed RGB normalisation a pale image's nuclei look like a dark image's cytoplasm, and the network
+    misses the pale nuclei its per-image-Otsu teacher marks (docs/README.md, item 10). This channel gives it the
+    teacher's per-image scale. A flat image (no contrast) gets ``r = 0``.
+    """
+    from skimage.filters import threshold_otsu
+
+    h = hematoxylin_od(np.asarray(rgb).astype(np.uint8, copy=False), 1.0)
+    t = float(threshold_otsu(h)) if float(np.ptp(h)) > 0 else 0.0
+    r = np.clip(h / t, 0, 4) if t > 0 else np.zeros_like(h)
+    return (127.5 + 63.75 * (r - 1.0)).astype(np.float32)
+
+
+def add_hematoxylin_channel(x: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) or (B, 3, H, W) RGB tensor in [0, 255] -> the same with :func:`hematoxylin_channel` appended as a
+    4th channel (computed per image over the whole given image)."""
+    if x.ndim == 4:
+        return torch.stack([add_hematoxylin_channel(xi) for xi in x])
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"add_hematoxylin_channel expects a (3, H, W) RGB tensor, got {tuple(x.shape)}")
+    rgb = x.detach().cpu().numpy().transpose(1, 2, 0).clip(0, 255).round().astype(np.uint8)
+    h = torch.from_numpy(hematoxylin_channel(rgb)).to(x.device, x.dtype)
+    return torch.cat([x, h[None]], 0)
+
+
 def dab_od(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) float32 DAB optical density (brown IHC stain)."""
     from skimage.color import rgb2hed
@@ -49,20 +78,27 @@ def dab_od(rgb: np.ndarray) -> np.ndarray:
 
 class LoadTiled(MapTransform):
     """Read ``data[key]`` (a path) as a float32 tensor (3, H, W) in [0, 255]; keeps the path in ``<key>_path``.
+    ``hematoxylin=True`` appends :func:`hematoxylin_channel` of the whole image: (4, H, W) (for networks trained
+    with ``seg_train.json --hematoxylin_input True``; computed here, before any crop, so the threshold is the
+    image's).
 
     Raises :class:`bundle.io.ImageError` (one line, names the file) for unreadable or too-small images.
     """
 
-    def __init__(self, keys=("image",), min_size: int = 32, allow_missing_keys: bool = False):
+    def __init__(self, keys=("image",), min_size: int = 32, hematoxylin: bool = False,
+                 allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.min_size = min_size
+        self.min_size, self.hematoxylin = min_size, bool(hematoxylin)
 
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
             path = d[key]
             img = read_rgb(path, min_size=self.min_size)
-            d[key] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+            x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+            if self.hematoxylin:
+                x = torch.cat([x, torch.from_numpy(hematoxylin_channel(img))[None]], 0)
+            d[key] = x
             d[f"{key}_path"] = str(path)
         return d
 
@@ -111,7 +147,8 @@ class NormalizeRGBd(MapTransform):
 
 
 class RandStainJitterd(Randomizable, MapTransform):
-    """Random H&E colour augmentation on a (3, H, W) [0, 255] image: per-channel optical-density scale
+    """Random H&E colour augmentation on a (3, H, W) [0, 255] image (channels after the third, e.g.
+    ``LoadTiled(hematoxylin=True)``'s, are left unchanged): per-channel optical-density scale
     ``1 +- sigma`` and shift ``+- bias`` (OD units), with probability ``prob``; seeded like any MONAI randomizable
     transform (``set_determinism`` / ``Compose.set_random_state``)."""
 
@@ -133,6 +170,7 @@ class RandStainJitterd(Randomizable, MapTransform):
         b = torch.as_tensor(self._b, dtype=torch.float32)[:, None, None]
         for key in self.key_iterator(d):
             x = torch.as_tensor(d[key]).float()
-            od = -torch.log((x + 1) / 256)
-            d[key] = (256 * torch.exp(-(od * a + b)) - 1).clamp(0, 255)
+            od = -torch.log((x[:3] + 1) / 256)
+            rgb = (256 * torch.exp(-(od * a + b)) - 1).clamp(0, 255)
+            d[key] = torch.cat([rgb, x[3:]], 0) if x.shape[0] > 3 else rgb  # extra channels (e.g. haematoxylin) kept
         return d

@@ -48,13 +48,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.handlers import resunet_checkpoint_dims  # noqa: E402
+from bundle.handlers import resunet_checkpoint_dims, resunet_input_channels  # noqa: E402
 from bundle.io import read_rgb  # noqa: E402
 from bundle.ki67 import (NEGATIVE, POSITIVE, Ki67PseudoLabeler, Ki67Runner, _blob_points, _hd_of_od,  # noqa: E402
                          dab_fraction, optical_density, read_bcdata_item)
 from bundle.metrics import multiclass_point_scores  # noqa: E402
 
 RADII = (6, 10)
+CURVE_RADII = (6, 8, 10, 12, 15, 20)  # overall F1 vs radius: how much of the score is localisation
 CLASSES = (POSITIVE, NEGATIVE)
 NAMES = {POSITIVE: "positive", NEGATIVE: "negative", "overall": "overall"}
 
@@ -233,10 +234,64 @@ def split_stems(stems):
     return {"dev": [i for i in range(len(stems)) if i % 2 == 0], "test": [i for i in range(len(stems)) if i % 2 == 1]}
 
 
-def score_split(preds, gts, halves, seconds=None):
-    """:func:`score` on all images plus ``res["split"][half]`` on each half of :func:`split_stems`."""
+def radius_curve(preds, gts, radii=CURVE_RADII):
+    """Overall (class-agnostic) F1 at each matching radius, micro-averaged over images: {radius: f1}."""
+    out = {}
+    for r in radii:
+        tp = fp = fn = 0
+        for (pp, pc), (gxy, gc) in zip(preds, gts):
+            s = multiclass_point_scores(np.asarray(pp, float).reshape(-1, 2)[:, ::-1], pc, gxy, gc, r, CLASSES)
+            tp, fp, fn = tp + int(s["overall"]["tp"]), fp + int(s["overall"]["fp"]), fn + int(s["overall"]["fn"])
+        out[str(r)] = round(2 * tp / max(1, 2 * tp + fp + fn), 4)
+    return out
+
+
+def error_anatomy(preds, gts, radius=10, shapes=None, edge=10):
+    """Where the unmatched points at ``radius`` lie (overall matching, classes ignored).
+
+    False positives by distance to the nearest GT point: ``fp_near`` (radius to 1.5 radius: on a GT cell, but too
+    far from its click), ``fp_mid`` (1.5 to 2.5 radius), ``fp_far`` (beyond: no annotated cell there), and
+    ``fp_far_edge`` = far ones within ``edge`` px of the tile border (``shapes``: (H, W) per image, default
+    640 x 640, BCData's size); false positives per predicted class
+    (``fp_positive`` / ``fp_negative``). False negatives by distance to the nearest prediction, the same bands.
+    """
+    from scipy.spatial import cKDTree
+
+    from bundle.metrics import match_points
+
+    c = {k: 0 for k in ("fp", "fp_near", "fp_mid", "fp_far", "fp_far_edge", "fp_positive", "fp_negative",
+                        "fn", "fn_near", "fn_mid", "fn_far")}
+    for k, ((pp, pc), (gxy, _)) in enumerate(zip(preds, gts)):
+        shape = shapes[k] if shapes is not None else (640, 640)
+        pxy = np.asarray(pp, float).reshape(-1, 2)[:, ::-1]
+        gxy = np.asarray(gxy, float).reshape(-1, 2)
+        mp, mg = match_points(pxy, gxy, radius)
+        up, ug = np.setdiff1d(np.arange(len(pxy)), mp), np.setdiff1d(np.arange(len(gxy)), mg)
+        for kind, pts, others, idx in (("fp", pxy, gxy, up), ("fn", gxy, pxy, ug)):
+            c[kind] += len(idx)
+            if not len(idx):
+                continue
+            d = cKDTree(others).query(pts[idx])[0] if len(others) else np.full(len(idx), np.inf)
+            c[f"{kind}_near"] += int((d < 1.5 * radius).sum())
+            c[f"{kind}_mid"] += int(((d >= 1.5 * radius) & (d < 2.5 * radius)).sum())
+            far = d >= 2.5 * radius
+            c[f"{kind}_far"] += int(far.sum())
+            if kind == "fp":
+                xy = pts[idx][far]
+                c["fp_far_edge"] += int((np.minimum(xy, np.array(shape[::-1]) - 1 - xy).min(1) < edge).sum())
+                cls = np.asarray(pc)[idx]
+                c["fp_positive"] += int((cls == POSITIVE).sum())
+                c["fp_negative"] += int((cls == NEGATIVE).sum())
+    return c
+
+
+def score_split(preds, gts, halves, seconds=None, shapes=None):
+    """:func:`score` on all images plus ``res["split"][half]`` on each half of :func:`split_stems`, the overall F1
+    over :data:`CURVE_RADII` (``res["radius_curve"]``) and :func:`error_anatomy` at 10 px."""
     res = score(preds, gts, seconds)
     res["split"] = {h: score([preds[i] for i in idx], [gts[i] for i in idx]) for h, idx in halves.items()}
+    res["radius_curve"] = radius_curve(preds, gts)
+    res["errors_r10"] = error_anatomy(preds, gts, 10, shapes)
     return res
 
 
@@ -285,7 +340,8 @@ def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold):
     from bundle.networks import ResUNet34
 
     torch.set_num_threads(1)
-    net = ResUNet34(out_channels=3, base_channels=base_channels or resunet_checkpoint_dims(ckpt)[1])
+    net = ResUNet34(in_channels=resunet_input_channels(ckpt), out_channels=3,
+                    base_channels=base_channels or resunet_checkpoint_dims(ckpt)[1])
     out = Path(work) / ("network" if tta else "network_no_tta")
     summ = Ki67Runner(net, str(Path(data_dir) / "images"), out, ckpt_path=ckpt, tta=tta, nucleus_diameter=d,
                       threshold=threshold).run()
@@ -359,6 +415,24 @@ def _md(report) -> str:
             cells = [(res if h == "all" else res["split"][h])[f"r{r}"]["overall"]["f1"] for r in (10, 6)
                      for h in ("all", "dev", "test")]
             L.append(f"| {m} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    L += ["", "## Overall F1 against the matching radius (all tiles)", "",
+          "How much of the score is localisation: the annotators' click and our point on the same nucleus can be "
+          "more than 10 px apart on large nuclei (BCData nuclei are about 20-35 px across at 40x).", "",
+          "| method | " + " | ".join(f"{r} px" for r in CURVE_RADII) + " |", "|---|" + "---|" * len(CURVE_RADII)]
+    for m, res in report["methods"].items():
+        L.append(f"| {m} | " + " | ".join(f"{res['radius_curve'][str(r)]:.3f}" for r in CURVE_RADII) + " |")
+    L += ["", "## Where the errors are (10 px, classes ignored)", "",
+          "FP = predicted points without a GT point within 10 px, by distance to the nearest GT point: 10-15 px "
+          "(on an annotated cell, off its click), 15-25 px, > 25 px (no annotated cell: unannotated nuclei such as "
+          "stromal cells, or false detections); 'edge' = the > 25 px ones within 10 px of the tile border. FN = GT "
+          "points without a prediction within 10 px, by distance to the nearest prediction.", "",
+          "| method | FP | 10-15 | 15-25 | > 25 | > 25 at edge | FP pos / neg | FN | 10-15 | 15-25 | > 25 |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m, res in report["methods"].items():
+        e = res["errors_r10"]
+        L.append(f"| {m} | {e['fp']} | {e['fp_near']} | {e['fp_mid']} | {e['fp_far']} | {e['fp_far_edge']} | "
+                 f"{e['fp_positive']} / {e['fp_negative']} | {e['fn']} | {e['fn_near']} | {e['fn_mid']} | "
+                 f"{e['fn_far']} |")
     if report.get("groups"):
         L += ["", "## Runs grouped (`GROUP@RUN`, TTA): overall F1 mean (sd) over runs", "",
               "| group | runs | all 10 px | dev 10 px | test 10 px | all 6 px | test 6 px | values, all 10 px |",
@@ -407,32 +481,33 @@ def main(argv=None):
     stems = sorted((p.stem for p in img_dir.glob("*.png")), key=lambda s: (len(s), s))
     rgbs = [read_rgb(img_dir / f"{s}.png") for s in stems]
     gts = [read_bcdata_item(a.data, s) for s in stems]
+    shapes = [r.shape[:2] for r in rgbs]
     n = len(stems)
     halves = split_stems(stems)
     methods = {}
     preds, t = _timed(otsu_rule, rgbs, d)
-    methods["otsu_rule (calibration)"] = score_split(preds, gts, halves, t / n)
+    methods["otsu_rule (calibration)"] = score_split(preds, gts, halves, t / n, shapes)
     preds, t = _timed(classical_log, rgbs, d)
-    methods["classical_log (baseline)"] = score_split(preds, gts, halves, t / n)
+    methods["classical_log (baseline)"] = score_split(preds, gts, halves, t / n, shapes)
     fig_cols = {"classical_log baseline": preds}
     preds, t = _timed(classical_log_per_stain, rgbs, d)
-    methods["classical_log_per_stain (baseline)"] = score_split(preds, gts, halves, t / n)
+    methods["classical_log_per_stain (baseline)"] = score_split(preds, gts, halves, t / n, shapes)
     labeler, fit_s = _timed(lambda: Ki67PseudoLabeler(d).fit(rgbs))
     for name, fn in (("alt_kmeans_only", alt_kmeans_only), ("alt_blue_ratio", alt_blue_ratio),
                      ("alt_union_ratio", alt_union_ratio)):
         preds, t = _timed(fn, rgbs, d, labeler)
-        methods[name] = score_split(preds, gts, halves, t / n)
+        methods[name] = score_split(preds, gts, halves, t / n, shapes)
     out = Path(a.work) / "pseudo_labels"
     summ = Ki67Runner(None, str(img_dir), out, method="classical", nucleus_diameter=d).run()
     pseudo = _runner_points(out, stems)
     fig_cols["pseudo labels"] = pseudo
-    methods["pseudo_labels (Ki67PseudoLabeler)"] = score_split(pseudo, gts, halves, summ["seconds_per_image"])
+    methods["pseudo_labels (Ki67PseudoLabeler)"] = score_split(pseudo, gts, halves, summ["seconds_per_image"], shapes)
     for spec in a.ckpt or []:
         name, _, path = spec.rpartition("=")
         name = name or "network"
         for tta in {"both": (False, True), "on": (True,), "off": (False,)}[a.tta]:
             preds, sec = run_network(a.data, path, Path(a.work) / name, stems, d, tta, a.base_channels, a.threshold)
-            methods[f"{name} (TTA)" if tta else f"{name} (no TTA)"] = score_split(preds, gts, halves, sec)
+            methods[f"{name} (TTA)" if tta else f"{name} (no TTA)"] = score_split(preds, gts, halves, sec, shapes)
         if not a.figure_nets or name in a.figure_nets.split(","):
             fig_cols[f"{name} (TTA)" if tta else name] = preds
     if a.figure:
@@ -455,7 +530,7 @@ def main(argv=None):
 
             name, _, path = a.ckpt[-1].rpartition("=")
             width = a.base_channels or resunet_checkpoint_dims(path)[1]
-            sm = Ki67Runner(ResUNet34(out_channels=3, base_channels=width), a.he_dir,
+            sm = Ki67Runner(ResUNet34(resunet_input_channels(path), 3, base_channels=width), a.he_dir,
                             Path(a.work) / "he_in_ihc_mode", ckpt_path=path, tta=False, nucleus_diameter=d).run()
             dab.update({"he_network": name or "network", "he_n_positive": sm["n_positive"],
                         "he_n_negative": sm["n_negative"]})

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_classical import PROTOCOLS, centre_crop, load_split, mean_rows  # noqa: E402
 
 from bundle.detection import detection_points, nuclei_from_probability, predict_probability  # noqa: E402
-from bundle.handlers import load_network_weights, resunet_checkpoint_dims  # noqa: E402
+from bundle.handlers import load_network_weights, resunet_checkpoint_dims, resunet_input_channels  # noqa: E402
 from bundle.io import write_json  # noqa: E402
 from bundle.metrics import instance_scores  # noqa: E402
 from bundle.networks import ResUNet34  # noqa: E402
@@ -76,10 +76,11 @@ def score(pred, gt, crop):
 
 
 def load_net(root: Path, stage: str):
-    """The ResUNet-34 of ``<root>/models/<stage>/model.pt``; classes and width (base_channels) read from its head."""
+    """The ResUNet-34 of ``<root>/models/<stage>/model.pt``; classes and width (base_channels) read from its head,
+    input channels (3, or 4 with the haematoxylin channel) from its stem."""
     path = root / "models" / stage / "model.pt"
     out_ch, width = resunet_checkpoint_dims(path)
-    net = ResUNet34(out_channels=out_ch, base_channels=width)
+    net = ResUNet34(in_channels=resunet_input_channels(path), out_channels=out_ch, base_channels=width)
     load_network_weights(net, path)
     return net.eval()
 

@@ -43,6 +43,7 @@ from benchmark_classical import load_split, mean_rows  # noqa: E402
 
 from bundle.clustering import clean_mask  # noqa: E402
 from bundle.detection import detection_points, instance_points, nuclei_from_probability, predict_probability  # noqa: E402
+from bundle.handlers import resunet_input_channels  # noqa: E402
 from bundle.io import read_rgb, write_json  # noqa: E402
 from bundle.metrics import instance_scores  # noqa: E402
 from bundle.networks import ResUNet34  # noqa: E402
@@ -135,8 +136,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
     t0 = time.time()
     name, root = a.run.split("=", 1)
-    net = ResUNet34(out_channels=2, base_channels=a.base_channels)
-    net.load_state_dict(torch.load(Path(root) / "models" / "seg" / "model.pt", map_location="cpu"))
+    ckpt = Path(root) / "models" / "seg" / "model.pt"
+    net = ResUNet34(in_channels=resunet_input_channels(ckpt), out_channels=2, base_channels=a.base_channels)
+    net.load_state_dict(torch.load(ckpt, map_location="cpu"))
     res = {"command": "python " + " ".join(shlex.quote(x) for x in sys.argv), "run": name}
     splits = {s: load_split(a.monuseg, s, a.limit) for s in ("train", "test")}
     fit_rows, train_teachers = [], {}

@@ -35,7 +35,7 @@ from bundle.labels import instance_target  # noqa: E402
 from bundle.metrics import instance_scores  # noqa: E402
 from bundle.networks import ResUNet34  # noqa: E402
 from bundle.postprocess import classical_nuclei, instances_by_watershed, instances_from_three_class  # noqa: E402
-from bundle.transforms import normalize_rgb  # noqa: E402
+from bundle.transforms import hematoxylin_channel, normalize_rgb  # noqa: E402
 
 
 def teacher_instances(rgb, name, teacher):
@@ -46,8 +46,18 @@ def teacher_instances(rgb, name, teacher):
 
 
 def predict(net, rgb, tta):
-    """Whole-image softmax (no sliding window), as the recorded runs used."""
-    return predict_probability(net, rgb, roi_size=max(rgb.shape[:2]), tta=bool(tta))
+    """Whole-image softmax (no sliding window), as the recorded runs used. A 4-channel input (``--norm hchannel``)
+    is forwarded directly (``predict_probability`` takes RGB only)."""
+    if rgb.shape[-1] == 3:
+        return predict_probability(net, rgb, roi_size=max(rgb.shape[:2]), tta=bool(tta))
+    x = normalize_rgb(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float()[None])
+    flips = ([], [-1], [-2], [-1, -2]) if tta else ([],)
+    outs = []
+    with torch.no_grad():
+        for f in flips:
+            p = torch.softmax(net(x.flip(f) if f else x), 1)
+            outs.append(p.flip(f) if f else p)
+    return torch.stack(outs).mean(0)[0].numpy()
 
 
 def instances(prob, target):
@@ -70,12 +80,20 @@ def standardize_rgb(rgb: np.ndarray, eps: float = 1.0) -> np.ndarray:
     return ((x - mean) / np.maximum(std, eps) * 63.75 + 127.5).astype(np.float32)
 
 
+def with_hematoxylin_channel(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB -> (H, W, 4) float32: RGB plus :func:`bundle.transforms.hematoxylin_channel` (the haematoxylin
+    OD relative to the image's own Otsu threshold), the input of ``seg_train.json --hematoxylin_input True``."""
+    return np.concatenate([np.asarray(rgb, np.float32), hematoxylin_channel(rgb)[..., None]], -1)
+
+
 def make_prep(norm):
     """Input colour normalisation applied to every image before the network (train and test alike)."""
     if norm == "fixed":
         return lambda rgb: rgb
     if norm == "image":
         return standardize_rgb
+    if norm == "hchannel":
+        return with_hematoxylin_channel
     raise ValueError(norm)
 
 
@@ -94,7 +112,7 @@ def main(argv=None):
     ap.add_argument("--tta", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--norm", default="fixed", choices=["fixed", "image"])
+    ap.add_argument("--norm", default="fixed", choices=["fixed", "image", "hchannel"])
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -111,7 +129,7 @@ def main(argv=None):
         names.append(p)
     n_cls = 3 if a.target == "three" else 2
     weights = torch.tensor([float(v) for v in a.class_weights.split(",")][:n_cls])
-    net = ResUNet34(out_channels=n_cls, base_channels=a.base_channels)
+    net = ResUNet34(in_channels=4 if a.norm == "hchannel" else 3, out_channels=n_cls, base_channels=a.base_channels)
     opt = torch.optim.Adam(net.parameters(), a.lr)
     t0, step, losses = time.time(), 0, []
     budget = a.minutes * 60

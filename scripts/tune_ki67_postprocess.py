@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.detection import predict_probability  # noqa: E402
+from bundle.handlers import resunet_input_channels  # noqa: E402
 from bundle.io import read_rgb, write_json  # noqa: E402
 from bundle.ki67 import NEGATIVE, POSITIVE, ki67_points, read_bcdata_item  # noqa: E402
 from bundle.metrics import multiclass_point_scores  # noqa: E402
@@ -69,7 +70,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     t0 = time.time()
-    net = ResUNet34(out_channels=3, base_channels=a.base_channels)
+    net = ResUNet34(in_channels=resunet_input_channels(a.ckpt), out_channels=3, base_channels=a.base_channels)
     net.load_state_dict(torch.load(a.ckpt, map_location="cpu"))
     stems = sorted((p.stem for p in (a.data / "images").glob("*.png")), key=lambda s: (len(s), s))
     data = []

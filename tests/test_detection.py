@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from bundle.detection import (IGNORE, PartialCrossEntropy, detection_target, nuclei_from_probability,
+from bundle.detection import (IGNORE, PartialCrossEntropy, detection_target, input_channels, nuclei_from_probability,
                               predict_probability, segmentation_targets)
 from bundle.labels import instance_target
 from bundle.postprocess import instance_polygons, instances_from_three_class
@@ -254,3 +254,32 @@ def test_evaluate_runner_perfect_and_errors(tmp_path):
     assert (tmp_path / "ev" / "metrics.csv").is_file()
     with pytest.raises(FileNotFoundError, match="prediction folder not found"):
         EvaluateRunner(tmp_path / "nope", tmp_path / "gt", tmp_path / "ev").run()
+
+
+def test_hematoxylin_channel_input(tmp_path):
+    """The optional 4th input channel: per-image haematoxylin relative to its Otsu threshold, added on load, kept by
+    the stain jitter, and computed by predict_probability for a 4-channel network (auto-detected)."""
+    from bundle.handlers import resunet_input_channels
+    from bundle.io import write_image
+    from bundle.networks import ResUNet34
+    from bundle.synthetic import synthetic_he_tile
+    from bundle.transforms import LoadTiled, RandStainJitterd, hematoxylin_channel, normalize_rgb
+
+    rgb, inst = synthetic_he_tile(96, seed=0)
+    hc = normalize_rgb(torch.from_numpy(hematoxylin_channel(rgb))).numpy()  # = h / otsu - 1
+    assert hc[inst > 0].mean() > 0 > hc[inst == 0].mean()
+    assert np.all(hematoxylin_channel(np.full((32, 32, 3), 200, np.uint8)) == 63.75)  # flat image: r = 0
+    write_image(tmp_path / "t.png", rgb)
+    x = LoadTiled(keys="image", hematoxylin=True)({"image": str(tmp_path / "t.png")})["image"]
+    assert x.shape == (4, 96, 96) and torch.equal(x[:3], torch.from_numpy(rgb.transpose(2, 0, 1)).float())
+    jit = RandStainJitterd(keys="image", sigma=0.3, bias=0.05, prob=1.0)
+    jit.set_random_state(0)
+    y = jit({"image": x})["image"]
+    assert y.shape == (4, 96, 96) and torch.equal(y[3], x[3]) and not torch.equal(y[:3], x[:3])
+    torch.manual_seed(0)
+    net4 = ResUNet34(in_channels=4, out_channels=2, base_channels=8)
+    assert input_channels(net4) == 4 and input_channels(_PixelNet()) == 3
+    prob = predict_probability(net4, rgb, roi_size=64, tta=False)
+    assert prob.shape == (2, 96, 96) and np.allclose(prob.sum(0), 1, atol=1e-5)
+    torch.save(net4.state_dict(), tmp_path / "m.pt")
+    assert resunet_input_channels(tmp_path / "m.pt") == 4 and resunet_input_channels(tmp_path / "none.pt") == 3

@@ -40,6 +40,19 @@ def test_pseudo_labels_classes_on_synthetic_blobs(ihc_tiles):
         assert s[POSITIVE]["f1"] >= 0.9 and s[NEGATIVE]["f1"] >= 0.9, s
 
 
+def test_min_thickness_drops_thin_streaks():
+    from bundle.ki67 import _blob_points
+
+    mask = np.zeros((64, 96), bool)
+    yy, xx = np.mgrid[:64, :96]
+    mask |= (yy - 32) ** 2 + (xx - 20) ** 2 <= 10 ** 2  # round nucleus, radius 10
+    mask[30:34, 45:90] = True  # spindle streak, 4 px wide and 45 px long
+    both = _blob_points(mask, 5, 30)
+    assert len(both) >= 2 and (both[:, 1] > 40).any()
+    kept = _blob_points(mask, 5, 30, min_thickness=5)
+    assert len(kept) == 1 and abs(kept[0, 0] - 32) <= 1 and abs(kept[0, 1] - 20) <= 1
+
+
 def test_point_label_disks_and_ignore_ring():
     lab = point_label(np.array([[20, 20], [20, 50]]), np.array([POSITIVE, NEGATIVE]), (64, 80), 3, 6)
     assert lab[20, 20] == POSITIVE and lab[20, 50] == NEGATIVE
@@ -112,6 +125,11 @@ def test_ensemble_teacher_averages_probabilities(ihc_dir, tmp_path):
     assert found & {POSITIVE, NEGATIVE}  # the comparison is not between empty labels
     with pytest.raises(Exception, match="nope.pt"):
         prepare_ki67_labels(str(ihc_dir), tmp_path / "bad", teacher_ckpt=[str(ck), str(tmp_path / "nope.pt")], **kw)
+    # a teacher with the haematoxylin input channel (ki67_train --hematoxylin_input True) is read as such
+    net4 = ResUNet34(in_channels=4, out_channels=3, base_channels=8)
+    atomic_torch_save(net4.state_dict(), tmp_path / "t4.pt")
+    four = prepare_ki67_labels(str(ihc_dir), tmp_path / "four", teacher_ckpt=str(tmp_path / "t4.pt"), **kw)
+    assert len(four["training"]) == 3
 
 
 def test_run_names_and_round_teachers(tmp_path):

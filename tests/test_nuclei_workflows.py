@@ -145,14 +145,20 @@ def test_export_segmentation_network(root, tmp_path):
 
     cfg, meta = str(root / "configs" / "inference.json"), str(root / "configs" / "metadata.json")
     torch.manual_seed(0)
-    net = ResUNet34(out_channels=2, base_channels=8).eval()
+    net = ResUNet34(in_channels=4, out_channels=2, base_channels=8).eval()  # default: RGB + haematoxylin channel
     torch.save(net.state_dict(), tmp_path / "model.pt")
     verify_net_in_out(net_id="network_def", meta_file=meta, config_file=cfg, n=2, base_channels=8)
     ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
                 meta_file=meta, config_file=cfg, base_channels=8)
     ts = torch.jit.load(str(tmp_path / "model.ts"))
-    x = torch.randn(1, 3, 100, 70)  # not a multiple of 32, not the export size
+    x = torch.randn(1, 4, 100, 70)  # not a multiple of 32, not the export size
     assert torch.allclose(ts(x), net(x), atol=1e-5)
+    # an RGB-only checkpoint (seg_train --hematoxylin_input False) in a bundle root: channels read from it
+    seg_dir = tmp_path / "rgb" / "models" / "seg"
+    seg_dir.mkdir(parents=True)
+    torch.save(ResUNet34(out_channels=2, base_channels=8).state_dict(), seg_dir / "model.pt")
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=cfg, n=2, base_channels=8,
+                      bundle_root=str(tmp_path / "rgb"), **{"_meta_#network_data_format#inputs#image#num_channels": 3})
 
 
 def test_det_train_same_seed_same_weights(root, synthetic_dir, pseudo_root, tmp_path):

@@ -77,3 +77,36 @@ def test_ki67_benchmark_halves_and_run_groups():
                                   "single@s0 (TTA)": res})
     assert list(groups) == ["a"] and groups["a"]["n_runs"] == 2  # no-TTA rows and one-run groups are left out
     assert groups["a"]["test_r10"]["values"] == [0.0, 1.0] and groups["a"]["test_r10"]["mean"] == 0.5
+
+
+def test_ki67_benchmark_radius_curve_and_error_anatomy():
+    bench = pytest.importorskip("benchmark_ki67")
+    # GT cells (x, y): A (100, 100), B (300, 300), C (500, 100). Predictions (row, col): 12 px right of A (a near
+    # miss), exactly on B, one at (row 5, col 320) far from every cell and at the tile edge; C is missed entirely.
+    gts = [(np.array([[100.0, 100.0], [300.0, 300.0], [500.0, 100.0]]), np.array([1, 2, 2]))]
+    preds = [(np.array([[100, 112], [300, 300], [5, 320]]), np.array([1, 2, 2], np.uint8))]
+    curve = bench.radius_curve(preds, gts, radii=(10, 15))
+    assert curve["10"] == pytest.approx(2 * 1 / (2 * 1 + 2 + 2), abs=1e-4)  # only B matches at 10 px
+    assert curve["15"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1), abs=1e-4)  # A's near miss counts at 15 px
+    e = bench.error_anatomy(preds, gts, 10, shapes=[(640, 640)])
+    assert (e["fp"], e["fp_near"], e["fp_mid"], e["fp_far"], e["fp_far_edge"]) == (2, 1, 0, 1, 1)
+    assert (e["fp_positive"], e["fp_negative"]) == (1, 1)
+    assert (e["fn"], e["fn_near"], e["fn_far"]) == (2, 1, 1)
+
+
+def test_explore_seg_hematoxylin_channel_input():
+    ex = pytest.importorskip("explore_seg")
+    import torch
+
+    from bundle.networks import ResUNet34
+    from bundle.transforms import normalize_rgb
+
+    rgb = np.full((64, 64, 3), 230, np.uint8)
+    rgb[20:40, 20:40] = (90, 60, 150)  # a purple (haematoxylin) square on a pale background
+    x = ex.make_prep("hchannel")(rgb)
+    assert x.shape == (64, 64, 4) and np.array_equal(x[..., :3], rgb.astype(np.float32))
+    hc = normalize_rgb(torch.from_numpy(x[..., 3]))  # h / otsu - 1: positive on the nucleus, negative outside
+    assert hc[30, 30] > 0 > hc[2, 2]
+    torch.manual_seed(0)
+    prob = ex.predict(ResUNet34(in_channels=4, out_channels=2, base_channels=8).eval(), x, tta=True)
+    assert prob.shape == (2, 64, 64) and np.allclose(prob.sum(0), 1, atol=1e-5)

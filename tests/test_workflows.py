@@ -154,7 +154,8 @@ def test_export_torchscript_and_verify_shapes(root, tmp_path):
     net = Res2Net("cpu", base_channels=16).eval()
     torch.save(net.state_dict(), tmp_path / "model.pt")
     verify_net_in_out(net_id="network_def", meta_file=meta, config_file=cfg, n=2, base_channels=16,
-                      **{"_meta_#network_data_format#outputs#pred#num_channels": 1})  # metadata describes the seg net
+                      **{"_meta_#network_data_format#outputs#pred#num_channels": 1,  # metadata describes the seg net
+                         "_meta_#network_data_format#inputs#image#num_channels": 3})
     ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
                 meta_file=meta, config_file=cfg, base_channels=16)
     ts = torch.jit.load(str(tmp_path / "model.ts"))
