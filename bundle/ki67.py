@@ -43,7 +43,7 @@ import torch
 
 from .handlers import NucleiImageHandler
 from .io import ImageError, load_datalist, read_rgb, usable_items, write_csv, write_image, write_json, write_npy
-from .pipeline import POINT_FIELDS, NucleiRunner, split_items, is_stale
+from .pipeline import POINT_FIELDS, NucleiRunner, is_stale, settings_changed, split_items
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,8 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
     string) of checkpoints, e.g. round-1 runs with different seeds: their flip-TTA probabilities are averaged (an
     ensemble teacher). Writes ``<label_dir>/<stem>.npy`` ((1, H, W) uint8
     :func:`point_label`) and ``<label_dir>/points/<stem>.csv`` (``x, y, class``); a rerun reuses labels newer than
-    their image (and teacher). Unreadable tiles are reported in one line and left out.
+    their image (and teacher) when the label settings (``label_dir/settings.json``) are unchanged. Unreadable tiles are
+    reported in one line and left out.
 
     Returns:
         ``{"training": [...], "validation": [...]}`` with items ``{"image", "label"}`` (held-back split, seeded).
@@ -319,7 +320,10 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
         raise ImageError(f"{data}: {e}") from None
     good = [{"image": it["image"], "label": str(label_dir / f"{Path(it['image']).stem}.npy")} for it in usable]
     teachers = teacher_list(teacher_ckpt)
-    todo = [it for it in good if is_stale(Path(it["label"]), it["image"], *teachers)]
+    redo = settings_changed(label_dir, {"nucleus_diameter": float(nucleus_diameter), "min_thickness": float(min_thickness),
+                                        "disk_radius": disk_radius, "ignore_radius": ignore_radius,
+                                        "threshold": float(threshold) if teachers else None})
+    todo = [it for it in good if redo or is_stale(Path(it["label"]), it["image"], *teachers)]
     if todo:
         d = float(nucleus_diameter)
         r_disk = 0.25 * d if disk_radius is None else float(disk_radius)

@@ -141,7 +141,7 @@ def is_stale(out: Path, *inputs) -> bool:
     return any(Path(p).is_file() and Path(p).stat().st_mtime > t for p in inputs if p)
 
 
-def _settings_changed(label_dir: Path, settings: dict) -> bool:
+def settings_changed(label_dir: Path, settings: dict) -> bool:
     """Record the label settings in ``label_dir/settings.json``; True when they differ from the recorded ones
     (then every label is rewritten, so a changed option never reuses stale labels)."""
     path = Path(label_dir) / "settings.json"
@@ -191,7 +191,7 @@ def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three",
 
     items = _items_with_pseudo(data, pseudo_dir, datalist_key)
     label_dir = Path(label_dir)
-    redo = _settings_changed(label_dir, {"target": target, "min_distance": min_distance, "ignore_band": ignore_band})
+    redo = settings_changed(label_dir, {"target": target, "min_distance": min_distance, "ignore_band": ignore_band})
     for it in items:
         out = label_dir / f"{Path(it['image']).stem}.npy"
         if redo or is_stale(out, it["mask"]):
@@ -221,7 +221,7 @@ def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ck
     label_dir = Path(label_dir)
     device = torch.device(device)
     loaded = False
-    redo = _settings_changed(label_dir, {"keep_foreground": bool(keep_foreground), "point_threshold": point_threshold})
+    redo = settings_changed(label_dir, {"keep_foreground": bool(keep_foreground), "point_threshold": point_threshold})
     for it in items:
         stem = Path(it["image"]).stem
         out = label_dir / f"{stem}.npy"

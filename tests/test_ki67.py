@@ -231,3 +231,14 @@ def test_stain_he_delegates_to_nuclei_workflow(root, tmp_path):
     summ = wf.run()[0]
     assert summ["n_images"] == 2 and "n_nuclei" in summ
     assert (tmp_path / "b" / "eval" / "nuclei" / "summary.csv").is_file()
+
+
+def test_changed_label_settings_rewrite_labels(ihc_dir, tmp_path):
+    """A rerun with another min_thickness (or diameter) in the same bundle root must not reuse the old labels."""
+    from bundle.ki67 import prepare_ki67_labels
+
+    first = prepare_ki67_labels(str(ihc_dir), tmp_path / "lab", nucleus_diameter=14, val_fraction=0.0)
+    lab = first["training"][0]["label"]
+    assert set(np.unique(np.load(lab)).tolist()) & {POSITIVE, NEGATIVE}
+    prepare_ki67_labels(str(ihc_dir), tmp_path / "lab", nucleus_diameter=14, val_fraction=0.0, min_thickness=100)
+    assert not set(np.unique(np.load(lab)).tolist()) & {POSITIVE, NEGATIVE}  # every blob is thinner than 100 px
