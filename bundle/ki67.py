@@ -320,8 +320,9 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
         raise ImageError(f"{data}: {e}") from None
     good = [{"image": it["image"], "label": str(label_dir / f"{Path(it['image']).stem}.npy")} for it in usable]
     teachers = teacher_list(teacher_ckpt)
-    redo = settings_changed(label_dir, {"nucleus_diameter": float(nucleus_diameter), "min_thickness": float(min_thickness),
-                                        "disk_radius": disk_radius, "ignore_radius": ignore_radius,
+    redo = settings_changed(label_dir, {"nucleus_diameter": float(nucleus_diameter),
+                                        "min_thickness": float(min_thickness), "disk_radius": disk_radius,
+                                        "ignore_radius": ignore_radius,
                                         "threshold": float(threshold) if teachers else None})
     todo = [it for it in good if redo or is_stale(Path(it["label"]), it["image"], *teachers)]
     if todo:
@@ -330,10 +331,8 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
         r_ign = 0.5 * d if ignore_radius is None else float(ignore_radius)
         if teachers:
             from .detection import predict_probability
-            from .handlers import load_network_weights
+            from .handlers import load_network_weights, resunet_input_channels
             from .networks import ResUNet34
-
-            from .handlers import resunet_input_channels
 
             nets = [load_network_weights(ResUNet34(resunet_input_channels(t), 3, base_channels=base_channels), t,
                                          map_location=device).to(device).eval() for t in teachers]

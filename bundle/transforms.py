@@ -58,10 +58,7 @@ def hematoxylin_channel(rgb: np.ndarray) -> np.ndarray:
 
 
 def add_hematoxylin_channel(x: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) or (B, 3, H, W) RGB tensor in [0, 255] -> the same with :func:`hematoxylin_channel` appended as a
-    4th channel (computed per image over the whole given image)."""
-    if x.ndim == 4:
-        return torch.stack([add_hematoxylin_channel(xi) for xi in x])
+    """(3, H, W) RGB tensor in [0, 255] -> (4, H, W): :func:`hematoxylin_channel` of the whole given image appended."""
     if x.ndim != 3 or x.shape[0] != 3:
         raise ValueError(f"add_hematoxylin_channel expects a (3, H, W) RGB tensor, got {tuple(x.shape)}")
     rgb = x.detach().cpu().numpy().transpose(1, 2, 0).clip(0, 255).round().astype(np.uint8)

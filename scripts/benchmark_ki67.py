@@ -250,7 +250,8 @@ def error_anatomy(preds, gts, radius=10, shapes=None, edge=10):
     """Where the unmatched points at ``radius`` lie (overall matching, classes ignored).
 
     False positives by distance to the nearest GT point: ``fp_near`` (under 1.5 radius: on a GT cell but too far
-    from its click, or a second point on a cell already matched), ``fp_mid`` (1.5 to 2.5 radius), ``fp_far`` (beyond: no annotated cell there), and
+    from its click, or a second point on a cell already matched), ``fp_mid`` (1.5 to 2.5 radius), ``fp_far``
+    (beyond: no annotated cell there), and
     ``fp_far_edge`` = far ones within ``edge`` px of the tile border (``shapes``: (H, W) per image, default
     640 x 640, BCData's size); false positives per predicted class
     (``fp_positive`` / ``fp_negative``). False negatives by distance to the nearest prediction, the same bands.
@@ -423,8 +424,8 @@ def _md(report) -> str:
         L.append(f"| {m} | " + " | ".join(f"{res['radius_curve'][str(r)]:.3f}" for r in CURVE_RADII) + " |")
     L += ["", "## Where the errors are (10 px, classes ignored)", "",
           "FP = predicted points left unmatched at 10 px, by distance to the nearest GT point: < 15 px "
-          "(on an annotated cell: off its click, or a second point on it), 15-25 px, > 25 px (no annotated cell: unannotated nuclei such as "
-          "stromal cells, or false detections); 'edge' = the > 25 px ones within 10 px of the tile border. FN = GT "
+          "(on an annotated cell: off its click, or a second point on it), 15-25 px, > 25 px (no annotated cell: "
+          "unannotated nuclei such as stromal cells, or false detections); 'edge' = the > 25 px ones within 10 px of the tile border. FN = GT "
           "points left unmatched at 10 px, by distance to the nearest prediction.", "",
           "| method | FP | < 15 | 15-25 | > 25 | > 25 at edge | FP pos / neg | FN | < 15 | 15-25 | > 25 |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]

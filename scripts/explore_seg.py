@@ -46,18 +46,9 @@ def teacher_instances(rgb, name, teacher):
 
 
 def predict(net, rgb, tta):
-    """Whole-image softmax (no sliding window), as the recorded runs used. A 4-channel input (``--norm hchannel``)
-    is forwarded directly (``predict_probability`` takes RGB only)."""
-    if rgb.shape[-1] == 3:
-        return predict_probability(net, rgb, roi_size=max(rgb.shape[:2]), tta=bool(tta))
-    x = normalize_rgb(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float()[None])
-    flips = ([], [-1], [-2], [-1, -2]) if tta else ([],)
-    outs = []
-    with torch.no_grad():
-        for f in flips:
-            p = torch.softmax(net(x.flip(f) if f else x), 1)
-            outs.append(p.flip(f) if f else p)
-    return torch.stack(outs).mean(0)[0].numpy()
+    """Whole-image softmax (no sliding window), as the recorded runs used. For a 4-channel input (``--norm hchannel``)
+    only its RGB is passed: ``predict_probability`` recomputes the same haematoxylin channel for a 4-channel network."""
+    return predict_probability(net, rgb[..., :3], roi_size=max(rgb.shape[:2]), tta=bool(tta))
 
 
 def instances(prob, target):
