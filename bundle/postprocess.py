@@ -177,7 +177,8 @@ def instance_polygons(inst: np.ndarray, tolerance: float = 0.5) -> dict:
     """Outline polygon of every instance, in pixel (x, y) = (col, row) coordinates of ``inst``.
 
     Uses ``skimage.measure.find_contours`` on each instance's bounding box (padded by one pixel, so outlines are
-    closed) and ``approximate_polygon(tolerance)``; an instance with several parts keeps its longest outline.
+    closed) and ``approximate_polygon(tolerance)`` (skipped where it would leave a degenerate polygon); an instance
+    with several parts keeps its longest outline, so every instance of at least one pixel gets a polygon.
 
     Args:
         inst: (H, W) integer instance map, 0 = background.
@@ -197,8 +198,8 @@ def instance_polygons(inst: np.ndarray, tolerance: float = 0.5) -> dict:
         if not contours:
             continue
         c = max(contours, key=len)
-        if tolerance > 0:
-            c = approximate_polygon(c, tolerance)
+        a = approximate_polygon(c, tolerance) if tolerance > 0 else c
+        c = a if len(a) >= 4 else c  # a tiny part keeps its raw outline
         rows = c[:, 0] - 1 + sl[0].start
         cols = c[:, 1] - 1 + sl[1].start
         xy = np.stack([cols, rows], 1)

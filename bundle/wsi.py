@@ -206,6 +206,22 @@ class SlideTiles:
                     out.append((r, c))
         return out
 
+    def hematoxylin_threshold(self, max_tiles: int = 16) -> float:
+        """One haematoxylin OD threshold for the whole slide (:func:`bundle.transforms.hematoxylin_threshold` pooled
+        over up to ``max_tiles`` core tiles spread evenly over the tissue, preferring tiles at least half tissue), so
+        every tile's haematoxylin input channel has the same scale; 0.0 without tissue."""
+        from .transforms import hematoxylin_threshold
+
+        tiles = self.core_tiles()
+        H, W, t = self.size[0], self.size[1], self.tile_size
+        full = [(r, c) for r, c in tiles if self.tissue_fraction(r, c, min(t, H - r), min(t, W - c)) >= 0.5]
+        tiles = full or tiles
+        if not tiles:
+            return 0.0
+        pick = np.unique(np.linspace(0, len(tiles) - 1, min(max_tiles, len(tiles))).round().astype(int))
+        return hematoxylin_threshold([self.read(r, c, min(t, H - r), min(t, W - c)) for r, c in
+                                      (tiles[i] for i in pick)])
+
     def __iter__(self):
         H, W, t, m = self.size[0], self.size[1], self.tile_size, self.margin
         for r, c in self.core_tiles():

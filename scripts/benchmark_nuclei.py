@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark_classical import PROTOCOLS, centre_crop, load_split, mean_rows  # noqa: E402
 
-from bundle.detection import detection_points, nuclei_from_probability, predict_probability  # noqa: E402
+from bundle.detection import (blend_hematoxylin, detection_points, nuclei_from_probability,  # noqa: E402
+                              predict_probability)
 from bundle.handlers import load_network_weights, resunet_checkpoint_dims, resunet_input_channels  # noqa: E402
 from bundle.io import write_json  # noqa: E402
 from bundle.metrics import instance_scores  # noqa: E402
@@ -47,10 +48,15 @@ KEYS = ("pixel_f1", "pixel_iou", "object_dice", "aji", "aji_plus", "pq")
 MODES = ("cc", "watershed", "points")
 
 
-def instances(prob, mode, min_size, threshold=0.5, min_distance=6):
-    """``mode`` is ``cc`` / ``watershed`` / ``points``, optionally suffixed ``@threshold``, ``/min_distance`` and
-    ``+grow`` (px the instances are grown by), in that order (``points@0.4+1``)."""
+def instances(prob, mode, min_size, threshold=0.5, min_distance=6, rgb=None):
+    """``mode`` is ``cc`` / ``watershed`` / ``points``, optionally suffixed ``@threshold``, ``/min_distance``,
+    ``+grow`` (px the instances are grown by) and ``~weight`` (the image's haematoxylin evidence blended into
+    P(nucleus) first, :func:`bundle.detection.blend_hematoxylin`; needs ``rgb``), in that order
+    (``points@0.4+1~0.35``)."""
     grow = 0
+    if "~" in mode:
+        mode, w = mode.split("~")
+        prob = blend_hematoxylin(prob, rgb, float(w))
     if "+" in mode:
         mode, g = mode.split("+")
         grow = int(g)
@@ -137,7 +143,7 @@ def main(argv=None):
                     for m in modes:
                         if m.startswith("points") and prob.shape[0] == 3:
                             continue
-                        inst = instances(prob, m, a.min_size)
+                        inst = instances(prob, m, a.min_size, rgb=rgb)
                         per_mode[m].append(score(inst, gt, a.crop) if split == "test" else
                                            {"full": instance_scores(inst, gt)})
                 for m, rws in per_mode.items():
@@ -191,7 +197,7 @@ def make_figure(a, test, results, params, size=320):
             root, stage = key.split("/")
             spec = dict(s.split("=", 1) for s in a.runs)
             net = load_net(Path(spec[root]), stage)
-            inst = instances(predict_probability(net, rgb, tta=bool(a.tta)), mode, a.min_size)
+            inst = instances(predict_probability(net, rgb, tta=bool(a.tta)), mode, a.min_size, rgb=rgb)
             cols.append(labelled(crop(overlay_mask(rgb, inst)), f"{key} {mode}"))
         rows.append(np.concatenate(cols, 1))
     write_image(a.figure, np.concatenate(rows, 0))

@@ -240,6 +240,34 @@ def test_nuclei_runner_slide_and_blank_slide(tmp_path):
     assert json.loads((tmp_path / "out2" / "geojson" / "blank.geojson").read_text())["features"] == []
 
 
+def test_slide_hematoxylin_threshold(tmp_path):
+    """A slide gives all its tiles one haematoxylin scale: a nuclei-free (stroma-only) tile is not rescaled by its
+    own Otsu threshold, which would call its darkest stroma nuclei; a 4-channel network runs on the slide."""
+    from bundle.networks import ResUNet34
+    from bundle.synthetic import synthetic_he_tile
+    from bundle.transforms import hematoxylin_channel, hematoxylin_threshold, normalize_rgb
+    from bundle.wsi import SlideTiles
+
+    rng = np.random.default_rng(0)
+    stroma = np.clip(rng.normal((225, 170, 200), 12, (128, 128, 3)), 0, 255).astype(np.uint8)  # pink, no nuclei
+    img = np.full((384, 512, 3), 240, np.uint8)  # glass around 2x2 tiles of nuclei and 2 tiles of stroma
+    img[:256, :256] = synthetic_he_tile(256, seed=3)[0]
+    img[:128, 256:384] = stroma
+    img[128:256, 256:384] = stroma
+    write_pyramid(tmp_path / "slide.tif", img)
+    s = SlideTiles(tmp_path / "slide.tif", tile_size=128, margin=0)
+    t = s.hematoxylin_threshold()
+    assert t == pytest.approx(hematoxylin_threshold([img[:128, :128], img[:128, 128:256], img[128:256, :128],
+                                                     img[128:256, 128:256], img[:128, 256:384], img[128:256, 256:384]]))
+    own = normalize_rgb(torch.from_numpy(hematoxylin_channel(stroma))).numpy()
+    slide = normalize_rgb(torch.from_numpy(hematoxylin_channel(stroma, threshold=t))).numpy()
+    assert (own > 0).mean() > 0.2 and (slide > 0).mean() < 0.02  # own Otsu: a fifth of the stroma looks nuclear
+    torch.manual_seed(0)
+    summary = _runner(tmp_path / "slide.tif", tmp_path / "out", net=ResUNet34(in_channels=4, out_channels=2,
+                                                                               base_channels=8), wsi_tile=128).run()
+    assert summary["n_images"] == 1 and summary["tiles"] == 6
+
+
 def test_evaluate_runner_perfect_and_errors(tmp_path):
     from bundle.annotations import write_instance_label
     from bundle.pipeline import EvaluateRunner
@@ -283,3 +311,29 @@ def test_hematoxylin_channel_input(tmp_path):
     assert prob.shape == (2, 96, 96) and np.allclose(prob.sum(0), 1, atol=1e-5)
     torch.save(net4.state_dict(), tmp_path / "m.pt")
     assert resunet_input_channels(tmp_path / "m.pt") == 4 and resunet_input_channels(tmp_path / "none.pt") == 3
+
+
+def test_blend_hematoxylin_prior():
+    """The image's own haematoxylin evidence blended into P(nucleus): sums stay 1, nuclei go up and background down
+    from an undecided map, weight 0 is the identity, and 3-channel maps keep their foreground shares."""
+    from bundle.detection import blend_hematoxylin
+    from bundle.synthetic import synthetic_he_tile
+    from bundle.transforms import hematoxylin_evidence
+
+    rgb, inst = synthetic_he_tile(96, seed=0)
+    e = hematoxylin_evidence(rgb)
+    assert e.min() >= 0 and e.max() <= 1 and e[inst > 0].mean() > 0.5 > e[inst == 0].mean()
+    assert np.all(hematoxylin_evidence(np.full((16, 16, 3), 200, np.uint8)) < 0.01)  # flat image: no evidence
+    flat = np.full((2, 96, 96), 0.5, np.float32)
+    assert np.array_equal(blend_hematoxylin(flat, rgb, 0.0), flat)
+    b = blend_hematoxylin(flat, rgb, 0.35)
+    assert b.shape == flat.shape and np.allclose(b.sum(0), 1, atol=1e-6)
+    assert b[1][inst > 0].mean() > 0.5 > b[1][inst == 0].mean()
+    assert np.allclose(b[1], 0.65 * 0.5 + 0.35 * e, atol=1e-6)
+    three = np.stack([np.full((96, 96), 0.4), np.full((96, 96), 0.45), np.full((96, 96), 0.15)]).astype(np.float32)
+    t = blend_hematoxylin(three, rgb, 0.5)
+    assert np.allclose(t.sum(0), 1, atol=1e-6) and np.allclose(t[1] / t[2], 3.0, atol=1e-4)
+    with pytest.raises(ValueError, match="weight"):
+        blend_hematoxylin(flat, rgb, 1.5)
+    with pytest.raises(ValueError, match="does not fit"):
+        blend_hematoxylin(flat[:, :50], rgb, 0.35)
