@@ -114,6 +114,17 @@ def _blob_points(mask: np.ndarray, min_distance: int, min_area: int, min_thickne
     return pk.astype(np.int64)
 
 
+def _negative_threshold(v: np.ndarray) -> float:
+    """Otsu threshold of haematoxylin OD values clipped at their 99th percentile; inf when empty or flat."""
+    from skimage.filters import threshold_otsu
+
+    v = np.asarray(v, np.float32).ravel()
+    if not len(v):
+        return float("inf")
+    v = np.clip(v, 0, np.percentile(v, 99))
+    return float(threshold_otsu(v)) if np.ptp(v) > 0 else float("inf")
+
+
 class Ki67PseudoLabeler:
     """Label-free positive / negative nuclei points of IHC tiles from colour alone (see module docstring).
 
@@ -128,13 +139,18 @@ class Ki67PseudoLabeler:
         seed: K-Means seed.
         min_thickness: drop blob centres where the stain mask is thinner than this (px, half the local width;
             0 = off). Spindle-shaped stromal nuclei are thin streaks that BCData does not annotate.
+        negative_threshold: ``"folder"`` (one Otsu haematoxylin threshold for the folder, fitted) or ``"tile"``
+            (each tile's own Otsu threshold of its non-positive pixels, as the H&E teacher does per image).
 
     Use: ``lab = Ki67PseudoLabeler().fit(list_of_rgb)``, then ``points, classes = lab.points(rgb)``.
     """
 
     def __init__(self, nucleus_diameter: float = 20.0, sigma: float = 1.5, n_clusters: int = 4,
                  min_dab_fraction: float = 0.002, h_threshold: float | None = None, seed: int = 0,
-                 max_pixels: int = 400_000, min_thickness: float = 0.0):
+                 max_pixels: int = 400_000, min_thickness: float = 0.0, negative_threshold: str = "folder"):
+        if negative_threshold not in ("folder", "tile"):
+            raise ValueError(f"negative_threshold must be 'folder' or 'tile', got {negative_threshold!r}")
+        self.negative_threshold = negative_threshold
         self.d = float(nucleus_diameter)
         self.min_thickness = float(min_thickness)
         self.sigma, self.n_clusters, self.seed = float(sigma), int(n_clusters), int(seed)
@@ -161,7 +177,6 @@ class Ki67PseudoLabeler:
 
     def fit(self, images: Sequence) -> "Ki67PseudoLabeler":
         """Fit the OD K-Means and the haematoxylin threshold on a list of (H, W, 3) uint8 tiles or paths."""
-        from skimage.filters import threshold_otsu
         from sklearn.cluster import KMeans
 
         images = list(images)
@@ -189,9 +204,7 @@ class Ki67PseudoLabeler:
             for (h, rgb), f in zip(hs, feats):
                 lab = self.km.predict(f)
                 vals.append(h[~np.isin(lab, self.positive_clusters)])
-            v = np.concatenate(vals)
-            v = np.clip(v, 0, np.percentile(v, 99)) if len(v) else v
-            self.h_threshold_ = float(threshold_otsu(v)) if len(v) and np.ptp(v) > 0 else float("inf")
+            self.h_threshold_ = _negative_threshold(np.concatenate(vals))
         else:
             self.h_threshold_ = float(self.h_threshold)
         logger.info(f"Ki-67 pseudo labeller: {k} OD clusters (background {bg}, positive {self.positive_clusters}), "
@@ -206,8 +219,13 @@ class Ki67PseudoLabeler:
             raise RuntimeError("Ki67PseudoLabeler: call fit() first")
         od, h = self._features(rgb)
         lab = self.km.predict(od.reshape(-1, 3).astype(self.km.cluster_centers_.dtype)).reshape(od.shape[:2])
-        mp = ndi.binary_opening(np.isin(lab, self.positive_clusters), iterations=1)
-        mn = (h > self.h_threshold_) & ~ndi.binary_dilation(mp, iterations=2)
+        pos = np.isin(lab, self.positive_clusters)
+        t = self.h_threshold_
+        if self.negative_threshold == "tile" and self.h_threshold is None:
+            t_tile = _negative_threshold(h[~pos])
+            t = t_tile if np.isfinite(t_tile) else t
+        mp = ndi.binary_opening(pos, iterations=1)
+        mn = (h > t) & ~ndi.binary_dilation(mp, iterations=2)
         mn = ndi.binary_opening(mn, iterations=1)
         return mp, mn
 
@@ -295,11 +313,11 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
                         ignore_radius: float | None = None, val_fraction: float = 0.1, seed: int = 0,
                         datalist_key: str = "training", min_size: int = 64, teacher_ckpt=None,
                         base_channels: int = 16, threshold: float = 0.5, device="cpu",
-                        min_thickness: float = 0.0) -> dict:
+                        min_thickness: float = 0.0, negative_threshold: str = "folder") -> dict:
     """Label-free 3-class training labels for every readable tile of ``data`` (folder or datalist).
 
-    Round 1 (``teacher_ckpt=None``): fits :class:`Ki67PseudoLabeler` (``min_thickness`` passed on) on all tiles (no
-    annotation is read).
+    Round 1 (``teacher_ckpt=None``): fits :class:`Ki67PseudoLabeler` (``min_thickness`` and ``negative_threshold``
+    passed on) on all tiles (no annotation is read).
     Self-training rounds (``teacher_ckpt`` = a trained 3-class ResUNet-34 with ``base_channels``): the points are the
     teacher's own detections (:func:`ki67_points`, flip TTA). ``teacher_ckpt`` may also be a list (or a comma-separated
     string) of checkpoints, e.g. round-1 runs with different seeds: their flip-TTA probabilities are averaged (an
@@ -322,6 +340,7 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
     teachers = teacher_list(teacher_ckpt)
     redo = settings_changed(label_dir, {"nucleus_diameter": float(nucleus_diameter),
                                         "min_thickness": float(min_thickness), "disk_radius": disk_radius,
+                                        "negative_threshold": None if teachers else negative_threshold,
                                         "ignore_radius": ignore_radius,
                                         "threshold": float(threshold) if teachers else None})
     todo = [it for it in good if redo or is_stale(Path(it["label"]), it["image"], *teachers)]
@@ -339,7 +358,8 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
             logger.info(f"Ki-67 self-training labels from the teacher{'s (averaged)' if len(nets) > 1 else ''} "
                         f"{', '.join(teachers)}")
         else:
-            labeler = Ki67PseudoLabeler(nucleus_diameter=d, seed=seed, min_thickness=min_thickness)
+            labeler = Ki67PseudoLabeler(nucleus_diameter=d, seed=seed, min_thickness=min_thickness,
+                                        negative_threshold=negative_threshold)
             labeler.fit([it["image"] for it in good])
         for it in todo:
             rgb = read_rgb(it["image"])

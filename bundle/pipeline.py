@@ -261,8 +261,9 @@ class NucleiRunner:
             :func:`bundle.detection.nuclei_from_probability`; ``markers="points"`` (default) seeds the
             ``"watershed"`` mode (``"auto"`` for a 2-channel network) with the detected points
             (:func:`bundle.detection.detection_points`), ``"distance"`` with distance-transform peaks.
-        hematoxylin_prior: weight of the image's own haematoxylin evidence blended into P(nucleus) before the
-            instances are made (:func:`bundle.detection.blend_hematoxylin`; 0.35 selected on MoNuSeg train, 0 = off).
+        hematoxylin_prior: weight in [0, 1] of the image's own haematoxylin evidence blended into P(nucleus) before
+            the instances are made (:func:`bundle.detection.blend_hematoxylin`; 0.35 selected on MoNuSeg train,
+            0 = off; 2-channel networks only). The points' ``score`` is then the mean blended P(nucleus).
         roi_size, overlap, tta: sliding window and flip test-time augmentation of
             :func:`bundle.detection.predict_probability`.
         wsi_level / wsi_mpp / wsi_tile / wsi_backend: slide options (level or microns per pixel, core tile side).
@@ -286,6 +287,8 @@ class NucleiRunner:
         self.wsi_level, self.wsi_mpp, self.wsi_tile, self.wsi_backend = wsi_level, wsi_mpp, wsi_tile, wsi_backend
         self.class_name, self.write_masks = class_name, write_masks
         self.hematoxylin_prior = float(hematoxylin_prior)
+        if not 0.0 <= self.hematoxylin_prior <= 1.0:
+            raise ValueError(f"hematoxylin_prior must be in [0, 1], got {hematoxylin_prior}")
 
     def items(self) -> list:
         """A list, one image or slide file, a datalist JSON (``datalist_key``, else ``training``), or a folder
@@ -320,7 +323,8 @@ class NucleiRunner:
 
         prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta,
                                    hematoxylin_threshold=hematoxylin_threshold)
-        prob = blend_hematoxylin(prob, rgb, self.hematoxylin_prior, hematoxylin_threshold)
+        if prob.shape[0] == 2:  # measured on background / nucleus networks only (docs/README.md, item 11)
+            prob = blend_hematoxylin(prob, rgb, self.hematoxylin_prior, hematoxylin_threshold)
         mode = ("three" if prob.shape[0] == 3 else "watershed") if self.mode == "auto" else self.mode
         pts = detection_points(prob) if (self.markers == "points" and mode == "watershed") else None
         inst = nuclei_from_probability(prob, mode, min_size=self.min_size, min_distance=self.min_distance,
@@ -386,8 +390,8 @@ class NucleiRunner:
             logger.warning(f"{path}: no tissue found; writing empty outputs")
         h_threshold = None
         if tiles and (input_channels(self.network) == 4 or self.hematoxylin_prior > 0):  # one scale per slide
-            h_threshold = slide.hematoxylin_threshold()
-            logger.info(f"{path}: slide haematoxylin OD threshold {h_threshold:.4f}")
+            h_threshold = slide.hematoxylin_threshold() or None  # flat slide: each tile's own threshold
+            logger.info(f"{path}: slide haematoxylin OD threshold {h_threshold}")
         from tqdm import tqdm
 
         for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):

@@ -498,6 +498,9 @@ def main(argv=None):
                      ("alt_union_ratio", alt_union_ratio)):
         preds, t = _timed(fn, rgbs, d, labeler)
         methods[name] = score_split(preds, gts, halves, t / n, shapes)
+    tile_labeler = Ki67PseudoLabeler(d, negative_threshold="tile").fit(rgbs)  # ki67_train --negative_threshold tile
+    preds, t = _timed(lambda: [tile_labeler.points(r) for r in rgbs])
+    methods["alt_tile_negative_threshold"] = score_split(preds, gts, halves, t / n, shapes)
     out = Path(a.work) / "pseudo_labels"
     summ = Ki67Runner(None, str(img_dir), out, method="classical", nucleus_diameter=d).run()
     pseudo = _runner_points(out, stems)

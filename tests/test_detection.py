@@ -337,3 +337,5 @@ def test_blend_hematoxylin_prior():
         blend_hematoxylin(flat, rgb, 1.5)
     with pytest.raises(ValueError, match="does not fit"):
         blend_hematoxylin(flat[:, :50], rgb, 0.35)
+    with pytest.raises(ValueError, match="hematoxylin_prior must be in"):  # fails at once, not per image
+        _runner([], "unused_out", hematoxylin_prior=-0.1)

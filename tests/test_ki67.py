@@ -53,6 +53,24 @@ def test_min_thickness_drops_thin_streaks():
     assert len(kept) == 1 and abs(kept[0, 0] - 32) <= 1 and abs(kept[0, 1] - 20) <= 1
 
 
+def test_tile_negative_threshold_finds_pale_tile_negatives(ihc_tiles):
+    """negative_threshold='tile': a pale tile among darker ones keeps its negatives (the folder-wide haematoxylin
+    threshold, set by the dark tiles, loses most of them)."""
+    rgb, pts, cls = ihc_tiles[0]
+    pale = (255 * (rgb / 255.0) ** 0.5).astype(np.uint8)  # half the optical density
+    imgs = [t[0] for t in ihc_tiles] + [pale]
+    recall = {}
+    for mode in ("folder", "tile"):
+        lab = Ki67PseudoLabeler(nucleus_diameter=14, negative_threshold=mode).fit(imgs)
+        p, c = lab.points(pale)
+        recall[mode] = multiclass_point_scores(p, c, pts, cls, 5, [POSITIVE, NEGATIVE])[NEGATIVE]["recall"]
+        p, c = lab.points(rgb)
+        assert multiclass_point_scores(p, c, pts, cls, 5, [POSITIVE, NEGATIVE])[NEGATIVE]["f1"] >= 0.9
+    assert recall["folder"] < 0.6 and recall["tile"] >= 0.9, recall
+    with pytest.raises(ValueError, match="negative_threshold"):
+        Ki67PseudoLabeler(negative_threshold="slide")
+
+
 def test_point_label_disks_and_ignore_ring():
     lab = point_label(np.array([[20, 20], [20, 50]]), np.array([POSITIVE, NEGATIVE]), (64, 80), 3, 6)
     assert lab[20, 20] == POSITIVE and lab[20, 50] == NEGATIVE
