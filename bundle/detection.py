@@ -239,9 +239,13 @@ def nuclei_from_probability(prob: np.ndarray, mode: str = "auto", min_size: int 
     return inst
 
 
+def instance_mode(mode: str, n_channels: int) -> str:
+    """The instance mode ``mode`` stands for: ``"auto"`` is ``"three"`` for a 3-channel map, else ``"watershed"``."""
+    return ("three" if int(n_channels) == 3 else "watershed") if mode == "auto" else mode
+
+
 def _nuclei(prob, mode, min_size, min_distance, points, threshold) -> np.ndarray:
-    if mode == "auto":
-        mode = "three" if prob.shape[0] == 3 else "watershed"
+    mode = instance_mode(mode, prob.shape[0])
     if mode == "three":
         if prob.shape[0] != 3:
             raise ValueError(f"mode 'three' needs a 3-channel background/interior/boundary map, got {prob.shape[0]}")

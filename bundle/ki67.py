@@ -116,13 +116,13 @@ def _blob_points(mask: np.ndarray, min_distance: int, min_area: int, min_thickne
 
 def _negative_threshold(v: np.ndarray) -> float:
     """Otsu threshold of haematoxylin OD values clipped at their 99th percentile; inf when empty or flat."""
-    from skimage.filters import threshold_otsu
+    from .transforms import threshold_otsu_or_zero
 
     v = np.asarray(v, np.float32).ravel()
     if not len(v):
         return float("inf")
     v = np.clip(v, 0, np.percentile(v, 99))
-    return float(threshold_otsu(v)) if np.ptp(v) > 0 else float("inf")
+    return threshold_otsu_or_zero(v) if np.ptp(v) > 0 else float("inf")
 
 
 class Ki67PseudoLabeler:

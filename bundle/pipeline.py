@@ -319,13 +319,14 @@ class NucleiRunner:
     def predict(self, rgb: np.ndarray, hematoxylin_threshold: float | None = None):
         """(H, W, 3) uint8 -> (instances (H, W) int32, probabilities (C, H, W)); ``hematoxylin_threshold``: see
         :func:`bundle.detection.predict_probability` (a slide's, for its tiles)."""
-        from .detection import blend_hematoxylin, detection_points, nuclei_from_probability, predict_probability
+        from .detection import (blend_hematoxylin, detection_points, instance_mode, nuclei_from_probability,
+                                predict_probability)
 
         prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta,
                                    hematoxylin_threshold=hematoxylin_threshold)
         if prob.shape[0] == 2:  # measured on background / nucleus networks only (docs/README.md, item 11)
             prob = blend_hematoxylin(prob, rgb, self.hematoxylin_prior, hematoxylin_threshold)
-        mode = ("three" if prob.shape[0] == 3 else "watershed") if self.mode == "auto" else self.mode
+        mode = instance_mode(self.mode, prob.shape[0])
         pts = detection_points(prob) if (self.markers == "points" and mode == "watershed") else None
         inst = nuclei_from_probability(prob, mode, min_size=self.min_size, min_distance=self.min_distance,
                                        points=pts, threshold=self.threshold, grow=self.grow)
