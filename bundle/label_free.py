@@ -57,6 +57,16 @@ def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str =
     return cmd
 
 
+def machine() -> dict:
+    """Where a stage ran, for its marker: platform, CPU count and the GPU the configs would pick (or None)."""
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": gpu}
+
+
 def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES, force: str | list = (),
                  profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False,
                  teacher: str = "psm") -> list:
@@ -111,7 +121,7 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
         from .io import write_json
 
         write_json(marker, {"stage": stage, "seconds": time.time() - t0, "command": cmd,
-                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+                            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()})
         report.append((stage, "ran", time.time() - t0))
     return report
 

@@ -40,10 +40,11 @@ def augment(x: torch.Tensor, min_scale: float = 0.6, jitter: float = 0.2) -> tor
         if torch.rand(1) < 0.5:
             v = v.flip(-1)
         v = torch.rot90(v, int(torch.randint(0, 4, (1,))), (-2, -1))
-        b = 1 + jitter * (2 * torch.rand(1) - 1)
-        c = 1 + jitter * (2 * torch.rand(1) - 1)
-        sat = 1 + 1.5 * jitter * (2 * torch.rand(1) - 1)
-        gain = 1 + 0.25 * jitter * (2 * torch.rand(1, 3, 1, 1) - 1)
+        # drawn on the CPU generator (same stream on every device), then moved to the crop's device
+        b = float(1 + jitter * (2 * torch.rand(1) - 1))
+        c = float(1 + jitter * (2 * torch.rand(1) - 1))
+        sat = float(1 + 1.5 * jitter * (2 * torch.rand(1) - 1))
+        gain = (1 + 0.25 * jitter * (2 * torch.rand(1, 3, 1, 1) - 1)).to(v)
         grey = v.mean(1, keepdim=True)
         v = grey + sat * (v - grey)
         m = v.mean()

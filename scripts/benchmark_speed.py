@@ -8,6 +8,9 @@ Measures, with torch's default thread count: one SSL optimiser step per pretext 
 (2 images x 4 crops of 256^2 = batch 8) and the paper profile (Res2Net-101, one 512^2 crop); PSM seconds per
 1000x1000 image (CPU and paper networks); SCM seconds per 1000x1000 image (jet K=3, stack K=2, colour only);
 peak RSS of this process. Medians over --repeats after one warm-up.
+
+``--device cuda`` times the networks on the GPU (synchronised; peak GPU memory recorded) and adds two variants of
+the paper-profile step: cuDNN autotuning (``torch.backends.cudnn.benchmark``) and bf16 autocast. SCM stays on the CPU.
 """
 
 from __future__ import annotations
@@ -33,12 +36,15 @@ from bundle.ssl import PRETEXTS, pretext_loss  # noqa: E402
 from bundle.synthetic import synthetic_he_tile  # noqa: E402
 
 
-def timeit(fn, repeats):
+def timeit(fn, repeats, device="cpu"):
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     fn()
+    sync()
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
 
@@ -47,30 +53,45 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--paper", type=int, default=1, help="0: skip the Res2Net-101 rows")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (networks only; SCM runs on the CPU)")
     ap.add_argument("--out", type=Path, default=Path("docs/results/speed"))
     a = ap.parse_args(argv)
     torch.manual_seed(0)
-    res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-           "torch": torch.__version__, "ssl_step_s": {}, "psm_s_per_1000px_img": {}, "scm_s_per_1000px_img": {}}
+    dev = torch.device(a.device)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+    res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+                      + (f", {gpu}" if gpu else ""),
+           "device": str(dev), "torch": torch.__version__, "ssl_step_s": {}, "psm_s_per_1000px_img": {},
+           "scm_s_per_1000px_img": {}}
     profiles = [("cpu", "cpu", 32, 8, 256)] + ([("paper", 101, 64, 1, 512)] if a.paper else [])
     for prof, depth, ch, batch, crop in profiles:
-        net = Res2Net(depth, base_channels=ch)
+        net = Res2Net(depth, base_channels=ch).to(dev)
         opt = torch.optim.Adam(net.parameters(), 1e-3)
-        x = torch.rand(max(batch, 2) if prof == "cpu" else batch, 3, crop, crop) * 255
+        x = torch.rand(max(batch, 2) if prof == "cpu" else batch, 3, crop, crop, device=dev) * 255
+        variants = [("", None, False)]
+        if prof == "paper" and dev.type == "cuda":
+            variants += [(" (cudnn.benchmark)", None, True), (" (bf16 autocast)", torch.bfloat16, False)]
         for name in PRETEXTS if prof == "cpu" else ("similarity",):
-            def step():
-                opt.zero_grad()
-                pretext_loss(name, net.train(), x).backward()
-                opt.step()
-            res["ssl_step_s"][f"{prof}/{name}"] = timeit(step, a.repeats)
-            print(prof, name, res["ssl_step_s"][f"{prof}/{name}"], flush=True)
+            for label, amp, bench in variants:
+                def step():
+                    opt.zero_grad()
+                    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                        loss = pretext_loss(name, net.train(), x)
+                    loss.float().backward()
+                    opt.step()
+                torch.backends.cudnn.benchmark = bench
+                res["ssl_step_s"][f"{prof}/{name}{label}"] = timeit(step, a.repeats, dev)
+                print(prof, name + label, res["ssl_step_s"][f"{prof}/{name}{label}"], flush=True)
+            torch.backends.cudnn.benchmark = False
         rgb, _ = synthetic_he_tile(1000, seed=0)
         net.eval()
         for target in ("head", "feature_norm"):
             inf = PSMInferer(stage=1, target=target)
-            res["psm_s_per_1000px_img"][f"{prof}/{target}"] = timeit(lambda: psm_for_image(rgb, net, inf), a.repeats)
+            res["psm_s_per_1000px_img"][f"{prof}/{target}"] = timeit(lambda: psm_for_image(rgb, net, inf, dev),
+                                                                     a.repeats, dev)
         inf = PSMInferer(stage=1, sign="none")
-        res["psm_s_per_1000px_img"][f"{prof}/head/no-sign"] = timeit(lambda: psm_for_image(rgb, net, inf), a.repeats)
+        res["psm_s_per_1000px_img"][f"{prof}/head/no-sign"] = timeit(lambda: psm_for_image(rgb, net, inf, dev),
+                                                                     a.repeats, dev)
         print(res["psm_s_per_1000px_img"], flush=True)
     psm = np.random.default_rng(0).random((1000, 1000)).astype(np.float32)
     res["scm_s_per_1000px_img"] = {
@@ -80,6 +101,8 @@ def main(argv=None):
         "H-OD Otsu": timeit(lambda: hematoxylin_otsu(rgb), a.repeats),
     }
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    if dev.type == "cuda":
+        res["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 1024**3
     res["cmd"] = " ".join(sys.argv)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(res, indent=1))

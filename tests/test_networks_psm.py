@@ -109,3 +109,14 @@ def test_scm_deterministic_and_validates():
         semantic_clustering(rgb, psm[:10])
     with pytest.raises(ValueError):
         semantic_clustering(rgb, psm, fusion="nope")
+
+
+@pytest.mark.parametrize("pretext", ["similarity", "rotation", "simsiam", "contrastive"])
+def test_pretext_losses_keep_every_tensor_on_the_crops_device(pretext):
+    """On the 'meta' device any tensor made on the CPU inside a loss raises, as it would on CUDA (found on an H100:
+    the contrastive views' colour jitter was drawn as CPU tensors)."""
+    from bundle.ssl import pretext_loss
+
+    net = Res2Net("cpu", base_channels=8).to("meta")
+    loss = pretext_loss(pretext, net, torch.empty(2, 3, 64, 64, device="meta"))
+    assert loss.device.type == "meta" and loss.dim() == 0
