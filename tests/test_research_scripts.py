@@ -1,6 +1,7 @@
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
-"""Helpers of the research scripts scripts/diagnose_nuclei.py and scripts/tune_ki67_postprocess.py on tiny
-synthetic inputs (the scripts themselves read MoNuSeg / BCData, which tests never need)."""
+"""Helpers of the research scripts (diagnose_nuclei, tune_ki67_postprocess, benchmark_ki67, explore_seg,
+diagnose_ki67_negatives, pipeline_report) on tiny synthetic inputs (the scripts themselves read MoNuSeg / BCData,
+which tests never need)."""
 
 import sys
 from pathlib import Path
@@ -110,3 +111,54 @@ def test_explore_seg_hematoxylin_channel_input():
     torch.manual_seed(0)
     prob = ex.predict(ResUNet34(in_channels=4, out_channels=2, base_channels=8).eval(), x, tta=True)
     assert prob.shape == (2, 64, 64) and np.allclose(prob.sum(0), 1, atol=1e-5)
+
+
+def test_ki67_negative_cues_separate_matched_from_unmatched_points(tmp_path):
+    """A PSM that is bright exactly at the annotated cells gets AUC 1; the constant score column is skipped."""
+    import h5py
+
+    from bundle.io import write_image
+
+    neg = pytest.importorskip("diagnose_ki67_negatives")
+    data = tmp_path / "bc"
+    for sub in ("images", "annotations/positive", "annotations/negative", "points", "psm"):
+        (data / sub).mkdir(parents=True)
+    rgb = np.full((80, 80, 3), 220, np.uint8)
+    write_image(data / "images" / "0.png", rgb)
+    annotated, unannotated = [(10, 10), (30, 50)], [(60, 20), (70, 70)]  # (x, y)
+    with h5py.File(data / "annotations/negative/0.h5", "w") as f:
+        f["coordinates"] = np.array(annotated)
+    with h5py.File(data / "annotations/positive/0.h5", "w") as f:
+        f["coordinates"] = np.zeros((0, 2), int)
+    rows = ["image,x,y,class,score"] + [f"0,{x},{y},Negative,0.9" for x, y in annotated + unannotated]
+    (data / "points" / "0.csv").write_text("\n".join(rows) + "\n")
+    psm = np.zeros((80, 80), np.uint8)
+    for x, y in annotated:
+        psm[y - 4: y + 5, x - 4: x + 5] = 255
+    write_image(data / "psm" / "0.png", psm)
+    X, y = neg.cue_table(data, data / "points", data / "psm", radius=5)
+    assert X.shape == (4, len(neg.CUES)) and y.tolist() == [True, True, False, False]
+    neg.main(["--data", str(data), "--points", f"toy={data / 'points'}", "--psm_dir", str(data / "psm"),
+              "--radius", "5", "--out", str(tmp_path / "cues")])
+    import json
+
+    res = json.loads((tmp_path / "cues.json").read_text())["results"]["toy"]
+    assert res["auc"]["psm_9"]["auc"] == pytest.approx(1.0) and res["auc"]["psm_9"]["higher_is_annotated"]
+    assert res["auc"]["score"] is None and res["annotated_fraction"] == pytest.approx(0.5)
+
+
+def test_pipeline_report_reads_stage_markers_and_pseudo_mask_scores(tmp_path):
+    import json
+
+    rep = pytest.importorskip("pipeline_report")
+    root = tmp_path / "run"
+    (root / "stages").mkdir(parents=True)
+    (root / "eval" / "pseudo_masks").mkdir(parents=True)
+    for st, sec in (("ssl", 120.0), ("psm", 30.0)):
+        (root / "stages" / f"{st}.json").write_text(json.dumps({"stage": st, "seconds": sec, "command": ["x"]}))
+    (root / "eval" / "pseudo_masks" / "summary.json").write_text(json.dumps({"pixel_f1": 0.7, "aji": 0.2,
+                                                                             "n_images": 3}))
+    rep.main(["--runs", f"r={root}", "--note", "toy", "--out", str(tmp_path / "rep")])
+    out = json.loads((tmp_path / "rep.json").read_text())["runs"]["r"]
+    assert set(out["stages"]) == {"ssl", "psm"} and out["pseudo_masks"]["aji"] == 0.2
+    assert "| r | 120 | 30 | - | - | - | 2.5 | 0.700 | - | 0.200 | - |" in (tmp_path / "rep.md").read_text()
