@@ -268,6 +268,53 @@ def usable_items(items: list[dict], min_size: int = 32, key: str = "image") -> l
     return good
 
 
+def _geojson_feature(k: int, poly, properties: dict | None, object_type: str) -> dict:
+    xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+    if len(xy) and not np.array_equal(xy[0], xy[-1]):
+        xy = np.vstack([xy, xy[:1]])
+    p = {"objectType": object_type}
+    if properties is not None:
+        p.update(properties)
+    return {"type": "Feature", "id": str(k + 1),
+            "geometry": {"type": "Polygon", "coordinates": [np.round(xy, 2).tolist()]}, "properties": p}
+
+
+@contextmanager
+def streamed_outputs(csv_path: str | os.PathLike, fieldnames: Sequence[str], geojson_path: str | os.PathLike,
+                     object_type: str = "detection"):
+    """Write a points CSV and a GeoJSON FeatureCollection row by row, so memory does not grow with the number of
+    objects (whole slides); both files appear atomically when the block ends without error.
+
+    Yields ``add(rows, polygons, properties)``: appends CSV rows (dicts with exactly ``fieldnames``) and polygon
+    features, as :func:`write_csv` / :func:`write_geojson` would write them (same bytes for the same objects).
+    """
+    import csv
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        tmp_csv = stack.enter_context(atomic_path(csv_path))
+        tmp_geo = stack.enter_context(atomic_path(geojson_path))
+        fc = stack.enter_context(open(tmp_csv, "w", newline=""))
+        fg = stack.enter_context(open(tmp_geo, "w"))
+        w = csv.DictWriter(fc, fieldnames=list(fieldnames))
+        w.writeheader()
+        fg.write('{"type": "FeatureCollection", "features": [')
+        count = [0]
+
+        def add(rows, polygons, properties=None):
+            w.writerows(rows)
+            props = list(properties) if properties is not None else None
+            for i, poly in enumerate(polygons):
+                feat = _geojson_feature(count[0], poly, props[i] if props is not None else None, object_type)
+                fg.write((", " if count[0] else "") + json.dumps(feat))
+                count[0] += 1
+
+        yield add
+        fg.write("]}")
+        fc.flush()
+        fg.flush()
+
+
 def write_geojson(path: str | os.PathLike, polygons: Iterable, properties: Iterable[dict] | None = None,
                   object_type: str = "detection") -> None:
     """Write polygons as a GeoJSON FeatureCollection that QuPath imports (File > Import objects), atomically.
@@ -278,16 +325,8 @@ def write_geojson(path: str | os.PathLike, polygons: Iterable, properties: Itera
             {"name": "Nucleus"}, "measurements": {...}}``).
         object_type: QuPath object type, ``"detection"`` (many small objects) or ``"annotation"``.
     """
-    feats = []
     props = list(properties) if properties is not None else None
-    for k, poly in enumerate(polygons):
-        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-        if len(xy) and not np.array_equal(xy[0], xy[-1]):
-            xy = np.vstack([xy, xy[:1]])
-        p = {"objectType": object_type}
-        if props is not None:
-            p.update(props[k])
-        feats.append({"type": "Feature", "id": str(k + 1),
-                      "geometry": {"type": "Polygon", "coordinates": [np.round(xy, 2).tolist()]}, "properties": p})
+    feats = [_geojson_feature(k, poly, props[k] if props is not None else None, object_type)
+             for k, poly in enumerate(polygons)]
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump({"type": "FeatureCollection", "features": feats}, f)

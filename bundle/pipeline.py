@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import (ImageError, load_datalist, read_rgb, read_rgb_or_skip, usable_items, write_csv, write_image,
-                 write_json, write_npy)
+from .io import (ImageError, load_datalist, read_rgb, read_rgb_or_skip, streamed_outputs, usable_items, write_csv,
+                 write_image, write_json, write_npy)
 
 logger = logging.getLogger(__name__)
 
@@ -343,12 +343,14 @@ class NucleiRunner:
         return [{"image": stem, "x": round(c, 2), "y": round(r, 2), "class": self.class_name,
                  "score": round(float(s), 4)} for (r, c), s in zip(cen, score)]
 
+    def _geojson_properties(self, rows) -> list:
+        return [{"classification": {"name": self.class_name}, "measurements": {"score": r["score"]}} for r in rows]
+
     def _write_points(self, stem, rows, polys):
         from .io import write_geojson
 
         write_csv(self.output_dir / "points" / f"{stem}.csv", rows, fieldnames=POINT_FIELDS)
-        props = [{"classification": {"name": self.class_name}, "measurements": {"score": r["score"]}} for r in rows]
-        write_geojson(self.output_dir / "geojson" / f"{stem}.geojson", polys, props)
+        write_geojson(self.output_dir / "geojson" / f"{stem}.geojson", polys, self._geojson_properties(rows))
 
     def run_image(self, item) -> dict:
         from .annotations import read_instance_label, write_instance_label
@@ -385,7 +387,7 @@ class NucleiRunner:
         slide = SlideTiles(path, backend=self.wsi_backend, level=self.wsi_level, mpp=self.wsi_mpp,
                            tile_size=self.wsi_tile, margin=64)
         t0 = time.perf_counter()
-        rows, polys, n_tiles = [], [], 0
+        centres, n_tiles, n_nuclei = [], 0, 0  # centres: one small (k, 2) array per tile, for the overview only
         tiles = slide.core_tiles()
         if not tiles:
             logger.warning(f"{path}: no tissue found; writing empty outputs")
@@ -395,32 +397,35 @@ class NucleiRunner:
             logger.info(f"{path}: slide haematoxylin OD threshold {h_threshold}")
         from tqdm import tqdm
 
-        for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):
-            n_tiles += 1
-            inst, prob = self.predict(rgb, h_threshold)
-            off_r, off_c = slide.last_offset
-            core_h, core_w = min(slide.tile_size, slide.size[0] - r), min(slide.tile_size, slide.size[1] - c)
-            tile_rows = self._rows(stem, inst, prob)
-            tile_polys = instance_polygons(inst)
-            for i, row in enumerate(tile_rows, start=1):  # keep nuclei whose centre lies in the core tile
-                y, x = row["y"] - off_r, row["x"] - off_c
-                if not (0 <= y < core_h and 0 <= x < core_w) or i not in tile_polys:
-                    continue
-                row["x"] = round((x + c) * slide.downsample, 2)
-                row["y"] = round((y + r) * slide.downsample, 2)
-                rows.append(row)
-                xy = tile_polys[i] + np.array([c - off_c, r - off_r])
-                polys.append(xy * slide.downsample)
-        self._write_points(stem, rows, polys)
+        # points and polygons go to disk tile by tile: memory does not grow with the number of nuclei
+        with streamed_outputs(self.output_dir / "points" / f"{stem}.csv", POINT_FIELDS,
+                              self.output_dir / "geojson" / f"{stem}.geojson") as add:
+            for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):
+                n_tiles += 1
+                inst, prob = self.predict(rgb, h_threshold)
+                off_r, off_c = slide.last_offset
+                core_h, core_w = min(slide.tile_size, slide.size[0] - r), min(slide.tile_size, slide.size[1] - c)
+                tile_polys = instance_polygons(inst)
+                rows, polys = [], []
+                for i, row in enumerate(self._rows(stem, inst, prob), start=1):  # nuclei centred in the core tile
+                    y, x = row["y"] - off_r, row["x"] - off_c
+                    if not (0 <= y < core_h and 0 <= x < core_w) or i not in tile_polys:
+                        continue
+                    row["x"] = round((x + c) * slide.downsample, 2)
+                    row["y"] = round((y + r) * slide.downsample, 2)
+                    rows.append(row)
+                    polys.append((tile_polys[i] + np.array([c - off_c, r - off_r])) * slide.downsample)
+                add(rows, polys, self._geojson_properties(rows))
+                n_nuclei += len(rows)
+                centres.append(np.array([(row["y"], row["x"]) for row in rows], np.float32).reshape(-1, 2))
         if self.write_overlays:
             thumb = slide.thumbnail(max_side=2048).copy()
             s = thumb.shape[0] / slide.level_sizes[0][0]
-            for row in rows:
-                y, x = int(row["y"] * s), int(row["x"] * s)
+            for y, x in (np.concatenate(centres) * s).astype(int) if centres else ():
                 thumb[max(0, y - 1): y + 2, max(0, x - 1): x + 2] = (0, 255, 0)
             write_image(self.output_dir / "overlays" / f"{stem}.png", thumb)
         slide.close()
-        return {"image": stem, "n_nuclei": len(rows), "seconds": time.perf_counter() - t0, "tiles": n_tiles,
+        return {"image": stem, "n_nuclei": n_nuclei, "seconds": time.perf_counter() - t0, "tiles": n_tiles,
                 "height": slide.level_sizes[0][0], "width": slide.level_sizes[0][1]}
 
     def run(self) -> dict:

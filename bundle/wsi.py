@@ -7,6 +7,7 @@ microns per pixel, find tissue on a thumbnail, and stream overlapping tiles so m
 * :func:`tissue_mask` -- (h, w) bool tissue mask of a thumbnail (saturation Otsu, cleaned).
 * :class:`SlideTiles` -- iterate ``(row0, col0, rgb_tile)`` over tissue at the chosen level, with a margin, and
   report the level's downsample factor so outputs can be written in level-0 pixel coordinates.
+* :func:`write_pyramid_tiff` -- write an RGB array as a tiled pyramidal TIFF (tests, benchmarks, demos).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SLIDE_SUFFIXES", "is_wsi", "tissue_mask", "SlideTiles"]
+__all__ = ["SLIDE_SUFFIXES", "is_wsi", "tissue_mask", "SlideTiles", "write_pyramid_tiff"]
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+THUMBNAIL_STRIP_BYTES = 64e6  # the thumbnail is read in strips of at most this many bytes
 
 
 def is_wsi(path, min_side: int = 8192) -> bool:
@@ -41,6 +43,19 @@ def is_wsi(path, min_side: int = 8192) -> bool:
             return len(s.levels) > 1 or len(tf.pages) > 1 or max(shape[:2]) >= min_side
     except Exception:  # noqa: BLE001 - unreadable files are reported by the image reader
         return False
+
+
+def write_pyramid_tiff(path, img: np.ndarray, mpp: float = 0.25, levels: int = 2, tile: int = 128) -> None:
+    """Write an (H, W, 3) uint8 image as a tiled pyramidal TIFF: level 0 plus ``levels - 1`` sub-resolution
+    levels (each half the previous, stored as SubIFDs), level 0's resolution set to ``mpp`` microns per pixel."""
+    import tifffile
+
+    with tifffile.TiffWriter(os.fspath(path), bigtiff=img.size > 2**31) as tw:
+        tw.write(img, tile=(tile, tile), photometric="rgb", subifds=levels - 1,
+                 resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+        for k in range(1, levels):
+            f = 2 ** k
+            tw.write(np.ascontiguousarray(img[::f, ::f]), tile=(tile, tile), photometric="rgb", subfiletype=1)
 
 
 def tissue_mask(rgb: np.ndarray, min_size: int = 16) -> np.ndarray:
@@ -173,9 +188,12 @@ class SlideTiles:
         """The slide at ``tissue_level`` (h, w, 3) uint8, subsampled to at most ``max_side`` px per side."""
         h, w = self.level_sizes[self.tissue_level]
         step = max(1, int(np.ceil(max(h, w) / max_side)))
+        # strips of at most THUMBNAIL_STRIP_BYTES (a multiple of ``step`` rows), so a large level -- even an
+        # unpyramided slide -- is never held whole
+        strip = step * max(1, int(THUMBNAIL_STRIP_BYTES // (3 * w * step)))
         rows = []
-        for r in range(0, h, 1024 * step):  # strips, so a large level is never held whole
-            rows.append(self.read(r, 0, min(1024 * step, h - r), w, level=self.tissue_level)[::step, ::step])
+        for r in range(0, h, strip):
+            rows.append(self.read(r, 0, min(strip, h - r), w, level=self.tissue_level)[::step, ::step])
         return np.concatenate(rows, 0)
 
     def close(self) -> None:

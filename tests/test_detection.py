@@ -157,12 +157,9 @@ def test_write_geojson_feature_collection(tmp_path):
 
 
 def write_pyramid(path, img, mpp=0.25):
-    import tifffile
+    from bundle.wsi import write_pyramid_tiff
 
-    with tifffile.TiffWriter(path) as tw:
-        tw.write(img, tile=(128, 128), photometric="rgb", subifds=1, resolution=(1e4 / mpp, 1e4 / mpp),
-                 resolutionunit="CENTIMETER")
-        tw.write(img[::2, ::2], tile=(128, 128), photometric="rgb", subfiletype=1)
+    write_pyramid_tiff(path, img, mpp=mpp)
 
 
 def test_slide_tiles_levels_mpp_tissue(tmp_path):
@@ -339,3 +336,19 @@ def test_blend_hematoxylin_prior():
         blend_hematoxylin(flat[:, :50], rgb, 0.35)
     with pytest.raises(ValueError, match="hematoxylin_prior must be in"):  # fails at once, not per image
         _runner([], "unused_out", hematoxylin_prior=-0.1)
+
+
+def test_slide_thumbnail_in_strips_equals_whole_read(tmp_path, monkeypatch):
+    """A level too large to read at once is read in strips of a multiple of the subsampling step: same pixels."""
+    import bundle.wsi as wsi
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (700, 530, 3), dtype=np.uint8)
+    write_pyramid(tmp_path / "s.tif", img)
+    slide = wsi.SlideTiles(tmp_path / "s.tif", tissue_level=0)
+    whole = slide.thumbnail(max_side=200)
+    monkeypatch.setattr(wsi, "THUMBNAIL_STRIP_BYTES", 3 * 530 * 10)  # ~10 rows per strip -> many strips
+    strips = slide.thumbnail(max_side=200)
+    slide.close()
+    step = int(np.ceil(700 / 200))
+    assert np.array_equal(whole, img[::step, ::step]) and np.array_equal(strips, whole)

@@ -359,12 +359,9 @@ def test_bundle_runs_bank_infer_evaluate(tmp_path, root):
 
 
 def write_pyramid(path, img, mpp=0.5):
-    import tifffile
+    from bundle.wsi import write_pyramid_tiff
 
-    with tifffile.TiffWriter(path) as tw:
-        tw.write(img, tile=(128, 128), photometric="rgb", subifds=1, resolution=(1e4 / mpp, 1e4 / mpp),
-                 resolutionunit="CENTIMETER")
-        tw.write(img[::2, ::2], tile=(128, 128), photometric="rgb", subfiletype=1)
+    write_pyramid_tiff(path, img, mpp=mpp)
 
 
 def test_whole_slide_bank_and_segmentation(tmp_path, extractor):

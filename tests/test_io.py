@@ -1,4 +1,6 @@
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -74,3 +76,29 @@ def test_atomic_write_leaves_no_partial(tmp_path):
     with pytest.raises(Exception):
         write_image(tmp_path / "y.png", np.zeros((8, 8, 7), np.float64))  # PIL refuses
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+def test_streamed_outputs_match_the_one_shot_writers_and_are_atomic(tmp_path):
+    from bundle.io import streamed_outputs, write_csv, write_geojson
+
+    rows = [{"image": "s", "x": 1.5, "y": 2.0, "class": "Nucleus", "score": 0.9},
+            {"image": "s", "x": 10.0, "y": 3.25, "class": "Nucleus", "score": 0.7}]
+    polys = [np.array([[0, 0], [4, 0], [4, 4]]), np.array([[9, 2], [12, 2], [12, 5], [9, 2]])]
+    props = [{"measurements": {"score": r["score"]}} for r in rows]
+    fields = ("image", "x", "y", "class", "score")
+    write_csv(tmp_path / "a.csv", rows, fieldnames=fields)
+    write_geojson(tmp_path / "a.geojson", polys, props)
+    with streamed_outputs(tmp_path / "b.csv", fields, tmp_path / "b.geojson") as add:
+        add(rows[:1], polys[:1], props[:1])  # two "tiles"
+        add(rows[1:], polys[1:], props[1:])
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    assert (tmp_path / "a.geojson").read_bytes() == (tmp_path / "b.geojson").read_bytes()
+    with streamed_outputs(tmp_path / "e.csv", fields, tmp_path / "e.geojson") as add:
+        pass  # no objects: still valid files
+    assert json.loads((tmp_path / "e.geojson").read_text())["features"] == []
+    with pytest.raises(RuntimeError):
+        with streamed_outputs(tmp_path / "c.csv", fields, tmp_path / "c.geojson") as add:
+            add(rows, polys, props)
+            raise RuntimeError("killed mid-slide")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "a.geojson", "b.csv", "b.geojson", "e.csv",
+                                                          "e.geojson"]
