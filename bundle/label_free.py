@@ -58,12 +58,17 @@ def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str =
 
 
 def machine() -> dict:
-    """Where a stage ran, for its marker: platform, CPU count and the GPU the configs would pick (or None)."""
+    """Where a stage ran, for its marker: platform, CPU count and the GPU present (the configs pick it unless a
+    ``device`` override says otherwise), or None. Never raises: a marker must not be lost to this."""
     import platform
 
-    import torch
+    gpu = None
+    try:
+        import torch
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - broken driver etc.: the stage itself ran
+        gpu = "unknown"
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": gpu}
 
 

@@ -372,20 +372,33 @@ class NucleiRunner:
             write_image(self.output_dir / "overlays" / f"{stem}.png", overlay_mask(rgb, inst))
         if self.write_masks:  # 0/255 foreground, the pseudo-mask format: lets a trained network teach a new round
             write_image(self.output_dir / "masks" / f"{stem}.png", (inst > 0).astype(np.uint8) * 255)
-        row = {"image": stem, "n_nuclei": int(inst.max()), "seconds": sec, "height": rgb.shape[0], "width": rgb.shape[1]}
+        row = {"image": stem, "n_nuclei": int(inst.max()), "seconds": sec, "height": rgb.shape[0],
+               "width": rgb.shape[1]}
         if item.get("label"):
             row.update(instance_scores(inst, read_instance_label(item["label"])))
         return row
 
     def run_slide(self, item) -> dict:
-        from .detection import input_channels
-        from .postprocess import instance_polygons
         from .wsi import SlideTiles
 
         path = item["image"]
         stem = Path(path).stem
+        outputs = (self.output_dir / "points" / f"{stem}.csv", self.output_dir / "geojson" / f"{stem}.geojson")
+        for out in outputs:  # temporaries of an earlier run of this slide that was killed (they stay open for hours)
+            for part in out.parent.glob(f".{out.name}.*.part{out.suffix}"):
+                part.unlink(missing_ok=True)
         slide = SlideTiles(path, backend=self.wsi_backend, level=self.wsi_level, mpp=self.wsi_mpp,
                            tile_size=self.wsi_tile, margin=64)
+        try:
+            return self._run_slide(slide, stem, outputs)
+        finally:
+            slide.close()
+
+    def _run_slide(self, slide, stem: str, outputs) -> dict:
+        from .detection import input_channels
+        from .postprocess import instance_polygons
+
+        path = slide.path
         t0 = time.perf_counter()
         centres, n_tiles, n_nuclei = [], 0, 0  # centres: one small (k, 2) array per tile, for the overview only
         tiles = slide.core_tiles()
@@ -398,8 +411,7 @@ class NucleiRunner:
         from tqdm import tqdm
 
         # points and polygons go to disk tile by tile: memory does not grow with the number of nuclei
-        with streamed_outputs(self.output_dir / "points" / f"{stem}.csv", POINT_FIELDS,
-                              self.output_dir / "geojson" / f"{stem}.geojson") as add:
+        with streamed_outputs(outputs[0], POINT_FIELDS, outputs[1]) as add:
             for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):
                 n_tiles += 1
                 inst, prob = self.predict(rgb, h_threshold)
@@ -417,14 +429,13 @@ class NucleiRunner:
                     polys.append((tile_polys[i] + np.array([c - off_c, r - off_r])) * slide.downsample)
                 add(rows, polys, self._geojson_properties(rows))
                 n_nuclei += len(rows)
-                centres.append(np.array([(row["y"], row["x"]) for row in rows], np.float32).reshape(-1, 2))
+                centres.append(np.array([(row["y"], row["x"]) for row in rows], np.float64).reshape(-1, 2))
         if self.write_overlays:
             thumb = slide.thumbnail(max_side=2048).copy()
             s = thumb.shape[0] / slide.level_sizes[0][0]
             for y, x in (np.concatenate(centres) * s).astype(int) if centres else ():
                 thumb[max(0, y - 1): y + 2, max(0, x - 1): x + 2] = (0, 255, 0)
             write_image(self.output_dir / "overlays" / f"{stem}.png", thumb)
-        slide.close()
         return {"image": stem, "n_nuclei": n_nuclei, "seconds": time.perf_counter() - t0, "tiles": n_tiles,
                 "height": slide.level_sizes[0][0], "width": slide.level_sizes[0][1]}
 

@@ -67,12 +67,17 @@ def cue_table(data: Path, points_dir: Path, psm_dir: Path, radius: float):
         y[matched] = True
         rgb = read_rgb(img)
         psm = read_instance_label(psm_dir / f"{img.stem}.png").astype(np.float32) / 255
+        if psm.shape != rgb.shape[:2]:
+            raise ValueError(f"{psm_dir / (img.stem + '.png')}: PSM is {psm.shape}, "
+                             f"image {img.name} is {rgb.shape[:2]}")
         h = np.maximum(_hd_of_od(optical_density(rgb, 1.5))[..., 0], 0)
         r = xy[:, 1].astype(int).clip(0, rgb.shape[0] - 1)
         c = xy[:, 0].astype(int).clip(0, rgb.shape[1] - 1)
         cols = [ndi.uniform_filter(m, w)[r, c] for m in (psm, h) for w in (9, 41)]
         feats.append(np.c_[cols[0], cols[1], cols[2], cols[3], score])
         ys.append(y)
+    if not feats:
+        return np.zeros((0, len(CUES))), np.zeros(0, bool)
     return np.concatenate(feats), np.concatenate(ys)
 
 
@@ -92,12 +97,13 @@ def main(argv=None):
         X, y = cue_table(a.data, Path(d), a.psm_dir, a.radius)
         aucs = {}
         for i, cue in enumerate(CUES):
-            if np.ptp(X[:, i]) == 0 or y.all() or not y.any():
+            if not len(y) or np.ptp(X[:, i]) == 0 or y.all() or not y.any():
                 aucs[cue] = None
                 continue
             v = float(roc_auc_score(y, X[:, i]))
             aucs[cue] = {"auc": max(v, 1 - v), "higher_is_annotated": v >= 0.5}
-        res[name] = {"n_negative_points": int(len(y)), "annotated_fraction": float(y.mean()), "auc": aucs}
+        res[name] = {"n_negative_points": int(len(y)), "annotated_fraction": float(y.mean()) if len(y) else 0.0,
+                     "auc": aucs}
         print(name, res[name], flush=True)
     out = {"command": " ".join(shlex.quote(x) for x in ["python", *sys.argv]), "radius": a.radius, "results": res}
     a.out.parent.mkdir(parents=True, exist_ok=True)

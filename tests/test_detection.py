@@ -11,6 +11,7 @@ from bundle.detection import (IGNORE, PartialCrossEntropy, detection_target, inp
                               predict_probability, segmentation_targets)
 from bundle.labels import instance_target
 from bundle.postprocess import instance_polygons, instances_from_three_class
+from bundle.wsi import write_pyramid_tiff
 
 
 def two_touching_disks(shape=(64, 64)):
@@ -156,10 +157,6 @@ def test_write_geojson_feature_collection(tmp_path):
     assert f["properties"]["objectType"] == "detection" and f["properties"]["classification"]["name"] == "Nucleus"
 
 
-def write_pyramid(path, img, mpp=0.25):
-    from bundle.wsi import write_pyramid_tiff
-
-    write_pyramid_tiff(path, img, mpp=mpp)
 
 
 def test_slide_tiles_levels_mpp_tissue(tmp_path):
@@ -168,7 +165,7 @@ def test_slide_tiles_levels_mpp_tissue(tmp_path):
 
     img = np.full((600, 700, 3), 240, np.uint8)
     img[50:306, 60:316] = synthetic_he_tile(256, seed=1)[0]
-    write_pyramid(tmp_path / "s.tif", img)
+    write_pyramid_tiff(tmp_path / "s.tif", img)
     assert is_wsi(tmp_path / "s.tif")
     s = SlideTiles(tmp_path / "s.tif", mpp=0.5, tile_size=128, margin=16)
     assert s.level == 1 and s.size == (300, 350) and s.downsample == 2.0
@@ -223,11 +220,14 @@ def test_nuclei_runner_slide_and_blank_slide(tmp_path):
 
     img = np.full((400, 500, 3), 240, np.uint8)
     img[40:296, 50:306] = synthetic_he_tile(256, seed=2)[0]
-    write_pyramid(tmp_path / "slide.tif", img)
-    write_pyramid(tmp_path / "blank.tif", np.full((300, 300, 3), 245, np.uint8))
+    write_pyramid_tiff(tmp_path / "slide.tif", img)
+    write_pyramid_tiff(tmp_path / "blank.tif", np.full((300, 300, 3), 245, np.uint8))
     out = tmp_path / "out"
+    (out / "points").mkdir(parents=True)  # a temporary left by a killed earlier run of this slide
+    (out / "points" / ".slide.csv.abc123.part.csv").write_text("half-written")
     summary = _runner(tmp_path / "slide.tif", out, wsi_tile=128).run()
     assert summary["n_images"] == 1 and summary["tiles"] >= 1
+    assert sorted(p.name for p in (out / "points").iterdir()) == ["slide.csv"]
     pts = (out / "points" / "slide.csv").read_text().splitlines()
     assert pts[0] == "image,x,y,class,score"
     xs = [float(r.split(",")[1]) for r in pts[1:]]
@@ -251,7 +251,7 @@ def test_slide_hematoxylin_threshold(tmp_path):
     img[:256, :256] = synthetic_he_tile(256, seed=3)[0]
     img[:128, 256:384] = stroma
     img[128:256, 256:384] = stroma
-    write_pyramid(tmp_path / "slide.tif", img)
+    write_pyramid_tiff(tmp_path / "slide.tif", img)
     s = SlideTiles(tmp_path / "slide.tif", tile_size=128, margin=0)
     t = s.hematoxylin_threshold()
     assert t == pytest.approx(hematoxylin_threshold([img[:128, :128], img[:128, 128:256], img[128:256, :128],
@@ -344,7 +344,7 @@ def test_slide_thumbnail_in_strips_equals_whole_read(tmp_path, monkeypatch):
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (700, 530, 3), dtype=np.uint8)
-    write_pyramid(tmp_path / "s.tif", img)
+    write_pyramid_tiff(tmp_path / "s.tif", img)
     slide = wsi.SlideTiles(tmp_path / "s.tif", tissue_level=0)
     whole = slide.thumbnail(max_side=200)
     monkeypatch.setattr(wsi, "THUMBNAIL_STRIP_BYTES", 3 * 530 * 10)  # ~10 rows per strip -> many strips

@@ -17,6 +17,7 @@ from sklearn.decomposition import non_negative_factorization
 from bundle import fseg
 from bundle.io import ImageError, write_image
 from bundle.metrics import confusion_counts, match_clusters, matching_scores, semantic_scores
+from bundle.wsi import write_pyramid_tiff
 
 torch.set_num_threads(1)
 
@@ -358,10 +359,6 @@ def test_bundle_runs_bank_infer_evaluate(tmp_path, root):
     assert "backbone='res2net-cpu-8' vs 'res2net-cpu-16'" in str(err)
 
 
-def write_pyramid(path, img, mpp=0.5):
-    from bundle.wsi import write_pyramid_tiff
-
-    write_pyramid_tiff(path, img, mpp=mpp)
 
 
 def test_whole_slide_bank_and_segmentation(tmp_path, extractor):
@@ -372,7 +369,7 @@ def test_whole_slide_bank_and_segmentation(tmp_path, extractor):
     slide = np.full((400, 520, 3), 242, np.uint8)  # glass, with two tissue pieces
     slide[16:240, 32:288] = tissue_tile((224, 256), seed=1)[0]
     slide[200:392, 300:492] = tissue_tile((192, 192), seed=2)[0]
-    write_pyramid(tmp_path / "slide.tif", slide)
+    write_pyramid_tiff(tmp_path / "slide.tif", slide, mpp=0.5)
     b = fseg.ConceptBankBuilder(extractor, tmp_path / "slide.tif", tmp_path / "bank.pt", ks=[2, 3], window=64,
                                 tiles_per_slide=12, seed=0).run()
     assert b.meta["n_vectors"] == 12 and b.meta["n_images"] == 1

@@ -7,6 +7,7 @@ from bundle.clustering import hematoxylin_otsu, jet, semantic_clustering
 from bundle.metrics import pixel_scores
 from bundle.networks import Res2Net, res2net_layers
 from bundle.psm import PSMInferer
+from bundle.ssl import PRETEXTS
 from bundle.synthetic import synthetic_he_tile
 
 
@@ -111,7 +112,7 @@ def test_scm_deterministic_and_validates():
         semantic_clustering(rgb, psm, fusion="nope")
 
 
-@pytest.mark.parametrize("pretext", ["similarity", "rotation", "simsiam", "contrastive"])
+@pytest.mark.parametrize("pretext", PRETEXTS)
 def test_pretext_losses_keep_every_tensor_on_the_crops_device(pretext):
     """On the 'meta' device any tensor made on the CPU inside a loss raises, as it would on CUDA (found on an H100:
     the contrastive views' colour jitter was drawn as CPU tensors)."""

@@ -119,7 +119,7 @@ def test_ki67_negative_cues_separate_matched_from_unmatched_points(tmp_path):
 
     from bundle.io import write_image
 
-    neg = pytest.importorskip("diagnose_ki67_negatives")
+    import diagnose_ki67_negatives as neg  # a plain import: a broken import must fail, not skip
     data = tmp_path / "bc"
     for sub in ("images", "annotations/positive", "annotations/negative", "points", "psm"):
         (data / sub).mkdir(parents=True)
@@ -150,7 +150,7 @@ def test_ki67_negative_cues_separate_matched_from_unmatched_points(tmp_path):
 def test_pipeline_report_reads_stage_markers_and_pseudo_mask_scores(tmp_path):
     import json
 
-    rep = pytest.importorskip("pipeline_report")
+    import pipeline_report as rep
     root = tmp_path / "run"
     (root / "stages").mkdir(parents=True)
     (root / "eval" / "pseudo_masks").mkdir(parents=True)
