@@ -217,7 +217,8 @@ def instance_points(inst: np.ndarray) -> np.ndarray:
 
 
 def nuclei_from_probability(prob: np.ndarray, mode: str = "auto", min_size: int = 20, min_distance: int = 6,
-                            points: np.ndarray | None = None, threshold: float = 0.5, grow: int = 0) -> np.ndarray:
+                            points: np.ndarray | None = None, threshold: float = 0.5, grow: int = 0,
+                            min_score: float = 0.0) -> np.ndarray:
     """Instances from a (C, H, W) probability map.
 
     Args:
@@ -228,10 +229,20 @@ def nuclei_from_probability(prob: np.ndarray, mode: str = "auto", min_size: int 
         grow: grow every instance by this many px into the background without merging instances
             (:func:`skimage.segmentation.expand_labels`): networks trained on colour-threshold pseudo masks draw
             nuclei tighter than annotators do (docs/results/nuclei_diagnosis.md).
+        min_score: drop instances whose mean foreground probability is below this (faint blobs; 0 = keep all),
+            before growing; the rest are renumbered 1..N.
     Returns:
         (H, W) int32 instance map, 0 = background.
     """
-    inst = _nuclei(np.asarray(prob), mode, min_size, min_distance, points, threshold)
+    prob = np.asarray(prob)
+    inst = _nuclei(prob, mode, min_size, min_distance, points, threshold)
+    if min_score > 0 and inst.max() > 0:
+        from scipy import ndimage as ndi
+        from skimage.segmentation import relabel_sequential
+
+        ids = np.arange(1, int(inst.max()) + 1)
+        faint = ids[np.asarray(ndi.mean(1.0 - prob[0], inst, ids)) < float(min_score)]
+        inst = relabel_sequential(np.where(np.isin(inst, faint), 0, inst))[0].astype(np.int32)
     if grow > 0:
         from skimage.segmentation import expand_labels
 

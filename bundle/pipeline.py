@@ -257,7 +257,7 @@ class NucleiRunner:
     Args:
         network: per-pixel classifier (2-channel background/nucleus or 3-channel background/interior/boundary).
         ckpt_path: weights to load (one-line error when missing or mismatched).
-        mode, threshold, min_distance, min_size, grow: instance post-processing of
+        mode, threshold, min_distance, min_size, grow, min_score: instance post-processing of
             :func:`bundle.detection.nuclei_from_probability`; ``markers="points"`` (default) seeds the
             ``"watershed"`` mode (``"auto"`` for a 2-channel network) with the detected points
             (:func:`bundle.detection.detection_points`), ``"distance"`` with distance-transform peaks.
@@ -277,11 +277,12 @@ class NucleiRunner:
                  write_overlays: bool = True,
                  datalist_key: str = "testing", wsi_level: int | None = 0, wsi_mpp: float | None = None,
                  wsi_tile: int = 1024, wsi_backend: str = "tifffile", class_name: str = "Nucleus",
-                 write_masks: bool = False, grow: int = 0, hematoxylin_prior: float = 0.35):
+                 write_masks: bool = False, grow: int = 0, hematoxylin_prior: float = 0.35, min_score: float = 0.0):
         self.network, self.data, self.output_dir = network, data, Path(output_dir)
         self.ckpt_path, self.device = ckpt_path, torch.device(device)
         self.mode, self.markers, self.min_size = mode, markers, min_size
         self.threshold, self.min_distance, self.grow = threshold, min_distance, int(grow)
+        self.min_score = float(min_score)
         self.roi_size, self.overlap, self.tta = roi_size, overlap, tta
         self.label_format, self.write_overlays, self.datalist_key = label_format, write_overlays, datalist_key
         self.wsi_level, self.wsi_mpp, self.wsi_tile, self.wsi_backend = wsi_level, wsi_mpp, wsi_tile, wsi_backend
@@ -329,7 +330,8 @@ class NucleiRunner:
         mode = instance_mode(self.mode, prob.shape[0])
         pts = detection_points(prob) if (self.markers == "points" and mode == "watershed") else None
         inst = nuclei_from_probability(prob, mode, min_size=self.min_size, min_distance=self.min_distance,
-                                       points=pts, threshold=self.threshold, grow=self.grow)
+                                       points=pts, threshold=self.threshold, grow=self.grow,
+                                       min_score=self.min_score)
         return inst, prob
 
     def _rows(self, stem, inst, prob):

@@ -50,10 +50,13 @@ MODES = ("cc", "watershed", "points")
 
 def instances(prob, mode, min_size, threshold=0.5, min_distance=6, rgb=None):
     """``mode`` is ``cc`` / ``watershed`` / ``points``, optionally suffixed ``@threshold``, ``/min_distance``,
-    ``+grow`` (px the instances are grown by) and ``~weight`` (the image's haematoxylin evidence blended into
-    P(nucleus) first, :func:`bundle.detection.blend_hematoxylin`; needs ``rgb``), in that order
-    (``points@0.4+1~0.35``)."""
-    grow = 0
+    ``+grow`` (px the instances are grown by), ``~weight`` (the image's haematoxylin evidence blended into
+    P(nucleus) first, :func:`bundle.detection.blend_hematoxylin`; needs ``rgb``) and ``>min_score`` (instances
+    whose mean P(nucleus) is below it dropped), in that order (``points@0.4+1~0.35>0.6``)."""
+    grow, min_score = 0, 0.0
+    if ">" in mode:
+        mode, ms = mode.split(">")
+        min_score = float(ms)
     if "~" in mode:
         mode, w = mode.split("~")
         prob = blend_hematoxylin(prob, rgb, float(w))
@@ -68,9 +71,9 @@ def instances(prob, mode, min_size, threshold=0.5, min_distance=6, rgb=None):
         threshold = float(th)
     if mode == "points":
         return nuclei_from_probability(prob, "watershed", min_size=min_size, threshold=threshold,
-                                       points=detection_points(prob), grow=grow)
+                                       points=detection_points(prob), grow=grow, min_score=min_score)
     return nuclei_from_probability(prob, mode, min_size=min_size, threshold=threshold, min_distance=min_distance,
-                                   grow=grow)
+                                   grow=grow, min_score=min_score)
 
 
 def score(pred, gt, crop):

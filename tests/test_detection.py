@@ -129,6 +129,18 @@ def test_nuclei_from_probability_grow_keeps_instances_apart():
     assert not (ring & ~ndi.binary_dilation(base > 0, iterations=2)).any()  # at most 2 px (4-connected steps)
 
 
+def test_nuclei_from_probability_min_score_drops_faint_instances():
+    yy, xx = np.mgrid[:60, :90]
+    fg = np.zeros((60, 90), np.float32)
+    for c, p in ((15, 0.95), (45, 0.55), (75, 0.9)):  # three separate disks, the middle one faint
+        fg[(yy - 30) ** 2 + (xx - c) ** 2 <= 64] = p
+    prob = np.stack([1 - fg, fg])
+    assert nuclei_from_probability(prob, "cc", min_size=5).max() == 3
+    kept = nuclei_from_probability(prob, "cc", min_size=5, min_score=0.6)
+    assert kept.max() == 2 and set(np.unique(kept)) == {0, 1, 2}  # renumbered 1..N
+    assert kept[30, 45] == 0 and kept[30, 15] > 0 and kept[30, 75] > 0
+
+
 def test_instance_polygons_outline_area():
     from skimage.draw import polygon as fill
 
