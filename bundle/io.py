@@ -137,6 +137,13 @@ def atomic_path(path: str | os.PathLike):
             os.unlink(tmp)
 
 
+def remove_stale_parts(path: str | os.PathLike) -> None:
+    """Delete temporaries that :func:`atomic_path` left beside ``path`` when a run writing it was killed."""
+    path = Path(path)
+    for part in path.parent.glob(f".{path.name}.*.part{path.suffix}"):
+        part.unlink(missing_ok=True)
+
+
 def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write a uint8 (H, W) or (H, W, 3) array (PNG/JPEG/TIFF by suffix) atomically."""
     path = Path(path)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import (ImageError, load_datalist, read_rgb, read_rgb_or_skip, streamed_outputs, usable_items, write_csv,
-                 write_image, write_json, write_npy)
+from .io import (ImageError, load_datalist, read_rgb, read_rgb_or_skip, remove_stale_parts, streamed_outputs,
+                 usable_items, write_csv, write_image, write_json, write_npy)
 
 logger = logging.getLogger(__name__)
 
@@ -386,9 +386,8 @@ class NucleiRunner:
         path = item["image"]
         stem = Path(path).stem
         outputs = (self.output_dir / "points" / f"{stem}.csv", self.output_dir / "geojson" / f"{stem}.geojson")
-        for out in outputs:  # temporaries of an earlier run of this slide that was killed (they stay open for hours)
-            for part in out.parent.glob(f".{out.name}.*.part{out.suffix}"):
-                part.unlink(missing_ok=True)
+        for out in outputs:  # a killed earlier run of this slide leaves its (hours-long) temporaries behind
+            remove_stale_parts(out)
         slide = SlideTiles(path, backend=self.wsi_backend, level=self.wsi_level, mpp=self.wsi_mpp,
                            tile_size=self.wsi_tile, margin=64)
         try:
@@ -431,7 +430,8 @@ class NucleiRunner:
                     polys.append((tile_polys[i] + np.array([c - off_c, r - off_r])) * slide.downsample)
                 add(rows, polys, self._geojson_properties(rows))
                 n_nuclei += len(rows)
-                centres.append(np.array([(row["y"], row["x"]) for row in rows], np.float64).reshape(-1, 2))
+                if self.write_overlays:
+                    centres.append(np.array([(row["y"], row["x"]) for row in rows], np.float64).reshape(-1, 2))
         if self.write_overlays:
             thumb = slide.thumbnail(max_side=2048).copy()
             s = thumb.shape[0] / slide.level_sizes[0][0]

@@ -123,6 +123,7 @@ class SlideTiles:
         self.tissue_level = n_levels - 1 if tissue_level is None else int(tissue_level)
         self.last_offset = (0, 0)
         self._mask = None
+        self._core = None
 
     def _open_tifffile(self) -> None:
         """tifffile + zarr: pyramid levels from the TIFF series (SubIFD/OME/SVS pyramids); region reads decode only
@@ -215,14 +216,12 @@ class SlideTiles:
         return float(sub.mean()) if sub.size else 0.0
 
     def core_tiles(self) -> list:
-        """Top-left corners (row, col) of the core tiles that contain enough tissue."""
-        H, W, t = self.size[0], self.size[1], self.tile_size
-        out = []
-        for r in range(0, H, t):
-            for c in range(0, W, t):
-                if self.tissue_fraction(r, c, min(t, H - r), min(t, W - c)) >= self.min_tissue:
-                    out.append((r, c))
-        return out
+        """Top-left corners (row, col) of the core tiles that contain enough tissue (computed once per slide)."""
+        if self._core is None:
+            H, W, t = self.size[0], self.size[1], self.tile_size
+            self._core = [(r, c) for r in range(0, H, t) for c in range(0, W, t)
+                          if self.tissue_fraction(r, c, min(t, H - r), min(t, W - c)) >= self.min_tissue]
+        return list(self._core)
 
     def hematoxylin_threshold(self, max_tiles: int = 16) -> float:
         """One haematoxylin OD threshold for the whole slide (:func:`bundle.transforms.hematoxylin_threshold` pooled
