@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["REF_HEMATOXYLIN", "REF_EOSIN", "REF_DAB", "optical_density", "lab_stats", "reinhard_normalize",
            "macenko_stain_vectors", "hematoxylin_index", "stain_matrix", "hematoxylin_concentration",
-           "multiscale_log", "find_nuclei", "crop_cells", "crop_at_points", "read_points", "montage",
-           "CellExtractor", "load_cells"]
+           "multiscale_log", "find_nuclei", "crop_cells", "crop_at_points", "read_point_table", "read_points",
+           "montage", "CellExtractor", "load_cells"]
 
 # Ruifrok & Johnston optical-density stain vectors (unit length below).
 REF_HEMATOXYLIN = np.array([0.650, 0.704, 0.286])
@@ -326,9 +326,43 @@ def crop_at_points(rgb: np.ndarray, points: np.ndarray, window: int = 32, size: 
     return arr, rows
 
 
+def read_point_table(path: str | os.PathLike) -> dict:
+    """A points CSV with ``x,y`` or ``row,col`` columns and optional ``class`` / ``score`` columns (the bundle's own
+    ``image,x,y,class,score`` files) -> ``{"points": (N, 2) float (row, col), "class": (N,) str ('' without that
+    column), "score": (N,) float (nan without that column)}``.
+
+    Raises:
+        ValueError: one line naming the file.
+    """
+    import csv
+
+    p = os.fspath(path)
+    try:
+        with open(p, newline="") as f:
+            recs = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{p}: cannot read points ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+    keys = set(recs[0]) if recs else set()
+    try:
+        if not recs:
+            pts = np.zeros((0, 2))
+        elif {"row", "col"} <= keys:
+            pts = np.array([[float(r["row"]), float(r["col"])] for r in recs])
+        elif {"x", "y"} <= keys:
+            pts = np.array([[float(r["y"]), float(r["x"])] for r in recs])
+        else:
+            raise ValueError(f"columns {sorted(keys)} have neither row,col nor x,y")
+        cls = np.array([r.get("class") or "" for r in recs], dtype=str)
+        score = np.array([float(r["score"]) if r.get("score") not in (None, "") else np.nan for r in recs], float)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{p}: {e}") from None
+    return {"points": pts.reshape(-1, 2), "class": cls, "score": score}
+
+
 def read_points(path: str | os.PathLike) -> np.ndarray:
     """(N, 2) (row, col) points from a BCData ``.h5`` (``coordinates`` (x, y)), a ``.csv`` with ``x,y`` or
-    ``row,col`` columns, or a ``.npy`` (N, 2) (row, col) array.
+    ``row,col`` columns (:func:`read_point_table`), or a ``.npy`` (N, 2) (row, col) array.
 
     Raises:
         ValueError: one line naming the file.
@@ -337,6 +371,8 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
     if not os.path.isfile(p):
         raise ValueError(f"{p}: points file does not exist")
     suf = Path(p).suffix.lower()
+    if suf == ".csv":
+        return read_point_table(p)["points"]
     try:
         if suf in (".h5", ".hdf5"):
             from .annotations import read_bcdata_points
@@ -345,19 +381,6 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
         if suf == ".npy":
             a = np.load(p, allow_pickle=False).astype(np.float64)
             return a.reshape(-1, 2)
-        if suf == ".csv":
-            import csv
-
-            with open(p, newline="") as f:
-                recs = list(csv.DictReader(f))
-            if not recs:
-                return np.zeros((0, 2))
-            keys = set(recs[0])
-            if {"row", "col"} <= keys:
-                return np.array([[float(r["row"]), float(r["col"])] for r in recs])
-            if {"x", "y"} <= keys:
-                return np.array([[float(r["y"]), float(r["x"])] for r in recs])
-            raise ValueError(f"columns {sorted(keys)} have neither row,col nor x,y")
     except ValueError as e:
         msg = str(e)
         raise ValueError(msg if msg.startswith(p) or p in msg else f"{p}: {msg}") from None

@@ -313,11 +313,13 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
                         ignore_radius: float | None = None, val_fraction: float = 0.1, seed: int = 0,
                         datalist_key: str = "training", min_size: int = 64, teacher_ckpt=None,
                         base_channels: int = 16, threshold: float = 0.5, device="cpu",
-                        min_thickness: float = 0.0, negative_threshold: str = "folder") -> dict:
+                        min_thickness: float = 0.0, negative_threshold: str = "folder", label_seed: int = 0) -> dict:
     """Label-free 3-class training labels for every readable tile of ``data`` (folder or datalist).
 
     Round 1 (``teacher_ckpt=None``): fits :class:`Ki67PseudoLabeler` (``min_thickness`` and ``negative_threshold``
-    passed on) on all tiles (no annotation is read).
+    passed on, K-Means seed ``label_seed``) on all tiles (no annotation is read). ``seed`` only draws the held-back
+    split: the labels of a folder do not depend on the training seed, so runs with several seeds in one bundle root
+    share them and may start side by side.
     Self-training rounds (``teacher_ckpt`` = a trained 3-class ResUNet-34 with ``base_channels``): the points are the
     teacher's own detections (:func:`ki67_points`, flip TTA). ``teacher_ckpt`` may also be a list (or a comma-separated
     string) of checkpoints, e.g. round-1 runs with different seeds: their flip-TTA probabilities are averaged (an
@@ -341,6 +343,7 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
     redo = settings_changed(label_dir, {"nucleus_diameter": float(nucleus_diameter),
                                         "min_thickness": float(min_thickness), "disk_radius": disk_radius,
                                         "negative_threshold": None if teachers else negative_threshold,
+                                        "label_seed": None if teachers else int(label_seed),
                                         "ignore_radius": ignore_radius,
                                         "threshold": float(threshold) if teachers else None})
     todo = [it for it in good if redo or is_stale(Path(it["label"]), it["image"], *teachers)]
@@ -358,7 +361,7 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
             logger.info(f"Ki-67 self-training labels from the teacher{'s (averaged)' if len(nets) > 1 else ''} "
                         f"{', '.join(teachers)}")
         else:
-            labeler = Ki67PseudoLabeler(nucleus_diameter=d, seed=seed, min_thickness=min_thickness,
+            labeler = Ki67PseudoLabeler(nucleus_diameter=d, seed=label_seed, min_thickness=min_thickness,
                                         negative_threshold=negative_threshold)
             labeler.fit([it["image"] for it in good])
         for it in todo:

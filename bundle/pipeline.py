@@ -267,6 +267,8 @@ class NucleiRunner:
         roi_size, overlap, tta: sliding window and flip test-time augmentation of
             :func:`bundle.detection.predict_probability`.
         wsi_level / wsi_mpp / wsi_tile / wsi_backend: slide options (level or microns per pixel, core tile side).
+        wsi_min_tissue: a slide tile is predicted only when at least this fraction of it is tissue
+            (:class:`bundle.wsi.SlideTiles`); lower it (e.g. 0.005) to keep thin tissue slivers at a tile's edge.
         write_masks: also write ``masks/<stem>.png`` (0/255 foreground of the instances) for tiles, the pseudo-mask
             format of ``det_train`` / ``seg_train``, so a trained network can teach a self-training round.
     """
@@ -277,7 +279,8 @@ class NucleiRunner:
                  write_overlays: bool = True,
                  datalist_key: str = "testing", wsi_level: int | None = 0, wsi_mpp: float | None = None,
                  wsi_tile: int = 1024, wsi_backend: str = "tifffile", class_name: str = "Nucleus",
-                 write_masks: bool = False, grow: int = 0, hematoxylin_prior: float = 0.35, min_score: float = 0.0):
+                 write_masks: bool = False, grow: int = 0, hematoxylin_prior: float = 0.35, min_score: float = 0.0,
+                 wsi_min_tissue: float = 0.05):
         self.network, self.data, self.output_dir = network, data, Path(output_dir)
         self.ckpt_path, self.device = ckpt_path, torch.device(device)
         self.mode, self.markers, self.min_size = mode, markers, min_size
@@ -286,6 +289,9 @@ class NucleiRunner:
         self.roi_size, self.overlap, self.tta = roi_size, overlap, tta
         self.label_format, self.write_overlays, self.datalist_key = label_format, write_overlays, datalist_key
         self.wsi_level, self.wsi_mpp, self.wsi_tile, self.wsi_backend = wsi_level, wsi_mpp, wsi_tile, wsi_backend
+        self.wsi_min_tissue = float(wsi_min_tissue)
+        if not 0.0 <= self.wsi_min_tissue <= 1.0:
+            raise ValueError(f"wsi_min_tissue must be in [0, 1], got {wsi_min_tissue}")
         self.class_name, self.write_masks = class_name, write_masks
         self.hematoxylin_prior = float(hematoxylin_prior)
         if not 0.0 <= self.hematoxylin_prior <= 1.0:
@@ -389,7 +395,7 @@ class NucleiRunner:
         for out in outputs:  # a killed earlier run of this slide leaves its (hours-long) temporaries behind
             remove_stale_parts(out)
         slide = SlideTiles(path, backend=self.wsi_backend, level=self.wsi_level, mpp=self.wsi_mpp,
-                           tile_size=self.wsi_tile, margin=64)
+                           tile_size=self.wsi_tile, margin=64, min_tissue=self.wsi_min_tissue)
         try:
             return self._run_slide(slide, stem, outputs)
         finally:

@@ -34,7 +34,6 @@ Writes ``<out>.json`` and ``<out>.md``.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import platform
@@ -48,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.cells import read_point_table  # noqa: E402
 from bundle.handlers import resunet_checkpoint_dims, resunet_input_channels  # noqa: E402
 from bundle.io import read_rgb  # noqa: E402
 from bundle.ki67 import (NEGATIVE, POSITIVE, Ki67PseudoLabeler, Ki67Runner, _blob_points, _hd_of_od,  # noqa: E402
@@ -326,12 +326,9 @@ def _timed(fn, *args):
 def _runner_points(out_dir, stems):
     preds = []
     for s in stems:
-        pts, cls = [], []
-        with open(Path(out_dir) / "points" / f"{s}.csv") as f:
-            for row in csv.DictReader(f):
-                pts.append((int(float(row["y"])), int(float(row["x"]))))
-                cls.append(POSITIVE if row["class"] == "Positive" else NEGATIVE)
-        preds.append((np.asarray(pts, np.int64).reshape(-1, 2), np.asarray(cls, np.uint8)))
+        t = read_point_table(Path(out_dir) / "points" / f"{s}.csv")
+        cls = np.where(t["class"] == "Positive", POSITIVE, NEGATIVE).astype(np.uint8)
+        preds.append((np.rint(t["points"]).astype(np.int64), cls))
     return preds
 
 

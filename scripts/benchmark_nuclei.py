@@ -3,9 +3,11 @@
 """MoNuSeg benchmark of the trained detection / segmentation networks (issue 3), next to the classical baseline.
 
 Each ``--runs NAME=BUNDLE_ROOT`` is a bundle root produced by ``python -m bundle.label_free`` on the 30 MoNuSeg
-*train* images (no labels). For every network (``models/det``, ``models/seg``) and instance mode
-(``cc`` = connected components, the reference; ``watershed`` = distance-transform watershed; ``points`` =
-watershed seeded by the detected points) the script predicts train and test images once (flip TTA), scores
+*train* images (no labels); ``NAME=ROOT_A+ROOT_B+...`` scores the ensemble of those roots' networks (their flip-TTA
+probabilities averaged); ``--scales 0.8,1,1.25`` adds scale test-time augmentation. For every network
+(``models/det``, ``models/seg``) and instance mode (``cc`` = connected components, the reference; ``watershed`` =
+distance-transform watershed; ``points`` = watershed seeded by the detected points) the script predicts train and
+test images once (flip TTA), scores
 instances with :func:`bundle.metrics.instance_scores`, selects the mode by **train** AJI (labels used only to
 score), and reports test under three protocols: ``full`` (1000x1000, true instances), ``crop512`` (centre crop,
 true instances), ``crop512_cc`` (centre crop vs connected components of the binary GT, the PSM code's protocol).
@@ -84,6 +86,25 @@ def score(pred, gt, crop):
             "crop512_cc": instance_scores(pc, label(gc > 0))}
 
 
+def predict_ensemble(nets, rgb, tta: bool, scales=(1.0,)):
+    """(C, H, W) class probabilities of ``rgb``: :func:`bundle.detection.predict_probability` averaged over
+    ``nets`` and over ``scales`` (the image resized bilinearly by each factor, its prediction resized back)."""
+    from skimage.transform import resize
+
+    h, w = rgb.shape[:2]
+    probs = []
+    for s in scales:
+        if s == 1:
+            probs += [predict_probability(n, rgb, tta=tta) for n in nets]
+            continue
+        small = resize(rgb, (round(h * s), round(w * s)), order=1, preserve_range=True, anti_aliasing=s < 1)
+        for n in nets:
+            p = torch.from_numpy(predict_probability(n, small.astype(np.uint8), tta=tta))[None]
+            probs.append(torch.nn.functional.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)[0]
+                         .numpy())
+    return np.mean(probs, axis=0)
+
+
 def load_net(root: Path, stage: str):
     """The ResUNet-34 of ``<root>/models/<stage>/model.pt``; classes and width (base_channels) read from its head,
     input channels (3, or 4 with the haematoxylin channel) from its stem."""
@@ -102,6 +123,9 @@ def main(argv=None):
     ap.add_argument("--modes", default=",".join(MODES),
                     help="instance modes; 'watershed@0.4/8' = foreground threshold 0.4, peaks 8 px apart")
     ap.add_argument("--tta", type=int, default=1)
+    ap.add_argument("--scales", default="1",
+                    help="scale test-time augmentation: the image resized by each factor, predicted (flip TTA as "
+                         "--tta), resized back and averaged ('0.8,1,1.25'); default 1 = off")
     ap.add_argument("--min_size", type=int, default=20)
     ap.add_argument("--crop", type=int, default=512)
     ap.add_argument("--limit", type=int, default=None, help="images per split (smoke tests only)")
@@ -115,6 +139,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     train, test = load_split(a.monuseg, "train", a.limit), load_split(a.monuseg, "test", a.limit)
     modes = [m for m in a.modes.split(",") if m]
+    scales = [float(x) for x in a.scales.split(",")]
     results = {}
 
     # classical baseline, same scoring code
@@ -130,18 +155,20 @@ def main(argv=None):
     for spec in a.runs:
         name, root = spec.split("=", 1)
         for stage in [s for s in a.stages.split(",") if s]:
-            if not (Path(root) / "models" / stage / "model.pt").is_file():
+            roots = [Path(r) for r in root.split("+")]
+            if not all((r / "models" / stage / "model.pt").is_file() for r in roots):
                 print(f"{name}/{stage}: no model, skipped", flush=True)
                 continue
-            net = load_net(Path(root), stage)
+            nets = [load_net(r, stage) for r in roots]
+            net = nets[-1]
             key = f"{name}/{stage}"
-            res = {"train": {}, "test": {}, "n_classes": int(net.head.weight.shape[0])}
+            res = {"train": {}, "test": {}, "n_classes": int(net.head.weight.shape[0]), "ensemble": len(nets)}
             timings = []
             for split, data in (("train", train), ("test", test)):
                 per_mode = {m: [] for m in modes}
                 for _, rgb, gt in data:
                     t1 = time.perf_counter()
-                    prob = predict_probability(net, rgb, tta=bool(a.tta))
+                    prob = predict_ensemble(nets, rgb, bool(a.tta), scales)
                     timings.append(time.perf_counter() - t1)
                     for m in modes:
                         if m.startswith("points") and prob.shape[0] == 3:
@@ -174,6 +201,7 @@ def main(argv=None):
                 predict_probability(net, rgb, tta=tta)
             speed["ms_per_1000px_image_tta" if tta else "ms_per_1000px_image"] = 1000 * (time.perf_counter() - t1) / 2
     out = {"command": command, "results": results, "speed": speed, "threads": a.threads, "limit": a.limit,
+           "scales": scales,
            "total_seconds": time.perf_counter() - t_start,
            "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
            "date": time.strftime("%Y-%m-%d")}
@@ -199,8 +227,9 @@ def make_figure(a, test, results, params, size=320):
         for key, mode in nets:
             root, stage = key.split("/")
             spec = dict(s.split("=", 1) for s in a.runs)
-            net = load_net(Path(spec[root]), stage)
-            inst = instances(predict_probability(net, rgb, tta=bool(a.tta)), mode, a.min_size, rgb=rgb)
+            nets = [load_net(Path(r), stage) for r in spec[root].split("+")]
+            inst = instances(predict_ensemble(nets, rgb, bool(a.tta), [float(x) for x in a.scales.split(",")]), mode,
+                             a.min_size, rgb=rgb)
             cols.append(labelled(crop(overlay_mask(rgb, inst)), f"{key} {mode}"))
         rows.append(np.concatenate(cols, 1))
     write_image(a.figure, np.concatenate(rows, 0))

@@ -23,7 +23,6 @@ Labels are used only to score. Writes ``<out>.json`` and ``<out>.md``.
 from __future__ import annotations
 
 import argparse
-import csv
 import shlex
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.cells import read_point_table  # noqa: E402
 from bundle.io import read_rgb, write_json  # noqa: E402
 from bundle.ki67 import _hd_of_od, optical_density, read_bcdata_item  # noqa: E402
 from bundle.metrics import match_points  # noqa: E402
@@ -41,10 +41,9 @@ CUES = ("psm_9", "psm_41", "h_9", "h_41", "score")
 
 def negative_points(csv_path: Path):
     """(xy (N, 2) float, score (N,)) of the rows whose class is Negative."""
-    with open(csv_path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["class"].lower().startswith("neg")]
-    xy = np.array([[float(r["x"]), float(r["y"])] for r in rows]).reshape(-1, 2)
-    return xy, np.array([float(r.get("score") or 0) for r in rows])
+    t = read_point_table(csv_path)
+    keep = np.char.startswith(np.char.lower(t["class"]), "neg")
+    return t["points"][keep][:, ::-1].reshape(-1, 2), np.nan_to_num(t["score"][keep])
 
 
 def cue_table(data: Path, points_dir: Path, psm_dir: Path, radius: float):

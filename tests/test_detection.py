@@ -244,6 +244,10 @@ def test_nuclei_runner_slide_and_blank_slide(tmp_path):
     assert pts[0] == "image,x,y,class,score"
     xs = [float(r.split(",")[1]) for r in pts[1:]]
     assert all(0 <= x < 500 for x in xs)
+    strict = _runner(tmp_path / "slide.tif", tmp_path / "out3", wsi_tile=128, wsi_min_tissue=0.99).run()
+    assert strict["tiles"] < summary["tiles"]  # edge tiles with a part of tissue are skipped at 0.99, kept at 0.05
+    with pytest.raises(ValueError, match="wsi_min_tissue"):
+        _runner(tmp_path / "slide.tif", tmp_path / "out4", wsi_min_tissue=5)
     empty = _runner(tmp_path / "blank.tif", tmp_path / "out2", wsi_tile=128).run()
     assert empty["n_nuclei"] == 0 and empty["tiles"] == 0
     assert json.loads((tmp_path / "out2" / "geojson" / "blank.geojson").read_text())["features"] == []

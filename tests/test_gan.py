@@ -13,7 +13,7 @@ from monai.bundle import ckpt_export, verify_net_in_out
 from monai.bundle import run as bundle_run
 
 from bundle.cells import (CellExtractor, crop_at_points, crop_cells, find_nuclei, hematoxylin_index, load_cells,
-                          read_points, stain_matrix, REF_DAB, REF_EOSIN, REF_HEMATOXYLIN)
+                          read_point_table, read_points, stain_matrix, REF_DAB, REF_EOSIN, REF_HEMATOXYLIN)
 from bundle.gan import (InfoGANIteration, category_proportions, classify_images, cluster_accuracy, generated_grid,
                         gradient_penalty, random_flips, read_image_labels, CellDataset)
 from bundle.io import ImageError, write_image
@@ -272,6 +272,24 @@ def _write_points(tmp_path):
     p.write_text("x,y\n3,4\n10,20\n")
     assert read_points(p).tolist() == [[4.0, 3.0], [20.0, 10.0]]
     return p
+
+
+def test_read_point_table_classes_and_scores(tmp_path):
+    """The bundle's own points CSV (image,x,y,class,score) reads back with classes and scores; missing columns give
+    '' / nan; a bad score is a one-line error naming the file."""
+    p = tmp_path / "tile.csv"
+    p.write_text("image,x,y,class,score\ntile,3,4,Positive,0.9\ntile,10,20,Negative,0.25\n")
+    t = read_point_table(p)
+    assert t["points"].tolist() == [[4.0, 3.0], [20.0, 10.0]]
+    assert t["class"].tolist() == ["Positive", "Negative"] and np.allclose(t["score"], [0.9, 0.25])
+    t = read_point_table(_write_points(tmp_path))
+    assert t["class"].tolist() == ["", ""] and np.isnan(t["score"]).all()
+    p.write_text("image,x,y,class,score\n")
+    assert read_point_table(p)["points"].shape == (0, 2)
+    p.write_text("image,x,y,class,score\ntile,3,4,Positive,high\n")
+    with pytest.raises(ValueError) as e:
+        read_point_table(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
 
 
 def _run(root, name, **kw):

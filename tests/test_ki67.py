@@ -173,6 +173,29 @@ def test_runner_rejects_bad_settings(tmp_path):
         Ki67Runner(None, str(tmp_path), tmp_path, method="magic")
 
 
+def test_pseudo_labels_do_not_depend_on_the_training_seed(ihc_dir, tmp_path, monkeypatch):
+    """Training seeds sharing a bundle root share its round-1 labels: the K-Means seed is ``label_seed``, not the
+    training ``seed`` (which draws the held-back split), so seeds started side by side write identical labels."""
+    import bundle.ki67 as k
+
+    seeds = []
+    init = k.Ki67PseudoLabeler.__init__
+
+    def spy(self, *args, **kw):
+        seeds.append(kw.get("seed"))
+        init(self, *args, **kw)
+
+    monkeypatch.setattr(k.Ki67PseudoLabeler, "__init__", spy)
+    a = k.prepare_ki67_labels(str(ihc_dir), tmp_path / "a", nucleus_diameter=14, seed=0, val_fraction=0.34)
+    b = k.prepare_ki67_labels(str(ihc_dir), tmp_path / "b", nucleus_diameter=14, seed=5, val_fraction=0.34)
+    assert seeds == [0, 0]
+    for i in range(3):
+        assert np.array_equal(np.load(tmp_path / "a" / f"tile_{i}.npy"), np.load(tmp_path / "b" / f"tile_{i}.npy"))
+    assert len(a["training"]) + len(a["validation"]) == len(b["training"]) + len(b["validation"]) == 3
+    k.prepare_ki67_labels(str(ihc_dir), tmp_path / "a", nucleus_diameter=14, seed=0, label_seed=3, val_fraction=0.34)
+    assert seeds == [0, 0, 3]  # a changed label_seed rewrites the labels
+
+
 def _bundle_run(root, config, args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / config),

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Helpers of the research scripts (diagnose_nuclei, tune_ki67_postprocess, benchmark_ki67, explore_seg,
-diagnose_ki67_negatives, pipeline_report) on tiny synthetic inputs (the scripts themselves read MoNuSeg / BCData,
-which tests never need)."""
+diagnose_ki67_negatives, pipeline_report, benchmark_nuclei) on tiny synthetic inputs (the scripts themselves read
+MoNuSeg / BCData, which tests never need)."""
 
 import sys
 from pathlib import Path
@@ -162,3 +162,20 @@ def test_pipeline_report_reads_stage_markers_and_pseudo_mask_scores(tmp_path):
     out = json.loads((tmp_path / "rep.json").read_text())["runs"]["r"]
     assert set(out["stages"]) == {"ssl", "psm"} and out["pseudo_masks"]["aji"] == 0.2
     assert "| r | 120 | 30 | - | - | - | 2.5 | 0.700 | - | 0.200 | - |" in (tmp_path / "rep.md").read_text()
+
+
+def test_nuclei_benchmark_ensemble_and_scale_tta_average_probabilities():
+    import benchmark_nuclei as bn  # a plain import: a broken import must fail, not skip
+    import torch
+
+    from bundle.detection import predict_probability
+    from bundle.networks import ResUNet34
+
+    rgb = np.random.default_rng(0).integers(0, 255, (48, 56, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    a, b = (ResUNet34(out_channels=2, base_channels=8).eval() for _ in range(2))
+    pa, pb = (predict_probability(n, rgb, tta=False) for n in (a, b))
+    assert np.allclose(bn.predict_ensemble([a], rgb, False), pa, atol=1e-6)
+    assert np.allclose(bn.predict_ensemble([a, b], rgb, False), (pa + pb) / 2, atol=1e-6)
+    ms = bn.predict_ensemble([a], rgb, False, scales=(0.5, 1.0))
+    assert ms.shape == pa.shape and np.allclose(ms.sum(0), 1, atol=1e-5) and not np.allclose(ms, pa, atol=1e-4)
