@@ -444,6 +444,16 @@ class Ki67Runner:
     negative blue rings); then ``summary.csv`` (per image: n_positive, n_negative, n_cells, ki67_index, dab_fraction,
     seconds) and ``summary.json`` (folder totals, folder Ki-67 index, skipped files).
 
+    Whole slides (pyramidal TIFF / SVS ..., :func:`bundle.wsi.is_wsi`; ``method="network"`` only) are streamed tile by
+    tile over the tissue (:class:`bundle.wsi.SlideTiles` with its IHC tissue mask, ``wsi_*`` options as in
+    :class:`bundle.pipeline.NucleiRunner`; each tile read with a margin of one nucleus diameter, a cell kept by the
+    tile whose core holds its point). Points
+    and GeoJSON are in level-0 pixels and written tile by tile; ``tiles/<stem>.csv`` holds the counts and index of
+    every tile (level-0 ``x, y`` of its top-left corner); the overlay is the slide's thumbnail with positive cells red
+    and negative blue; the summary row adds ``tiles`` and the **hotspot**: the highest tile index among tiles with at
+    least ``hotspot_min_cells`` cells (``hotspot_ki67_index``, ``hotspot_x``, ``hotspot_y``, ``hotspot_cells``). The
+    no-DAB rule is applied once per slide, on its thumbnail, not per tile (a tile of negative tumour has no brown).
+
     Args:
         network: 3-class (background / positive / negative) per-pixel classifier (``method="network"``).
         stain: ``"ihc"`` (this workflow) or ``"he"`` (delegates to :class:`bundle.pipeline.NucleiRunner`: H&E
@@ -452,6 +462,7 @@ class Ki67Runner:
             no network: the pseudo labels themselves).
         threshold: foreground threshold of :func:`ki67_points`.  nucleus_diameter: px.
         min_dab_fraction: below it an image has no DAB: zero positives and a warning.
+        hotspot_min_cells: a slide tile counts for the hotspot when it has at least this many cells.
     Other args as :class:`bundle.pipeline.NucleiRunner`; extra keyword arguments go to it (``stain="he"`` only).
     """
 
@@ -459,7 +470,9 @@ class Ki67Runner:
                  stain: str = "ihc", method: str = "network", threshold: float = 0.5,
                  nucleus_diameter: float = 20.0, min_dab_fraction: float = 0.002, marker_radius: float = 4.0,
                  roi_size: int = 512, overlap: float = 0.25, tta: bool = True, write_overlays: bool = True,
-                 datalist_key: str = "testing", seed: int = 0, **he_kwargs):
+                 datalist_key: str = "testing", seed: int = 0, wsi_level: int | None = 0,
+                 wsi_mpp: float | None = None, wsi_tile: int = 1024, wsi_backend: str = "tifffile",
+                 wsi_min_tissue: float = 0.05, hotspot_min_cells: int = 100, **he_kwargs):
         if stain not in ("ihc", "he"):
             raise ValueError(f"unknown stain {stain!r} (use 'ihc' for Ki-67 DAB + haematoxylin or 'he' for H&E)")
         if method not in ("network", "classical"):
@@ -471,13 +484,17 @@ class Ki67Runner:
         self.stain, self.method, self.threshold = stain, method, float(threshold)
         self.nucleus_diameter, self.min_dab_fraction = float(nucleus_diameter), float(min_dab_fraction)
         self.marker_radius, self.seed = float(marker_radius), int(seed)
+        self.wsi = {"wsi_level": wsi_level, "wsi_mpp": wsi_mpp, "wsi_tile": int(wsi_tile), "wsi_backend": wsi_backend,
+                    "wsi_min_tissue": float(wsi_min_tissue)}
+        self.hotspot_min_cells = int(hotspot_min_cells)
         self.labeler = None
 
     def _nuclei_runner(self) -> NucleiRunner:
         """The H&E nuclei workflow with the same inputs (composition, not inheritance)."""
         return NucleiRunner(self.network, self.data, self.output_dir, ckpt_path=self.ckpt_path, device=self.device,
                             roi_size=self.roi_size, overlap=self.overlap, tta=self.tta,
-                            write_overlays=self.write_overlays, datalist_key=self.datalist_key, **self.he_kwargs)
+                            write_overlays=self.write_overlays, datalist_key=self.datalist_key, **self.wsi,
+                            **self.he_kwargs)
 
     def items(self) -> list:
         """Same inputs as :meth:`bundle.pipeline.NucleiRunner.items` (list, file, datalist JSON or folder)."""
@@ -529,6 +546,89 @@ class Ki67Runner:
                 "dab_fraction": round(frac, 4), "seconds": round(sec, 3), "height": rgb.shape[0],
                 "width": rgb.shape[1]}
 
+    def run_slide(self, item) -> dict:
+        """One whole slide, streamed tile by tile (see the class docstring)."""
+        from .io import remove_stale_parts
+        from .wsi import SlideTiles
+
+        path = item["image"]
+        if self.method != "network":
+            raise ValueError(f"{path}: whole slides need method 'network' (the classical labeller is fitted on tiles)")
+        stem = Path(path).stem
+        outputs = (self.output_dir / "points" / f"{stem}.csv", self.output_dir / "geojson" / f"{stem}.geojson")
+        for out in outputs:  # a killed earlier run of this slide leaves its temporaries behind
+            remove_stale_parts(out)
+        slide = SlideTiles(path, backend=self.wsi["wsi_backend"], level=self.wsi["wsi_level"], mpp=self.wsi["wsi_mpp"],
+                           tile_size=self.wsi["wsi_tile"], margin=max(64, int(round(3 * self.nucleus_diameter))),
+                           min_tissue=self.wsi["wsi_min_tissue"], tissue="density")
+        try:
+            return self._run_slide(slide, stem, outputs)
+        finally:
+            slide.close()
+
+    def _run_slide(self, slide, stem: str, outputs) -> dict:
+        from tqdm import tqdm
+
+        from .detection import input_channels, predict_probability
+        from .io import streamed_outputs
+
+        path, ds, t0 = slide.path, slide.downsample, time.perf_counter()
+        thumb = slide.thumbnail(max_side=2048)
+        frac = dab_fraction(thumb)
+        no_dab = frac < self.min_dab_fraction
+        if no_dab:
+            logger.warning(f"{path}: no DAB (brown) signal (brown pixel fraction {frac:.4f} in the thumbnail) - is "
+                           "this an H&E slide? reporting 0 positive cells")
+        tiles = slide.core_tiles()
+        if not tiles:
+            logger.warning(f"{path}: no tissue found; writing empty outputs")
+        h_threshold = (slide.hematoxylin_threshold() or None) if tiles and input_channels(self.network) == 4 else None
+        tile_rows, marks = [], []
+        with streamed_outputs(outputs[0], POINT_FIELDS, outputs[1]) as add:
+            for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):
+                prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta,
+                                           hematoxylin_threshold=h_threshold)
+                pts, cls, score = ki67_points(prob, self.threshold, self.nucleus_diameter)
+                if no_dab:
+                    cls = np.full(len(pts), NEGATIVE, np.uint8)
+                off_r, off_c = slide.last_offset
+                core = ((pts[:, 0] >= off_r) & (pts[:, 0] < off_r + min(slide.tile_size, slide.size[0] - r))
+                        & (pts[:, 1] >= off_c) & (pts[:, 1] < off_c + min(slide.tile_size, slide.size[1] - c)))
+                pts, cls, score = pts[core], cls[core], score[core]
+                yx = (pts - np.array([off_r, off_c]) + np.array([r, c])) * ds  # level-0 pixels
+                rows = [{"image": stem, "x": round(float(x), 2), "y": round(float(y), 2), "class": CLASS_NAMES[int(k)],
+                         "score": round(float(sc), 4)} for (y, x), k, sc in zip(yx, cls, score)]
+                add(rows, [_circle(y, x, self.marker_radius * ds) for y, x in yx],
+                    [{"classification": {"name": CLASS_NAMES[int(k)], "color": list(CLASS_COLOURS[int(k)])},
+                      "measurements": {"score": round(float(sc), 4)}} for k, sc in zip(cls, score)])
+                n_pos, n_neg = int((cls == POSITIVE).sum()), int((cls == NEGATIVE).sum())
+                tile_rows.append({"x": round(c * ds), "y": round(r * ds), "n_positive": n_pos, "n_negative": n_neg,
+                                  "n_cells": n_pos + n_neg,
+                                  "ki67_index": round(n_pos / (n_pos + n_neg), 4) if n_pos + n_neg else 0.0})
+                if self.write_overlays:
+                    marks.append((yx, cls))
+        write_csv(self.output_dir / "tiles" / f"{stem}.csv", tile_rows,
+                  fieldnames=("x", "y", "n_positive", "n_negative", "n_cells", "ki67_index"))
+        if self.write_overlays:
+            ov = thumb.copy()
+            s = ov.shape[0] / slide.level_sizes[0][0]
+            for yx, cls in marks:
+                for (y, x), k in zip((yx * s).astype(int), cls):
+                    ov[max(0, y - 1): y + 2, max(0, x - 1): x + 2] = CLASS_COLOURS[int(k)]
+            write_image(self.output_dir / "overlays" / f"{stem}.png", ov)
+        n_pos = int(sum(t["n_positive"] for t in tile_rows))
+        n_neg = int(sum(t["n_negative"] for t in tile_rows))
+        hot = max((t for t in tile_rows if t["n_cells"] >= self.hotspot_min_cells), key=lambda t: t["ki67_index"],
+                  default=None)
+        if hot is None and tile_rows:
+            logger.warning(f"{path}: no tile has {self.hotspot_min_cells} cells; no hotspot reported")
+        return {"image": stem, "n_positive": n_pos, "n_negative": n_neg, "n_cells": n_pos + n_neg,
+                "ki67_index": round(n_pos / (n_pos + n_neg), 4) if n_pos + n_neg else 0.0,
+                "dab_fraction": round(frac, 4), "seconds": round(time.perf_counter() - t0, 3),
+                "height": slide.level_sizes[0][0], "width": slide.level_sizes[0][1], "tiles": len(tile_rows),
+                "hotspot_ki67_index": hot["ki67_index"] if hot else "", "hotspot_x": hot["x"] if hot else "",
+                "hotspot_y": hot["y"] if hot else "", "hotspot_cells": hot["n_cells"] if hot else ""}
+
     def run(self) -> dict:
         from tqdm import tqdm
 
@@ -547,8 +647,11 @@ class Ki67Runner:
             if getattr(self.network, "head", None) is not None and self.network.head.out_channels != 3:
                 raise ValueError(f"Ki67Runner: the network has {self.network.head.out_channels} output channels; "
                                  "the IHC mode needs 3 (background / positive / negative)")
+        from .wsi import is_wsi
+
         rows, skipped, readable = [], [], []
-        for it in items:  # check every file first: one line per bad file
+        slides = [it for it in items if is_wsi(it["image"])]
+        for it in (it for it in items if not is_wsi(it["image"])):  # check every file first: one line per bad file
             try:
                 read_rgb(it["image"], min_size=32)
                 readable.append(it)
@@ -558,9 +661,9 @@ class Ki67Runner:
         if self.method == "classical" and readable:
             self.labeler = Ki67PseudoLabeler(self.nucleus_diameter, min_dab_fraction=self.min_dab_fraction,
                                              seed=self.seed).fit([it["image"] for it in readable])
-        for it in tqdm(readable, desc="Ki-67", unit="img"):
+        for it in tqdm(readable + slides, desc="Ki-67", unit="img"):
             try:
-                rows.append(self.run_image(it))
+                rows.append(self.run_slide(it) if is_wsi(it["image"]) else self.run_image(it))
             except (ImageError, ValueError, FileNotFoundError) as e:
                 logger.warning(f"skipped {e}")
                 skipped.append(str(e))

@@ -58,19 +58,28 @@ def write_pyramid_tiff(path, img: np.ndarray, mpp: float = 0.25, levels: int = 2
             tw.write(np.ascontiguousarray(img[::f, ::f]), tile=(tile, tile), photometric="rgb", subfiletype=1)
 
 
-def tissue_mask(rgb: np.ndarray, min_size: int = 16) -> np.ndarray:
-    """(h, w) bool tissue mask of an (h, w, 3) uint8 thumbnail: HSV saturation > Otsu (and > 0.05), cleaned.
+def tissue_mask(rgb: np.ndarray, min_size: int = 16, method: str = "saturation") -> np.ndarray:
+    """(h, w) bool tissue mask of an (h, w, 3) uint8 thumbnail, cleaned of specks and small holes.
 
+    ``method="saturation"`` (H&E: pink and purple tissue on grey glass): HSV saturation > Otsu (and > 0.05).
+    ``method="density"`` (IHC: pale, hardly saturated tissue with brown and blue nuclei): darkness ``1 - mean(RGB) /
+    255`` above its Otsu threshold clipped to [0.08, 0.12], i.e. anything clearly darker than glass (about 235-250).
     A blank (flat) thumbnail gives an all-False mask.
     """
     from skimage.color import rgb2hsv
     from skimage.filters import threshold_otsu
     from skimage.morphology import remove_small_holes, remove_small_objects
 
-    sat = rgb2hsv(np.asarray(rgb)[..., :3])[..., 1]
-    if float(sat.max()) - float(sat.min()) < 0.02:
-        return np.zeros(sat.shape, bool)
-    m = sat > max(0.05, float(threshold_otsu(sat)))
+    rgb = np.asarray(rgb)[..., :3]
+    if method == "saturation":
+        v, floor, cap = rgb2hsv(rgb)[..., 1], 0.05, np.inf
+    elif method == "density":
+        v, floor, cap = 1.0 - rgb.astype(np.float32).mean(-1) / 255.0, 0.08, 0.12
+    else:
+        raise ValueError(f"unknown tissue method {method!r} (use 'saturation' or 'density')")
+    if float(v.max()) - float(v.min()) < 0.02:
+        return np.zeros(v.shape, bool)
+    m = v > min(cap, max(floor, float(threshold_otsu(v))))
     m = remove_small_objects(m, max_size=min_size - 1)
     return remove_small_holes(m, max_size=min_size * 4)
 
@@ -87,6 +96,7 @@ class SlideTiles:
         tile_size: tile side at the analysis level.  margin: context added on each side (px).
         tissue_level: level for the tissue mask (default: the lowest-resolution level).
         min_tissue: minimum tissue fraction for a tile to be processed.
+        tissue: :func:`tissue_mask` method, ``"saturation"`` (H&E) or ``"density"`` (IHC).
 
     Iterating yields ``(row0, col0, rgb)`` where ``(row0, col0)`` is the top-left of the *core* tile at the
     analysis level and ``rgb`` is the (h, w, 3) uint8 tile including the margin (clipped at slide borders;
@@ -94,8 +104,12 @@ class SlideTiles:
     """
 
     def __init__(self, path, backend: str = "tifffile", level: int | None = 0, mpp: float | None = None,
-                 tile_size: int = 1024, margin: int = 64, tissue_level: int | None = None, min_tissue: float = 0.05):
+                 tile_size: int = 1024, margin: int = 64, tissue_level: int | None = None, min_tissue: float = 0.05,
+                 tissue: str = "saturation"):
         self.path = os.fspath(path)
+        if tissue not in ("saturation", "density"):
+            raise ValueError(f"unknown tissue method {tissue!r} (use 'saturation' or 'density')")
+        self.tissue = tissue
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"{self.path}: slide not found")
         self.backend = backend
@@ -204,7 +218,7 @@ class SlideTiles:
     @property
     def mask(self) -> np.ndarray:
         if self._mask is None:
-            self._mask = tissue_mask(self.thumbnail())
+            self._mask = tissue_mask(self.thumbnail(), method=self.tissue)
         return self._mask
 
     def tissue_fraction(self, row: int, col: int, h: int, w: int) -> float:

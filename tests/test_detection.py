@@ -368,3 +368,21 @@ def test_slide_thumbnail_in_strips_equals_whole_read(tmp_path, monkeypatch):
     slide.close()
     step = int(np.ceil(700 / 200))
     assert np.array_equal(whole, img[::step, ::step]) and np.array_equal(strips, whole)
+
+
+def test_tissue_mask_density_finds_pale_ihc_tissue():
+    """IHC tissue is pale and hardly saturated: the saturation mask (H&E) misses it, the density mask finds it."""
+    from bundle.wsi import tissue_mask
+
+    thumb = np.full((64, 80, 3), 244, np.uint8)  # glass
+    thumb[10:50, 20:70] = (212, 206, 204)  # pale IHC tissue
+    thumb[20:26, 30:36] = (120, 70, 40)  # a brown nucleus
+    thumb[30:36, 50:56] = (130, 140, 190)  # a blue nucleus
+    tissue = np.zeros((64, 80), bool)
+    tissue[10:50, 20:70] = True
+    assert tissue_mask(thumb)[tissue].mean() < 0.5
+    m = tissue_mask(thumb, method="density")
+    assert m[tissue].mean() > 0.95 and not m[~tissue].any()
+    assert not tissue_mask(np.full((32, 32, 3), 240, np.uint8), method="density").any()
+    with pytest.raises(ValueError, match="unknown tissue method"):
+        tissue_mask(thumb, method="otsu")

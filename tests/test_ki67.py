@@ -13,6 +13,8 @@ import torch
 
 from bundle.ki67 import (IGNORE, NEGATIVE, POSITIVE, Ki67PseudoLabeler, Ki67Runner, NoDABWarning, dab_fraction,
                          ki67_points, point_label, synthetic_ihc_tile)
+from bundle.cells import read_point_table
+from bundle.io import ImageError
 from bundle.metrics import multiclass_point_scores
 
 
@@ -283,3 +285,58 @@ def test_changed_label_settings_rewrite_labels(ihc_dir, tmp_path):
     assert set(np.unique(np.load(lab)).tolist()) & {POSITIVE, NEGATIVE}
     prepare_ki67_labels(str(ihc_dir), tmp_path / "lab", nucleus_diameter=14, val_fraction=0.0, min_thickness=100)
     assert not set(np.unique(np.load(lab)).tolist()) & {POSITIVE, NEGATIVE}  # every blob is thinner than 100 px
+
+
+def _colour_net():
+    """A fixed 1x1-conv 'network' (bg / positive / negative logits from the normalised RGB): white -> background,
+    brown -> positive, blue -> negative. Lets slide tests compare against tile mode without training."""
+    net = torch.nn.Conv2d(3, 3, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[2 / 3, 2 / 3, 2 / 3], [3.0, 0.0, -3.0], [-3.0, 0.0, 3.0]])[..., None, None])
+        net.bias.copy_(torch.tensor([-1.0, 0.0, 0.0]))
+    return net.eval()
+
+
+def test_whole_slide_ihc_matches_tile_mode_and_reports_hotspot(tmp_path, caplog):
+    from bundle.io import read_rgb, write_image
+    from bundle.metrics import match_points
+    from bundle.wsi import write_pyramid_tiff
+
+    tile, _, _ = synthetic_ihc_tile(256, n_positive=8, n_negative=12, radius=7, seed=4)
+    tile = (tile * 0.88).astype(np.uint8)  # tissue darker than glass (BCData's tissue: grey 190-215)
+    write_image(tmp_path / "tiles" / "t.png", tile)
+    for d in ("slides", "blank"):
+        (tmp_path / d).mkdir()
+    canvas = np.full((520, 640, 3), 242, np.uint8)
+    canvas[130:386, 200:456] = tile
+    write_pyramid_tiff(tmp_path / "slides" / "s.tif", canvas)
+    write_pyramid_tiff(tmp_path / "blank" / "b.tif", np.full((300, 300, 3), 245, np.uint8))
+    kw = dict(tta=False, nucleus_diameter=14, hotspot_min_cells=3)
+    ref = Ki67Runner(_colour_net(), str(tmp_path / "tiles"), tmp_path / "out_t", **kw).run()
+    s = Ki67Runner(_colour_net(), str(tmp_path / "slides"), tmp_path / "out_s", wsi_tile=128, **kw).run()
+    assert ref["n_positive"] > 0 and ref["n_negative"] > 0
+    t_pts, s_pts = (read_point_table(tmp_path / d / "points" / f"{n}.csv") for d, n in (("out_t", "t"), ("out_s", "s")))
+    moved = s_pts["points"] - np.array([130, 200])  # slide level-0 pixels back to the tile's
+    mi, mj = match_points(moved[:, ::-1], t_pts["points"][:, ::-1], 3)
+    assert len(mi) >= 0.9 * max(len(moved), len(t_pts["points"]))  # tile seams may move a point, not the count
+    assert (s_pts["class"][mi] == t_pts["class"][mj]).mean() >= 0.9
+    rows = (tmp_path / "out_s" / "tiles" / "s.csv").read_text().splitlines()
+    assert rows[0] == "x,y,n_positive,n_negative,n_cells,ki67_index" and s["n_cells"] == len(moved)
+    row = (tmp_path / "out_s" / "summary.csv").read_text().splitlines()
+    head = row[0].split(",")
+    vals = dict(zip(head, row[1].split(",")))
+    assert int(vals["n_cells"]) == len(moved) and int(vals["tiles"]) == len(rows) - 1 > 1
+    hot = float(vals["hotspot_ki67_index"])
+    assert 0 <= hot <= 1 and hot >= float(vals["ki67_index"])
+    ov = read_rgb(tmp_path / "out_s" / "overlays" / "s.png")  # the slide's thumbnail with red / blue cells
+    assert ov.shape[:2] == (260, 320) and ((ov == (255, 0, 0)).all(-1).any() and (ov == (0, 0, 255)).all(-1).any())
+    gj = json.loads((tmp_path / "out_s" / "geojson" / "s.geojson").read_text())
+    assert len(gj["features"]) == len(moved)
+    # a slide without tissue: empty outputs and a warning, not a crash
+    logging.getLogger("bundle.ki67").disabled = False
+    with caplog.at_level(logging.WARNING, logger="bundle.ki67"):
+        b = Ki67Runner(_colour_net(), str(tmp_path / "blank"), tmp_path / "out_b", **kw).run()
+    assert b["n_cells"] == 0 and any("no tissue" in r.getMessage() for r in caplog.records)
+    # the classical labeller is fitted on tiles: a slide alone is reported in one line
+    with pytest.raises(ImageError, match="whole slides need method 'network'"):
+        Ki67Runner(None, str(tmp_path / "slides"), tmp_path / "out_c", method="classical", **kw).run()

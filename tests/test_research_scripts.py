@@ -179,3 +179,27 @@ def test_nuclei_benchmark_ensemble_and_scale_tta_average_probabilities():
     assert np.allclose(bn.predict_ensemble([a, b], rgb, False), (pa + pb) / 2, atol=1e-6)
     ms = bn.predict_ensemble([a], rgb, False, scales=(0.5, 1.0))
     assert ms.shape == pa.shape and np.allclose(ms.sum(0), 1, atol=1e-5) and not np.allclose(ms, pa, atol=1e-4)
+
+
+def test_ki67_wsi_benchmark_mosaic_offsets_and_scores(tmp_path):
+    import benchmark_ki67_wsi as kw  # a plain import: a broken import must fail, not skip
+
+    from bundle.wsi import SlideTiles
+
+    tiles = [np.full((40, 50, 3), 200 - 10 * k, np.uint8) for k in range(5)]
+    offsets = kw.make_mosaic(tmp_path / "m.tif", tiles, cols=2, gap=8)
+    s = SlideTiles(tmp_path / "m.tif", tile_size=64, margin=0)
+    for t, (r, c) in zip(tiles, offsets):
+        assert np.array_equal(s.read(r, c, 40, 50), t)
+    assert offsets[1] == (kw.BORDER, kw.BORDER + 58) and offsets[2] == (kw.BORDER + 48, kw.BORDER)
+    s.close()
+    # two tiles, one GT cell each; a prediction on each (one right class, one wrong), one far off (FP)
+    gts = [(np.array([[10.0, 20.0]]), np.array([1])), (np.array([[30.0, 5.0]]), np.array([2]))]
+    boxes = [(0, 0, 40, 50), (0, 60, 40, 110)]
+    pred = {"points": np.array([[21.0, 11.0], [5.0, 92.0], [35.0, 45.0]]),
+            "class": np.array(["Positive", "Positive", "Negative"])}
+    sc = kw.score(pred, gts, boxes)
+    assert (sc["overall"]["tp"], sc["overall"]["fp"], sc["overall"]["fn"]) == (2, 1, 0)
+    assert sc["positive"]["tp"] == 1 and sc["negative"]["fn"] == 1
+    inner = kw.score(pred, gts, boxes, inner=8)  # the GT at x = 5 and the point at (35, 45) lie in the edge band
+    assert (inner["overall"]["tp"], inner["overall"]["fp"], inner["overall"]["fn"]) == (1, 0, 0)
