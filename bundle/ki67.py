@@ -446,13 +446,14 @@ class Ki67Runner:
 
     Whole slides (pyramidal TIFF / SVS ..., :func:`bundle.wsi.is_wsi`; ``method="network"`` only) are streamed tile by
     tile over the tissue (:class:`bundle.wsi.SlideTiles` with its IHC tissue mask, ``wsi_*`` options as in
-    :class:`bundle.pipeline.NucleiRunner`; each tile read with a margin of one nucleus diameter, a cell kept by the
-    tile whose core holds its point). Points
+    :class:`bundle.pipeline.NucleiRunner`; each tile read with a margin of max(64 px, 3 nucleus diameters), a cell
+    kept by the tile whose core holds its point). Points
     and GeoJSON are in level-0 pixels and written tile by tile; ``tiles/<stem>.csv`` holds the counts and index of
     every tile (level-0 ``x, y`` of its top-left corner); the overlay is the slide's thumbnail with positive cells red
     and negative blue; the summary row adds ``tiles`` and the **hotspot**: the highest tile index among tiles with at
     least ``hotspot_min_cells`` cells (``hotspot_ki67_index``, ``hotspot_x``, ``hotspot_y``, ``hotspot_cells``). The
-    no-DAB rule is applied once per slide, on its thumbnail, not per tile (a tile of negative tumour has no brown).
+    no-DAB rule is applied once per slide, on the tissue of its thumbnail, not per tile (a tile of negative tumour has
+    no brown; glass would dilute the fraction).
 
     Args:
         network: 3-class (background / positive / negative) per-pixel classifier (``method="network"``).
@@ -487,6 +488,10 @@ class Ki67Runner:
         self.wsi = {"wsi_level": wsi_level, "wsi_mpp": wsi_mpp, "wsi_tile": int(wsi_tile), "wsi_backend": wsi_backend,
                     "wsi_min_tissue": float(wsi_min_tissue)}
         self.hotspot_min_cells = int(hotspot_min_cells)
+        if not 0.0 <= self.wsi["wsi_min_tissue"] <= 1.0:
+            raise ValueError(f"wsi_min_tissue must be in [0, 1], got {wsi_min_tissue}")
+        if self.hotspot_min_cells < 0:
+            raise ValueError(f"hotspot_min_cells must be >= 0, got {hotspot_min_cells}")
         self.labeler = None
 
     def _nuclei_runner(self) -> NucleiRunner:
@@ -573,17 +578,19 @@ class Ki67Runner:
         from .io import streamed_outputs
 
         path, ds, t0 = slide.path, slide.downsample, time.perf_counter()
-        thumb = slide.thumbnail(max_side=2048)
-        frac = dab_fraction(thumb)
-        no_dab = frac < self.min_dab_fraction
-        if no_dab:
-            logger.warning(f"{path}: no DAB (brown) signal (brown pixel fraction {frac:.4f} in the thumbnail) - is "
-                           "this an H&E slide? reporting 0 positive cells")
+        thumb, tissue = slide.thumbnail(max_side=2048), slide.mask  # the mask is made from the same thumbnail
+        frac = dab_fraction(thumb[tissue]) if tissue.any() else 0.0
         tiles = slide.core_tiles()
+        no_dab = bool(tiles) and frac < self.min_dab_fraction
+        if no_dab:
+            logger.warning(f"{path}: no DAB (brown) signal (brown pixel fraction {frac:.4f} of the thumbnail's tissue) "
+                           "- is this an H&E slide? reporting 0 positive cells")
         if not tiles:
             logger.warning(f"{path}: no tissue found; writing empty outputs")
         h_threshold = (slide.hematoxylin_threshold() or None) if tiles and input_channels(self.network) == 4 else None
-        tile_rows, marks = [], []
+        tile_rows = []
+        ov = thumb.copy() if self.write_overlays else None
+        s = thumb.shape[0] / slide.level_sizes[0][0]  # level-0 px -> thumbnail px
         with streamed_outputs(outputs[0], POINT_FIELDS, outputs[1]) as add:
             for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):
                 prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta,
@@ -605,16 +612,12 @@ class Ki67Runner:
                 tile_rows.append({"x": round(c * ds), "y": round(r * ds), "n_positive": n_pos, "n_negative": n_neg,
                                   "n_cells": n_pos + n_neg,
                                   "ki67_index": round(n_pos / (n_pos + n_neg), 4) if n_pos + n_neg else 0.0})
-                if self.write_overlays:
-                    marks.append((yx, cls))
+                if ov is not None:  # cells drawn as they come: nothing kept per cell
+                    for (y, x), k in zip((yx * s).astype(int), cls):
+                        ov[max(0, y - 1): y + 2, max(0, x - 1): x + 2] = CLASS_COLOURS[int(k)]
         write_csv(self.output_dir / "tiles" / f"{stem}.csv", tile_rows,
                   fieldnames=("x", "y", "n_positive", "n_negative", "n_cells", "ki67_index"))
-        if self.write_overlays:
-            ov = thumb.copy()
-            s = ov.shape[0] / slide.level_sizes[0][0]
-            for yx, cls in marks:
-                for (y, x), k in zip((yx * s).astype(int), cls):
-                    ov[max(0, y - 1): y + 2, max(0, x - 1): x + 2] = CLASS_COLOURS[int(k)]
+        if ov is not None:
             write_image(self.output_dir / "overlays" / f"{stem}.png", ov)
         n_pos = int(sum(t["n_positive"] for t in tile_rows))
         n_neg = int(sum(t["n_negative"] for t in tile_rows))
@@ -650,18 +653,21 @@ class Ki67Runner:
         from .wsi import is_wsi
 
         rows, skipped, readable = [], [], []
-        slides = [it for it in items if is_wsi(it["image"])]
-        for it in (it for it in items if not is_wsi(it["image"])):  # check every file first: one line per bad file
+        for it in items:  # check every file first: one line per bad file (slides are opened when their turn comes)
+            if is_wsi(it["image"]):
+                readable.append(it)
+                continue
             try:
                 read_rgb(it["image"], min_size=32)
                 readable.append(it)
             except (ImageError, ValueError, FileNotFoundError) as e:
                 logger.warning(f"skipped {e}")
                 skipped.append(str(e))
-        if self.method == "classical" and readable:
+        tile_paths = [it["image"] for it in readable if not is_wsi(it["image"])]
+        if self.method == "classical" and tile_paths:
             self.labeler = Ki67PseudoLabeler(self.nucleus_diameter, min_dab_fraction=self.min_dab_fraction,
-                                             seed=self.seed).fit([it["image"] for it in readable])
-        for it in tqdm(readable + slides, desc="Ki-67", unit="img"):
+                                             seed=self.seed).fit(tile_paths)
+        for it in tqdm(readable, desc="Ki-67", unit="img"):
             try:
                 rows.append(self.run_slide(it) if is_wsi(it["image"]) else self.run_image(it))
             except (ImageError, ValueError, FileNotFoundError) as e:

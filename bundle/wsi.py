@@ -63,7 +63,8 @@ def tissue_mask(rgb: np.ndarray, min_size: int = 16, method: str = "saturation")
 
     ``method="saturation"`` (H&E: pink and purple tissue on grey glass): HSV saturation > Otsu (and > 0.05).
     ``method="density"`` (IHC: pale, hardly saturated tissue with brown and blue nuclei): darkness ``1 - mean(RGB) /
-    255`` above its Otsu threshold clipped to [0.08, 0.12], i.e. anything clearly darker than glass (about 235-250).
+    255`` above its Otsu threshold clipped to [0.08, 0.12], i.e. anything clearly darker than glass (about 235-250),
+    and below 0.85, so black padding, label edges and dark pen marks are not tissue.
     A blank (flat) thumbnail gives an all-False mask.
     """
     from skimage.color import rgb2hsv
@@ -80,6 +81,8 @@ def tissue_mask(rgb: np.ndarray, min_size: int = 16, method: str = "saturation")
     if float(v.max()) - float(v.min()) < 0.02:
         return np.zeros(v.shape, bool)
     m = v > min(cap, max(floor, float(threshold_otsu(v))))
+    if method == "density":
+        m &= v < 0.85
     m = remove_small_objects(m, max_size=min_size - 1)
     return remove_small_holes(m, max_size=min_size * 4)
 
@@ -138,6 +141,7 @@ class SlideTiles:
         self.last_offset = (0, 0)
         self._mask = None
         self._core = None
+        self._thumb = None
 
     def _open_tifffile(self) -> None:
         """tifffile + zarr: pyramid levels from the TIFF series (SubIFD/OME/SVS pyramids); region reads decode only
@@ -200,7 +204,10 @@ class SlideTiles:
         return np.ascontiguousarray(arr[..., :3]).astype(np.uint8)
 
     def thumbnail(self, max_side: int = 2048) -> np.ndarray:
-        """The slide at ``tissue_level`` (h, w, 3) uint8, subsampled to at most ``max_side`` px per side."""
+        """The slide at ``tissue_level`` (h, w, 3) uint8, subsampled to at most ``max_side`` px per side. The default
+        size is read once per slide and cached (read-only: copy it before drawing on it)."""
+        if max_side == 2048 and self._thumb is not None:
+            return self._thumb
         h, w = self.level_sizes[self.tissue_level]
         step = max(1, int(np.ceil(max(h, w) / max_side)))
         # strips of at most THUMBNAIL_STRIP_BYTES (a multiple of ``step`` rows), so a large level -- even an
@@ -209,7 +216,11 @@ class SlideTiles:
         rows = []
         for r in range(0, h, strip):
             rows.append(self.read(r, 0, min(strip, h - r), w, level=self.tissue_level)[::step, ::step])
-        return np.concatenate(rows, 0)
+        thumb = np.concatenate(rows, 0)
+        if max_side == 2048:
+            thumb.setflags(write=False)
+            self._thumb = thumb
+        return thumb
 
     def close(self) -> None:
         if self.backend == "tifffile":

@@ -90,9 +90,10 @@ def score(pred: dict, gts: list, boxes: list, inner: int = 0) -> dict:
     return out
 
 
-def run_infer(data, root: Path, round: int, out: Path, threads: int) -> dict:
+def run_infer(data, root: Path, round: int, out: Path, threads: int, hotspot_min_cells: int = 100) -> dict:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "configs" / "ki67_infer.json"),
            "--dataset_dir", str(data), "--bundle_root", str(root), "--round", str(round), "--output_dir", str(out),
+           "--hotspot_min_cells", str(hotspot_min_cells),
            "--meta_file", str(ROOT / "configs" / "metadata.json"),
            "--logging_file", str(ROOT / "configs" / "logging.conf")]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
@@ -125,11 +126,12 @@ def render_md(res: dict) -> str:
                      f"**{s['overall']['f1']:.3f}** | {s['positive']['f1']:.3f} | {s['negative']['f1']:.3f} | {run} |")
     h = res["slide"].get("hotspot")
     if h:
-        lines += ["", f"Slide hotspot (the 1024-px tile with the highest index among tiles with at least 100 cells): "
+        lines += ["", f"Slide hotspot (the 1024-px tile with the highest index among tiles with at least "
+                  f"{res['hotspot_min_cells']} cells): "
                   f"index {h['hotspot_ki67_index']} over {h['hotspot_cells']} cells at level-0 (x, y) = "
                   f"({h['hotspot_x']}, {h['hotspot_y']}); "
                   f"slide index {res['slide']['run']['summary']['ki67_index']:.3f}; "
-                  f"GT index of the 26 tiles {res['gt_index']:.3f}."]
+                  f"annotated index of the {res['slide']['n_tiles']} tiles {res['gt_index']:.3f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -141,6 +143,7 @@ def main(argv=None):
     ap.add_argument("--cols", type=int, default=6)
     ap.add_argument("--gap", type=int, default=64, help="glass between the BCData tiles (px)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hotspot_min_cells", type=int, default=100)
     ap.add_argument("--work", type=Path, default=Path("/tmp/ki67_wsi_benchmark"))
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("docs/results/ki67_wsi"))
@@ -160,7 +163,8 @@ def main(argv=None):
     h, w = tiles[0].shape[:2]
     res = {"command": " ".join(shlex.quote(x) for x in ["python", *sys.argv]), "threads": a.threads,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "date": time.strftime("%Y-%m-%d"),
-           "ckpt": str(ckpt), "gt_index": float(np.mean(np.concatenate([c for _, c in gts]) == POSITIVE))}
+           "ckpt": str(ckpt), "hotspot_min_cells": a.hotspot_min_cells,
+           "gt_index": float(np.mean(np.concatenate([c for _, c in gts]) == POSITIVE))}
 
     run = run_infer(a.data / "images", a.root, a.round, a.work / "out_tiles", a.threads)
     pts = [read_point_table(a.work / "out_tiles" / "points" / f"{s}.csv") for s in stems]
@@ -170,7 +174,7 @@ def main(argv=None):
     res["tiles"] = {"run": run, "scores": score(merged, gts, boxes), "scores_inner": score(merged, gts, boxes, INNER)}
     print("tiles", json.dumps(res["tiles"]["scores"]["overall"]), flush=True)
 
-    run = run_infer(slide, a.root, a.round, a.work / "out_slide", a.threads)
+    run = run_infer(slide, a.root, a.round, a.work / "out_slide", a.threads, a.hotspot_min_cells)
     row = next(iter(_csv_rows(a.work / "out_slide" / "summary.csv")))
     spts = read_point_table(a.work / "out_slide" / "points" / f"{slide.stem}.csv")
     res["slide"] = {"run": run, "scores": score(spts, gts, boxes), "scores_inner": score(spts, gts, boxes, INNER),

@@ -190,15 +190,15 @@ def main(argv=None):
     if a.figure is not None:
         make_figure(a, test, results, params)
 
-    # speed of one 1000x1000 prediction (no TTA and TTA), the last network loaded
+    # speed of one 1000x1000 prediction (no flip TTA and flip TTA) as scored: the last run's network(s), --scales
     speed = {}
     if len(results) > 1:
         rgb = test[0][1]
         for tta in (False, True):
-            predict_probability(net, rgb, tta=tta)
+            predict_ensemble(nets, rgb, tta, scales)
             t1 = time.perf_counter()
             for _ in range(2):
-                predict_probability(net, rgb, tta=tta)
+                predict_ensemble(nets, rgb, tta, scales)
             speed["ms_per_1000px_image_tta" if tta else "ms_per_1000px_image"] = 1000 * (time.perf_counter() - t1) / 2
     out = {"command": command, "results": results, "speed": speed, "threads": a.threads, "limit": a.limit,
            "scales": scales,
@@ -260,7 +260,8 @@ def render_md(r) -> str:
                              f"{m['pixel_iou']:.3f} | {m['pixel_f1']:.3f} | {m['object_dice']:.3f} | {m['aji']:.3f} | "
                              f"{m['aji_plus']:.3f} | {m['pq']:.3f} |")
     if r["speed"]:
-        lines += ["", "Prediction time per 1000x1000 image (ResUNet-34, CPU): "
+        lines += ["", "Prediction time per 1000x1000 image (ResUNet-34, CPU; the last run's network(s), scales "
+                  f"{r.get('scales', [1.0])}, ms): "
                   + ", ".join(f"{k} {v:.0f}" for k, v in r["speed"].items()), ""]
     return "\n".join(lines) + "\n"
 

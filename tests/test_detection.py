@@ -383,6 +383,8 @@ def test_tissue_mask_density_finds_pale_ihc_tissue():
     assert tissue_mask(thumb)[tissue].mean() < 0.5
     m = tissue_mask(thumb, method="density")
     assert m[tissue].mean() > 0.95 and not m[~tissue].any()
+    thumb[:, :8] = 0  # black padding / a label edge is not tissue
+    assert not tissue_mask(thumb, method="density")[:, :8].any()
     assert not tissue_mask(np.full((32, 32, 3), 240, np.uint8), method="density").any()
     with pytest.raises(ValueError, match="unknown tissue method"):
         tissue_mask(thumb, method="otsu")

@@ -313,15 +313,22 @@ def test_whole_slide_ihc_matches_tile_mode_and_reports_hotspot(tmp_path, caplog)
     write_pyramid_tiff(tmp_path / "blank" / "b.tif", np.full((300, 300, 3), 245, np.uint8))
     kw = dict(tta=False, nucleus_diameter=14, hotspot_min_cells=3)
     ref = Ki67Runner(_colour_net(), str(tmp_path / "tiles"), tmp_path / "out_t", **kw).run()
-    s = Ki67Runner(_colour_net(), str(tmp_path / "slides"), tmp_path / "out_s", wsi_tile=128, **kw).run()
+    Ki67Runner(_colour_net(), str(tmp_path / "slides"), tmp_path / "out_s", wsi_tile=128, **kw).run()
     assert ref["n_positive"] > 0 and ref["n_negative"] > 0
     t_pts, s_pts = (read_point_table(tmp_path / d / "points" / f"{n}.csv") for d, n in (("out_t", "t"), ("out_s", "s")))
     moved = s_pts["points"] - np.array([130, 200])  # slide level-0 pixels back to the tile's
     mi, mj = match_points(moved[:, ::-1], t_pts["points"][:, ::-1], 3)
     assert len(mi) >= 0.9 * max(len(moved), len(t_pts["points"]))  # tile seams may move a point, not the count
     assert (s_pts["class"][mi] == t_pts["class"][mj]).mean() >= 0.9
+    assert np.sort(np.linalg.norm(moved[:, None] - moved[None], axis=-1), 1)[:, 1].min() > 3  # no seam doubles
     rows = (tmp_path / "out_s" / "tiles" / "s.csv").read_text().splitlines()
-    assert rows[0] == "x,y,n_positive,n_negative,n_cells,ki67_index" and s["n_cells"] == len(moved)
+    assert rows[0] == "x,y,n_positive,n_negative,n_cells,ki67_index"
+    assert sum(int(r.split(",")[4]) for r in rows[1:]) == len(moved)  # per-tile counts add up to the points CSV
+    # level 1 (half resolution): points still come out in level-0 pixels, on the same cells
+    Ki67Runner(_colour_net(), str(tmp_path / "slides"), tmp_path / "out_l1", wsi_tile=128, wsi_level=1, **kw).run()
+    l1 = read_point_table(tmp_path / "out_l1" / "points" / "s.csv")["points"]
+    mi, _ = match_points(l1[:, ::-1], s_pts["points"][:, ::-1], 4)
+    assert len(l1) and len(mi) >= 0.8 * max(len(l1), len(moved))
     row = (tmp_path / "out_s" / "summary.csv").read_text().splitlines()
     head = row[0].split(",")
     vals = dict(zip(head, row[1].split(",")))
@@ -337,6 +344,15 @@ def test_whole_slide_ihc_matches_tile_mode_and_reports_hotspot(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="bundle.ki67"):
         b = Ki67Runner(_colour_net(), str(tmp_path / "blank"), tmp_path / "out_b", **kw).run()
     assert b["n_cells"] == 0 and any("no tissue" in r.getMessage() for r in caplog.records)
+    # a biopsy-sized piece of tissue on a large glass slide keeps its positives (the DAB fraction is of the tissue)
+    small = np.full((1200, 1200, 3), 242, np.uint8)
+    small[100:356, 100:356] = tile
+    (tmp_path / "biopsy").mkdir()
+    write_pyramid_tiff(tmp_path / "biopsy" / "bx.tif", small)
+    bx = Ki67Runner(_colour_net(), str(tmp_path / "biopsy"), tmp_path / "out_bx", wsi_tile=256, **kw).run()
+    assert bx["n_positive"] > 0
+    with pytest.raises(ValueError, match="wsi_min_tissue"):
+        Ki67Runner(_colour_net(), str(tmp_path / "slides"), tmp_path / "out_x", wsi_min_tissue=5)
     # the classical labeller is fitted on tiles: a slide alone is reported in one line
     with pytest.raises(ImageError, match="whole slides need method 'network'"):
         Ki67Runner(None, str(tmp_path / "slides"), tmp_path / "out_c", method="classical", **kw).run()
