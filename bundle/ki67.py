@@ -473,7 +473,7 @@ class Ki67Runner:
                  roi_size: int = 512, overlap: float = 0.25, tta: bool = True, write_overlays: bool = True,
                  datalist_key: str = "testing", seed: int = 0, wsi_level: int | None = 0,
                  wsi_mpp: float | None = None, wsi_tile: int = 1024, wsi_backend: str = "tifffile",
-                 wsi_min_tissue: float = 0.05, hotspot_min_cells: int = 100, **he_kwargs):
+                 wsi_min_tissue: float = 0.001, hotspot_min_cells: int = 100, **he_kwargs):
         if stain not in ("ihc", "he"):
             raise ValueError(f"unknown stain {stain!r} (use 'ihc' for Ki-67 DAB + haematoxylin or 'he' for H&E)")
         if method not in ("network", "classical"):

@@ -268,7 +268,9 @@ class NucleiRunner:
             :func:`bundle.detection.predict_probability`.
         wsi_level / wsi_mpp / wsi_tile / wsi_backend: slide options (level or microns per pixel, core tile side).
         wsi_min_tissue: a slide tile is predicted only when at least this fraction of it is tissue
-            (:class:`bundle.wsi.SlideTiles`); lower it (e.g. 0.005) to keep thin tissue slivers at a tile's edge.
+            (:class:`bundle.wsi.SlideTiles`). The default 0.001 keeps any tile that touches tissue: at 0.05 the thin
+            strips of tissue that a tile grid cuts off at the tissue's edges were never predicted
+            (``scripts/benchmark_wsi.py``). Raise it to skip near-empty tiles at the cost of those nuclei.
         write_masks: also write ``masks/<stem>.png`` (0/255 foreground of the instances) for tiles, the pseudo-mask
             format of ``det_train`` / ``seg_train``, so a trained network can teach a self-training round.
     """
@@ -280,7 +282,7 @@ class NucleiRunner:
                  datalist_key: str = "testing", wsi_level: int | None = 0, wsi_mpp: float | None = None,
                  wsi_tile: int = 1024, wsi_backend: str = "tifffile", class_name: str = "Nucleus",
                  write_masks: bool = False, grow: int = 0, hematoxylin_prior: float = 0.35, min_score: float = 0.0,
-                 wsi_min_tissue: float = 0.05):
+                 wsi_min_tissue: float = 0.001):
         self.network, self.data, self.output_dir = network, data, Path(output_dir)
         self.ckpt_path, self.device = ckpt_path, torch.device(device)
         self.mode, self.markers, self.min_size = mode, markers, min_size
