@@ -29,7 +29,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchmark_wsi import peak_rss_gb  # noqa: E402
+from benchmark_wsi import run_inference  # noqa: E402
 
 from bundle.cells import read_point_table  # noqa: E402
 from bundle.io import read_rgb, write_json  # noqa: E402
@@ -91,18 +90,10 @@ def score(pred: dict, gts: list, boxes: list, inner: int = 0) -> dict:
 
 
 def run_infer(data, root: Path, round: int, out: Path, threads: int, hotspot_min_cells: int = 100) -> dict:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "configs" / "ki67_infer.json"),
-           "--dataset_dir", str(data), "--bundle_root", str(root), "--round", str(round), "--output_dir", str(out),
-           "--hotspot_min_cells", str(hotspot_min_cells),
-           "--meta_file", str(ROOT / "configs" / "metadata.json"),
-           "--logging_file", str(ROOT / "configs" / "logging.conf")]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-    t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"ki67_infer failed on {data}: {p.stderr[-1500:]}")
-    return {"wall_s": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb(p.stderr),
-            "summary": json.loads((out / "summary.json").read_text())}
+    wall, rss, summary = run_inference(data, root, out, env, ("--round", str(round), "--hotspot_min_cells",
+                                                               str(hotspot_min_cells)), config="ki67_infer.json")
+    return {"wall_s": wall, "peak_rss_gb": rss, "summary": summary}
 
 
 def render_md(res: dict) -> str:

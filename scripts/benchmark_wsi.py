@@ -92,10 +92,10 @@ def peak_rss_gb(time_v_stderr: str) -> float:
     return int(m.group(1)) / 1024**2 if m else float("nan")
 
 
-def run_inference(data: Path, run: Path, out: Path, env: dict, extra=()):
-    """``inference.json`` on ``data`` (plus ``extra`` command-line overrides) in its own process under
+def run_inference(data: Path, run: Path, out: Path, env: dict, extra=(), config: str = "inference.json"):
+    """``configs/<config>`` on ``data`` (plus ``extra`` command-line overrides) in its own process under
     ``/usr/bin/time -v`` -> (wall s, peak RSS GB, summary.json)."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "configs" / "inference.json"),
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "configs" / config),
            "--dataset_dir", str(data), "--bundle_root", str(run), "--output_dir", str(out), *extra,
            "--meta_file", str(ROOT / "configs" / "metadata.json"),
            "--logging_file", str(ROOT / "configs" / "logging.conf")]
@@ -103,7 +103,7 @@ def run_inference(data: Path, run: Path, out: Path, env: dict, extra=()):
     p = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
-        raise SystemExit(f"inference failed on {data}: {p.stderr[-1500:]}")
+        raise SystemExit(f"{config} failed on {data}: {p.stderr[-1500:]}")
     return wall, peak_rss_gb(p.stderr), json.loads((out / "summary.json").read_text())
 
 
