@@ -218,7 +218,7 @@ def instance_points(inst: np.ndarray) -> np.ndarray:
 
 def nuclei_from_probability(prob: np.ndarray, mode: str = "auto", min_size: int = 20, min_distance: int = 6,
                             points: np.ndarray | None = None, threshold: float = 0.5, grow: int = 0,
-                            min_score: float = 0.0) -> np.ndarray:
+                            min_score: float = 0.0, hole_size: int = 64) -> np.ndarray:
     """Instances from a (C, H, W) probability map.
 
     Args:
@@ -231,11 +231,12 @@ def nuclei_from_probability(prob: np.ndarray, mode: str = "auto", min_size: int 
             nuclei tighter than annotators do (docs/results/nuclei_diagnosis.md).
         min_score: drop instances whose mean foreground probability is below this (faint blobs; 0 = keep all),
             before growing; the rest are renumbered 1..N.
+        hole_size: holes in the foreground smaller than this (px) are filled.
     Returns:
         (H, W) int32 instance map, 0 = background.
     """
     prob = np.asarray(prob)
-    inst = _nuclei(prob, mode, min_size, min_distance, points, threshold)
+    inst = _nuclei(prob, mode, min_size, min_distance, points, threshold, hole_size)
     if min_score > 0 and inst.max() > 0:
         from scipy import ndimage as ndi
         from skimage.segmentation import relabel_sequential
@@ -255,19 +256,19 @@ def instance_mode(mode: str, n_channels: int) -> str:
     return ("three" if int(n_channels) == 3 else "watershed") if mode == "auto" else mode
 
 
-def _nuclei(prob, mode, min_size, min_distance, points, threshold) -> np.ndarray:
+def _nuclei(prob, mode, min_size, min_distance, points, threshold, hole_size=64) -> np.ndarray:
     mode = instance_mode(mode, prob.shape[0])
     if mode == "three":
         if prob.shape[0] != 3:
             raise ValueError(f"mode 'three' needs a 3-channel background/interior/boundary map, got {prob.shape[0]}")
-        return instances_from_three_class(prob, fg_threshold=threshold, min_size=min_size)
+        return instances_from_three_class(prob, fg_threshold=threshold, min_size=min_size, hole_size=hole_size)
     fg = 1.0 - prob[0]
     if mode == "cc":
-        return instances_from_foreground(fg, threshold, min_size=min_size)
+        return instances_from_foreground(fg, threshold, min_size=min_size, hole_size=hole_size)
     if mode == "watershed":
         from .clustering import clean_mask
 
-        return instances_by_watershed(clean_mask(fg > threshold, min_size, 64), points, min_distance=min_distance,
+        return instances_by_watershed(clean_mask(fg > threshold, min_size, hole_size), points, min_distance=min_distance,
                                       sigma=1.0, min_size=min_size)
     raise ValueError(f"unknown instance mode {mode!r} (use 'auto', 'three', 'watershed' or 'cc')")
 

@@ -16,7 +16,9 @@ reruns stages; ``--stages psm,det,seg`` runs a subset). A killed training stage 
 rerun. ``--override '{"det": {"epochs": 10}}'`` passes config overrides per stage (``"all"`` applies to every
 stage), ``--profile paper`` merges configs/profile_paper.json into the SSL/PSM stages, and
 ``--teacher hematoxylin`` replaces the PSM pseudo masks by haematoxylin-Otsu masks (no ``ssl`` stage), the teacher
-that measured better on MoNuSeg (docs/README.md).
+that measured better on MoNuSeg (docs/README.md). ``--mpp 0.5`` tells every stage the tiles' micrometres per pixel
+(default 0.25, 40x): the pixel sizes tuned at 40x (object and hole areas, peak distances, point blur and merge
+distance, Voronoi disks) are scaled to it (:func:`bundle.postprocess.size_scale`; docs/README.md, "Magnification").
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ STAGES = ("ssl", "psm", "det", "seg", "infer")
 CONFIGS = {"ssl": "ssl_train.json", "psm": "psm_infer.json", "det": "det_train.json", "seg": "seg_train.json",
            "infer": "inference.json"}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+MPP_STAGES = ("psm", "det", "seg", "infer")  # the configs with an ``mpp`` key
 
 
 def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str = "cpu", overrides: dict | None = None,
@@ -74,11 +77,12 @@ def machine() -> dict:
 
 def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES, force: str | list = (),
                  profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False,
-                 teacher: str = "psm") -> list:
+                 teacher: str = "psm", mpp: float | None = None) -> list:
     """Run the stages in order, skipping completed ones. Returns ``[(stage, "ran" | "skipped", seconds)]``.
 
     ``teacher="hematoxylin"`` makes the pseudo masks by haematoxylin Otsu (``--scm#fusion otsu``) and skips the
-    ``ssl`` stage (no activation network is needed); ``"psm"`` (default) is the PSM method.
+    ``ssl`` stage (no activation network is needed); ``"psm"`` (default) is the PSM method. ``mpp`` (the tiles'
+    micrometres per pixel; None = the configs' 0.25) is passed to every stage that scales pixel sizes by it.
 
     Raises:
         RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept).
@@ -94,8 +98,14 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
         raise ValueError(f"unknown teacher {teacher!r} (use 'psm' or 'hematoxylin')")
     if teacher == "hematoxylin":
         stages = [st for st in stages if st != "ssl"]
-        override = {**override, "psm": {"scm#fusion": "otsu", "scm#min_size": 30, "ckpt_path": "$None",
-                                         **override.get("psm", {})}}
+        override = {**override, "psm": {"scm#fusion": "otsu",
+                                         "scm#min_size": "$bundle.postprocess.scaled(30, @size_scale, area=True)",
+                                         "ckpt_path": "$None", **override.get("psm", {})}}
+    if mpp is not None:
+        from .postprocess import size_scale
+
+        size_scale(mpp)  # range check: one clear error before any stage runs
+        override = {**override, **{st: {"mpp": float(mpp), **override.get(st, {})} for st in MPP_STAGES}}
     for s in list(stages) + list(force):
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r} (use {', '.join(STAGES)})")
@@ -132,11 +142,13 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
 
 
 def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = ",".join(STAGES), force: str = "",
-         profile: str = "cpu", override: str = "", dry_run: bool = False, teacher: str = "psm") -> None:
+         profile: str = "cpu", override: str = "", dry_run: bool = False, teacher: str = "psm",
+         mpp: float | None = None) -> None:
     """Command-line entry (Python Fire): see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
-        report = run_pipeline(dataset_dir, bundle_root, stages, force, profile, override or None, dry_run, teacher)
+        report = run_pipeline(dataset_dir, bundle_root, stages, force, profile, override or None, dry_run, teacher,
+                              mpp)
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         logger.error(str(e))
         raise SystemExit(1) from None

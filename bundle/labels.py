@@ -16,7 +16,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["points_from_probability", "merge_close_points", "voronoi_cells", "voronoi_label", "instance_target",
+__all__ = ["point_settings", "points_from_probability", "merge_close_points", "voronoi_cells", "voronoi_label", "instance_target",
            "BACKGROUND", "FOREGROUND", "IGNORE"]
 
 BACKGROUND, FOREGROUND, IGNORE = 0, 1, 2
@@ -52,6 +52,17 @@ def merge_close_points(points: np.ndarray, values: np.ndarray, merge_distance: f
         d = np.linalg.norm(points[nb] - points[i], ord=p, axis=1)
         alive[nb[d < merge_distance]] = False
     return np.asarray(keep, dtype=np.int64)
+
+
+def point_settings(scale: float = 1.0) -> dict:
+    """Keyword arguments of :func:`points_from_probability` (box blur 13 px, peaks 6 px apart, merged under 20 px:
+    the reference's values at 40x) carried to tiles ``scale`` times the reference's pixel density (the box stays
+    odd: 7 px at 20x)
+    (:func:`bundle.postprocess.size_scale`; 0.5 for 20x tiles). ``scale`` 1 gives the reference."""
+    from .postprocess import scaled
+
+    return {"sigma_or_blur": 2 * scaled(6, scale, minimum=0) + 1, "min_distance": scaled(6, scale),
+            "merge_distance": scaled(20, scale, integer=False)}
 
 
 def points_from_probability(prob: np.ndarray, sigma_or_blur: float = 13, threshold: float = 0.5,

@@ -206,22 +206,31 @@ def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three",
 
 def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ckpt, device="cpu",
                                 keep_foreground: bool = False, val_fraction: float = 0.1, seed: int = 0,
-                                point_threshold: float = 0.5, datalist_key: str = "training") -> dict:
+                                point_threshold: float = 0.5, datalist_key: str = "training",
+                                size_scale: float = 1.0) -> dict:
     """Run the trained detection network on every tile, take its points (:func:`bundle.detection.detection_points`)
     and write the segmentation labels (:func:`bundle.detection.segmentation_targets`: pseudo mask + Voronoi) as
     (2, H, W) uint8 ``.npy`` plus ``points/<tile>.csv``. Labels newer than the detection checkpoint are reused.
+    ``size_scale`` (:func:`bundle.postprocess.size_scale`, 0.5 for 20x tiles) scales the point extraction
+    (:func:`bundle.labels.point_settings`) and the Voronoi disks (radius 2 px at 40x).
 
     Returns:
         ``{"training": [...], "validation": [...]}`` as :func:`prepare_detection_labels`.
     """
     from .detection import detection_points, predict_probability, segmentation_targets
     from .handlers import load_network_weights
+    from .labels import point_settings
+    from .postprocess import scaled
 
     items = _items_with_pseudo(data, pseudo_dir, datalist_key)
     label_dir = Path(label_dir)
     device = torch.device(device)
     loaded = False
-    redo = settings_changed(label_dir, {"keep_foreground": bool(keep_foreground), "point_threshold": point_threshold})
+    settings = {"keep_foreground": bool(keep_foreground), "point_threshold": point_threshold}
+    if size_scale != 1.0:  # recorded only when set, so label folders written before the option stay valid
+        settings["size_scale"] = float(size_scale)
+    redo = settings_changed(label_dir, settings)
+    point_kw, disk = point_settings(size_scale), scaled(2, size_scale, integer=False, minimum=0.5)
     for it in items:
         stem = Path(it["image"]).stem
         out = label_dir / f"{stem}.npy"
@@ -232,8 +241,9 @@ def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ck
                 loaded = True
             rgb = read_rgb(it["image"])
             mask = read_rgb(it["mask"])[..., 0] > 127
-            pts = detection_points(predict_probability(det_network, rgb, device, tta=False), point_threshold)
-            lab = segmentation_targets(mask, pts, keep_foreground=keep_foreground)
+            pts = detection_points(predict_probability(det_network, rgb, device, tta=False), point_threshold,
+                                   **point_kw)
+            lab = segmentation_targets(mask, pts, keep_foreground=keep_foreground, disk_radius=disk)
             write_npy(out, lab)
             write_csv(label_dir / "points" / f"{stem}.csv", [{"row": int(r), "col": int(c)} for r, c in pts])
         it["label"] = str(out)
@@ -273,6 +283,9 @@ class NucleiRunner:
             (``scripts/benchmark_wsi.py``). Raise it to skip near-empty tiles at the cost of those nuclei.
         write_masks: also write ``masks/<stem>.png`` (0/255 foreground of the instances) for tiles, the pseudo-mask
             format of ``det_train`` / ``seg_train``, so a trained network can teach a self-training round.
+        size_scale: pixel density relative to 40x (:func:`bundle.postprocess.size_scale`; 0.5 for 20x tiles):
+            scales the point extraction (:func:`bundle.labels.point_settings`) and the filled hole size (64 px at
+            40x). ``min_size`` / ``min_distance`` / ``grow`` are taken as given (the configs scale their defaults).
     """
 
     def __init__(self, network, data, output_dir, ckpt_path=None, device="cpu", mode: str = "auto",
@@ -282,7 +295,7 @@ class NucleiRunner:
                  datalist_key: str = "testing", wsi_level: int | None = 0, wsi_mpp: float | None = None,
                  wsi_tile: int = 1024, wsi_backend: str = "tifffile", class_name: str = "Nucleus",
                  write_masks: bool = False, grow: int = 0, hematoxylin_prior: float = 0.35, min_score: float = 0.0,
-                 wsi_min_tissue: float = 0.001):
+                 wsi_min_tissue: float = 0.001, size_scale: float = 1.0):
         self.network, self.data, self.output_dir = network, data, Path(output_dir)
         self.ckpt_path, self.device = ckpt_path, torch.device(device)
         self.mode, self.markers, self.min_size = mode, markers, min_size
@@ -294,6 +307,9 @@ class NucleiRunner:
         self.wsi_min_tissue = float(wsi_min_tissue)
         if not 0.0 <= self.wsi_min_tissue <= 1.0:
             raise ValueError(f"wsi_min_tissue must be in [0, 1], got {wsi_min_tissue}")
+        self.size_scale = float(size_scale)
+        if not self.size_scale > 0:
+            raise ValueError(f"size_scale must be > 0, got {size_scale}")
         self.class_name, self.write_masks = class_name, write_masks
         self.hematoxylin_prior = float(hematoxylin_prior)
         if not 0.0 <= self.hematoxylin_prior <= 1.0:
@@ -336,10 +352,14 @@ class NucleiRunner:
         if prob.shape[0] == 2:  # measured on background / nucleus networks only (docs/README.md, item 11)
             prob = blend_hematoxylin(prob, rgb, self.hematoxylin_prior, hematoxylin_threshold)
         mode = instance_mode(self.mode, prob.shape[0])
-        pts = detection_points(prob) if (self.markers == "points" and mode == "watershed") else None
+        from .labels import point_settings
+        from .postprocess import scaled
+
+        pts = (detection_points(prob, **point_settings(self.size_scale))
+               if (self.markers == "points" and mode == "watershed") else None)
         inst = nuclei_from_probability(prob, mode, min_size=self.min_size, min_distance=self.min_distance,
                                        points=pts, threshold=self.threshold, grow=self.grow,
-                                       min_score=self.min_score)
+                                       min_score=self.min_score, hole_size=scaled(64, self.size_scale, area=True))
         return inst, prob
 
     def _rows(self, stem, inst, prob):

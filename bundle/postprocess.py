@@ -9,6 +9,10 @@
   haematoxylin OD (colour deconvolution) -> Otsu -> clean-up -> distance-transform watershed.
 
 All instance maps are (H, W) int32, 0 = background, instances numbered 1..N consecutively.
+
+Pixel sizes: every size default of the H&E pipeline (object and hole areas, peak distances, blur widths, disk
+radii) was tuned on MoNuSeg at 40x, :data:`REFERENCE_MPP` = 0.25 um/px. :func:`size_scale` and :func:`scaled`
+carry them to tiles of another pixel size (the configs' ``mpp`` key: 0.5 for 20x tiles).
 """
 
 from __future__ import annotations
@@ -17,9 +21,35 @@ import numpy as np
 
 from .clustering import clean_mask, hematoxylin_otsu
 
-__all__ = ["instances_from_foreground", "instances_by_watershed", "instances_from_three_class", "instance_polygons",
+__all__ = ["REFERENCE_MPP", "size_scale", "scaled", "instances_from_foreground", "instances_by_watershed", "instances_from_three_class", "instance_polygons",
            "classical_foreground",
            "classical_nuclei"]
+
+
+REFERENCE_MPP = 0.25
+"""um per pixel at which the H&E size defaults were tuned (MoNuSeg, 40x)."""
+
+
+def size_scale(mpp: float | None, reference_mpp: float = REFERENCE_MPP) -> float:
+    """Length factor from the reference pixel size to tiles of ``mpp`` um/px: ``reference_mpp / mpp``
+    (0.5 for 20x tiles at 0.5 um/px; 1.0 for ``mpp`` None, i.e. the reference)."""
+    if mpp is None:
+        return 1.0
+    mpp = float(mpp)
+    if not 0.01 <= mpp <= 20.0:
+        raise ValueError(f"mpp must be the tiles' micrometres per pixel (e.g. 0.25 at 40x, 0.5 at 20x), got {mpp}")
+    return float(reference_mpp) / mpp
+
+
+def scaled(value: float, scale: float, area: bool = False, integer: bool = True, minimum: float = 1):
+    """A size tuned at the reference pixel size, carried to another one: ``value * scale`` (``scale ** 2`` for an
+    ``area``), rounded to an int (``integer``) and at least ``minimum``. ``value`` 0 stays 0 (a switched-off
+    setting stays off)."""
+    if value == 0:
+        return 0 if integer else 0.0
+    v = float(value) * float(scale) ** (2 if area else 1)
+    v = max(float(minimum), v)
+    return int(round(v)) if integer else v
 
 
 def _as_mask(fg: np.ndarray, threshold: float) -> np.ndarray:

@@ -44,18 +44,23 @@ from bundle.handlers import load_network_weights, resunet_checkpoint_dims, resun
 from bundle.io import write_json  # noqa: E402
 from bundle.metrics import instance_scores  # noqa: E402
 from bundle.networks import ResUNet34  # noqa: E402
-from bundle.postprocess import classical_nuclei  # noqa: E402
+from bundle.labels import point_settings  # noqa: E402
+from bundle.postprocess import classical_nuclei, scaled, size_scale  # noqa: E402
 
 KEYS = ("pixel_f1", "pixel_iou", "object_dice", "aji", "aji_plus", "pq")
 MODES = ("cc", "watershed", "points")
 
 
-def instances(prob, mode, min_size, threshold=0.5, min_distance=6, rgb=None):
+def instances(prob, mode, min_size, threshold=0.5, min_distance=None, rgb=None, scale=1.0):
     """``mode`` is ``cc`` / ``watershed`` / ``points``, optionally suffixed ``@threshold``, ``/min_distance``,
     ``+grow`` (px the instances are grown by), ``~weight`` (the image's haematoxylin evidence blended into
     P(nucleus) first, :func:`bundle.detection.blend_hematoxylin`; needs ``rgb``) and ``>min_score`` (instances
-    whose mean P(nucleus) is below it dropped), in that order (``points@0.4+1~0.35>0.6``)."""
+    whose mean P(nucleus) is below it dropped), in that order (``points@0.4+1~0.35>0.6``). ``scale`` (pixel
+    density relative to 40x, :func:`bundle.postprocess.size_scale`) sets the default peak distance, the point
+    extraction and the filled hole size, as ``inference.json --mpp`` does."""
     grow, min_score = 0, 0.0
+    min_distance = scaled(6, scale) if min_distance is None else min_distance
+    hole = scaled(64, scale, area=True)
     if ">" in mode:
         mode, ms = mode.split(">")
         min_score = float(ms)
@@ -73,9 +78,10 @@ def instances(prob, mode, min_size, threshold=0.5, min_distance=6, rgb=None):
         threshold = float(th)
     if mode == "points":
         return nuclei_from_probability(prob, "watershed", min_size=min_size, threshold=threshold,
-                                       points=detection_points(prob), grow=grow, min_score=min_score)
+                                       points=detection_points(prob, **point_settings(scale)), grow=grow,
+                                       min_score=min_score, hole_size=hole)
     return nuclei_from_probability(prob, mode, min_size=min_size, threshold=threshold, min_distance=min_distance,
-                                   grow=grow, min_score=min_score)
+                                   grow=grow, min_score=min_score, hole_size=hole)
 
 
 def score(pred, gt, crop):
@@ -126,7 +132,14 @@ def main(argv=None):
     ap.add_argument("--scales", default="1",
                     help="scale test-time augmentation: the image resized by each factor, predicted (flip TTA as "
                          "--tta), resized back and averaged ('0.8,1,1.25'); default 1 = off")
-    ap.add_argument("--min_size", type=int, default=20)
+    ap.add_argument("--min_size", type=int, default=None, help="px; default 20 at 40x, scaled by --mpp")
+    ap.add_argument("--mpp", type=float, default=0.25,
+                    help="um per pixel of the images (0.25 = MoNuSeg at 40x; 0.5 for a 20x copy): scales the "
+                         "post-processing sizes as inference.json --mpp does")
+    ap.add_argument("--classical", type=Path, default=Path(__file__).resolve().parents[1]
+                    / "docs/results/classical_baseline.json",
+                    help="the classical baseline's results JSON (benchmark_classical.py) whose selected parameters "
+                         "are scored")
     ap.add_argument("--crop", type=int, default=512)
     ap.add_argument("--limit", type=int, default=None, help="images per split (smoke tests only)")
     ap.add_argument("--threads", type=int, default=1)
@@ -140,10 +153,13 @@ def main(argv=None):
     train, test = load_split(a.monuseg, "train", a.limit), load_split(a.monuseg, "test", a.limit)
     modes = [m for m in a.modes.split(",") if m]
     scales = [float(x) for x in a.scales.split(",")]
+    size = size_scale(a.mpp)
+    if a.min_size is None:
+        a.min_size = scaled(20, size, area=True)
     results = {}
 
     # classical baseline, same scoring code
-    cl = json.loads((Path(__file__).resolve().parents[1] / "docs/results/classical_baseline.json").read_text())
+    cl = json.loads(a.classical.read_text())
     params = cl["selected"]
     t0 = time.perf_counter()
     rows = [score(classical_nuclei(rgb, **params), gt, a.crop) for _, rgb, gt in test]
@@ -173,7 +189,7 @@ def main(argv=None):
                     for m in modes:
                         if m.startswith("points") and prob.shape[0] == 3:
                             continue
-                        inst = instances(prob, m, a.min_size, rgb=rgb)
+                        inst = instances(prob, m, a.min_size, rgb=rgb, scale=size)
                         per_mode[m].append(score(inst, gt, a.crop) if split == "test" else
                                            {"full": instance_scores(inst, gt)})
                 for m, rws in per_mode.items():
@@ -229,7 +245,7 @@ def make_figure(a, test, results, params, size=320):
             spec = dict(s.split("=", 1) for s in a.runs)
             nets = [load_net(Path(r), stage) for r in spec[root].split("+")]
             inst = instances(predict_ensemble(nets, rgb, bool(a.tta), [float(x) for x in a.scales.split(",")]), mode,
-                             a.min_size, rgb=rgb)
+                             a.min_size, rgb=rgb, scale=size_scale(a.mpp))
             cols.append(labelled(crop(overlay_mask(rgb, inst)), f"{key} {mode}"))
         rows.append(np.concatenate(cols, 1))
     write_image(a.figure, np.concatenate(rows, 0))

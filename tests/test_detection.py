@@ -388,3 +388,41 @@ def test_tissue_mask_density_finds_pale_ihc_tissue():
     assert not tissue_mask(np.full((32, 32, 3), 240, np.uint8), method="density").any()
     with pytest.raises(ValueError, match="unknown tissue method"):
         tissue_mask(thumb, method="otsu")
+
+
+def test_sizes_follow_mpp():
+    """Sizes tuned at 40x (0.25 um/px) are carried to 20x tiles; 20x nuclei 10 px apart stay apart only then."""
+    from bundle.labels import point_settings, points_from_probability
+    from bundle.postprocess import scaled, size_scale
+
+    assert size_scale(None) == 1.0 and size_scale(0.25) == 1.0 and size_scale(0.5) == 0.5
+    assert scaled(20, 0.5, area=True) == 5 and scaled(6, 0.5) == 3 and scaled(0, 0.5) == 0
+    assert scaled(64, 0.5, area=True) == 16 and scaled(1.0, 0.5, integer=False, minimum=0.5) == 0.5
+    assert point_settings(1.0) == {"sigma_or_blur": 13, "min_distance": 6, "merge_distance": 20.0}
+    with pytest.raises(ValueError, match="mpp"):
+        size_scale(0.0)
+    # a row of 20x-sized nuclei (radius 4 px) 10 px apart
+    yy, xx = np.mgrid[:40, :80]
+    centres = [(20, 10 + 10 * i) for i in range(7)]
+    prob = np.zeros((40, 80))
+    for r, c in centres:
+        prob = np.maximum(prob, np.clip(1.0 - np.hypot(yy - r, xx - c) / 5.0, 0, 1))
+    n_ref = len(points_from_probability(prob, threshold=0.3, **point_settings(1.0)))
+    n_20x = len(points_from_probability(prob, threshold=0.3, **point_settings(0.5)))
+    assert n_20x == 7 and n_ref < 5
+
+
+def test_inference_config_mpp(root):
+    """``--mpp 0.5`` scales the inference defaults; ``--wsi_mpp`` sets ``mpp`` for slides; explicit values win."""
+    from monai.bundle import ConfigParser
+
+    def resolved(**over):
+        p = ConfigParser()
+        p.read_config(str(root / "configs" / "inference.json"))
+        p.update(over)
+        return {k: p.get_parsed_content(k) for k in ("mpp", "min_size", "min_distance", "size_scale")}
+
+    assert resolved() == {"mpp": 0.25, "min_size": 20, "min_distance": 6, "size_scale": 1.0}
+    assert resolved(mpp=0.5) == {"mpp": 0.5, "min_size": 5, "min_distance": 3, "size_scale": 0.5}
+    assert resolved(wsi_mpp=0.5)["min_distance"] == 3
+    assert resolved(mpp=0.5, min_distance=4)["min_distance"] == 4

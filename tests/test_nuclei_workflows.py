@@ -138,6 +138,21 @@ def test_label_free_skips_completed_stages(tmp_path, synthetic_dir, monkeypatch)
         lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="train")
 
 
+def test_label_free_mpp_reaches_every_sized_stage(tmp_path, synthetic_dir, monkeypatch):
+    import bundle.label_free as lf
+
+    calls = []
+    monkeypatch.setattr(lf.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), mpp=0.5,
+                    override={"infer": {"mpp": 0.4}})
+    mpp = {c[c.index("--config_file") + 1].split("/")[-1]: (c[c.index("--mpp") + 1] if "--mpp" in c else None)
+           for c in calls}
+    assert mpp == {"ssl_train.json": None, "psm_infer.json": "0.5", "det_train.json": "0.5",
+                   "seg_train.json": "0.5", "inference.json": "0.4"}  # an explicit stage override wins
+    with pytest.raises(ValueError, match="mpp"):
+        lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run2"), mpp=-1)
+
+
 def test_export_segmentation_network(root, tmp_path):
     from monai.bundle import ckpt_export, verify_net_in_out
 
