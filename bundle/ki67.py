@@ -566,6 +566,7 @@ class Ki67Runner:
         slide = SlideTiles(path, backend=self.wsi["wsi_backend"], level=self.wsi["wsi_level"], mpp=self.wsi["wsi_mpp"],
                            tile_size=self.wsi["wsi_tile"], margin=max(64, int(round(3 * self.nucleus_diameter))),
                            min_tissue=self.wsi["wsi_min_tissue"], tissue="density")
+        slide.check_mpp(0.25 * 20.0 / self.nucleus_diameter)  # the default diameter, 20 px, is set for 0.25 um/px
         try:
             return self._run_slide(slide, stem, outputs)
         finally:

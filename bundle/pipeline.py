@@ -418,6 +418,7 @@ class NucleiRunner:
             remove_stale_parts(out)
         slide = SlideTiles(path, backend=self.wsi_backend, level=self.wsi_level, mpp=self.wsi_mpp,
                            tile_size=self.wsi_tile, margin=64, min_tissue=self.wsi_min_tissue)
+        slide.check_mpp(0.25 / self.size_scale)
         try:
             return self._run_slide(slide, stem, outputs)
         finally:

@@ -180,6 +180,18 @@ class SlideTiles:
             return None
         return self._mpp0 * self.level_sizes[0][0] / self.level_sizes[level][0]
 
+    def check_mpp(self, mpp: float) -> bool:
+        """Warn (one line) when the analysis level's microns per pixel, if the file states it, differs by more than
+        10 % from ``mpp``, the pixel size the pixel-size settings were scaled for (``--mpp``; a pyramid need not have
+        a level at the ``wsi_mpp`` asked for: the nearest one is read, not resampled). Returns True when they agree
+        or the file does not say."""
+        actual = self.level_mpp(self.level)
+        if actual is None or abs(actual - float(mpp)) <= 0.1 * float(mpp):
+            return True
+        logger.warning(f"{self.path}: level {self.level} is read at {actual:.3g} um/px but the pixel sizes are set "
+                       f"for {float(mpp):.3g} um/px; pass --mpp {actual:.3g}")
+        return False
+
     def _level_for_mpp(self, mpp: float) -> int:
         mpps = [self.level_mpp(lv) for lv in range(len(self.level_sizes))]
         if mpps[0] is None:

@@ -182,6 +182,9 @@ def test_slide_tiles_levels_mpp_tissue(tmp_path):
     s = SlideTiles(tmp_path / "s.tif", mpp=0.5, tile_size=128, margin=16)
     assert s.level == 1 and s.size == (300, 350) and s.downsample == 2.0
     assert np.array_equal(s.read(10, 20, 30, 40), img[::2, ::2][10:40, 20:60])
+    # sizes scaled for the level actually read agree; scaled for another pixel size: a warning naming --mpp
+    assert s.check_mpp(0.5) and not s.check_mpp(0.25)
+    assert SlideTiles(tmp_path / "s.tif", mpp=0.6).check_mpp(0.6) is False  # the nearest level (0.5) is read
     tiles = list(s)
     assert 0 < len(tiles) < 9  # blank areas are skipped
     r, c, t = tiles[0]
