@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from ignite.engine import Events
 
-from .io import atomic_path, read_state_dict
+from .io import atomic_path, read_state_dict, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +71,18 @@ class CheckpointResume:
             the engine itself is added as ``trainer`` on attach, so a rerun continues at the saved epoch.
         model_key: which entry of ``save_dict`` is written alone as ``model_name``.
         resume: set False to start from scratch even if a checkpoint exists.
+        settings: written beside the weights as ``<ckpt_dir>/settings.json`` (e.g. ``{"mpp": 0.25}``, the pixel
+            size the network was trained at, read back by :func:`trained_mpp`); ``None`` writes nothing.
     """
 
     def __init__(self, ckpt_dir, save_dict: dict, model_key: str = "network", model_name: str = "model.pt",
-                 last_name: str = "last_checkpoint.pt", interval: int = 1, resume: bool = True):
+                 last_name: str = "last_checkpoint.pt", interval: int = 1, resume: bool = True,
+                 settings: dict | None = None):
         self.ckpt_dir = Path(ckpt_dir)
         self.save_dict, self.model_key = save_dict, model_key
         self.model_name, self.last_name = model_name, last_name
         self.interval, self.resume = max(1, int(interval)), resume
+        self.settings = dict(settings) if settings else None
 
     def attach(self, engine) -> None:
         self.save_dict = {**self.save_dict, "trainer": engine}  # epoch/iteration, so a rerun continues
@@ -113,6 +117,32 @@ class CheckpointResume:
     def save(self, engine) -> None:
         atomic_torch_save({k: v.state_dict() for k, v in self.save_dict.items()}, self.ckpt_dir / self.last_name)
         atomic_torch_save(self.save_dict[self.model_key].state_dict(), self.ckpt_dir / self.model_name)
+        if self.settings is not None:
+            write_json(self.ckpt_dir / SETTINGS_NAME, self.settings)
+
+
+SETTINGS_NAME = "settings.json"
+
+
+def trained_mpp(ckpt_path, default: float = 0.25) -> float:
+    """The pixel size (um/px) the network at ``ckpt_path`` was trained at: ``mpp`` of the ``settings.json``
+    that :class:`CheckpointResume` writes beside it, else ``default`` (checkpoints written before bundle 0.8.0 have
+    no such file; the configs' default is 40x, 0.25 um/px). An unreadable file is a one-line error."""
+    import json
+
+    if not ckpt_path:
+        return float(default)
+    path = Path(ckpt_path).parent / SETTINGS_NAME
+    if not path.is_file():
+        return float(default)
+    try:
+        mpp = json.loads(path.read_text()).get("mpp", default)
+        mpp = float(default if mpp is None else mpp)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: cannot read the training settings ({e})") from None
+    if not mpp > 0:
+        raise ValueError(f"{path}: mpp must be > 0, got {mpp}")
+    return mpp
 
 
 def centre_tiles(images, labels=None, max_size: int = 384, limit: int = 4) -> list:

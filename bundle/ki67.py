@@ -464,6 +464,9 @@ class Ki67Runner:
         threshold: foreground threshold of :func:`ki67_points`.  nucleus_diameter: px.
         min_dab_fraction: below it an image has no DAB: zero positives and a warning.
         hotspot_min_cells: a slide tile counts for the hotspot when it has at least this many cells.
+        network_mpp: pixel size (um/px) the network was trained at (:func:`bundle.handlers.trained_mpp`); tiles at
+            another one (``0.25 / size_scale``) are resized to it before the network, as in
+            :class:`bundle.pipeline.NucleiRunner`. ``None``: no resizing.
     Other args as :class:`bundle.pipeline.NucleiRunner`; extra keyword arguments go to it (``stain="he"`` only).
     """
 
@@ -473,7 +476,8 @@ class Ki67Runner:
                  roi_size: int = 512, overlap: float = 0.25, tta: bool = True, write_overlays: bool = True,
                  datalist_key: str = "testing", seed: int = 0, wsi_level: int | None = 0,
                  wsi_mpp: float | None = None, wsi_tile: int = 1024, wsi_backend: str = "tifffile",
-                 wsi_min_tissue: float = 0.001, hotspot_min_cells: int = 100, **he_kwargs):
+                 wsi_min_tissue: float = 0.001, hotspot_min_cells: int = 100, network_mpp: float | None = None,
+                 **he_kwargs):
         if stain not in ("ihc", "he"):
             raise ValueError(f"unknown stain {stain!r} (use 'ihc' for Ki-67 DAB + haematoxylin or 'he' for H&E)")
         if method not in ("network", "classical"):
@@ -493,13 +497,17 @@ class Ki67Runner:
         if self.hotspot_min_cells < 0:
             raise ValueError(f"hotspot_min_cells must be >= 0, got {hotspot_min_cells}")
         self.labeler = None
+        from .postprocess import resample_factor
+
+        self.network_mpp = network_mpp
+        self.resample = resample_factor(float(he_kwargs.get("size_scale", 1.0)), network_mpp)
 
     def _nuclei_runner(self) -> NucleiRunner:
         """The H&E nuclei workflow with the same inputs (composition, not inheritance)."""
         return NucleiRunner(self.network, self.data, self.output_dir, ckpt_path=self.ckpt_path, device=self.device,
                             roi_size=self.roi_size, overlap=self.overlap, tta=self.tta,
                             write_overlays=self.write_overlays, datalist_key=self.datalist_key, **self.wsi,
-                            **self.he_kwargs)
+                            network_mpp=self.network_mpp, **self.he_kwargs)
 
     def items(self) -> list:
         """Same inputs as :meth:`bundle.pipeline.NucleiRunner.items` (list, file, datalist JSON or folder)."""
@@ -516,7 +524,8 @@ class Ki67Runner:
                 pts, cls = self.labeler.points(rgb, path)
             score = np.ones(len(pts), np.float32)
         else:
-            prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta)
+            prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta,
+                                       scale=self.resample)
             pts, cls, score = ki67_points(prob, self.threshold, self.nucleus_diameter)
         if frac < self.min_dab_fraction:
             n_pos = int((cls == POSITIVE).sum())
@@ -595,7 +604,7 @@ class Ki67Runner:
         with streamed_outputs(outputs[0], POINT_FIELDS, outputs[1]) as add:
             for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):
                 prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta,
-                                           hematoxylin_threshold=h_threshold)
+                                           hematoxylin_threshold=h_threshold, scale=self.resample)
                 pts, cls, score = ki67_points(prob, self.threshold, self.nucleus_diameter)
                 if no_dab:
                     cls = np.full(len(pts), NEGATIVE, np.uint8)

@@ -17,6 +17,7 @@ import torch
 
 from .io import (ImageError, load_datalist, read_rgb, read_rgb_or_skip, remove_stale_parts, streamed_outputs,
                  usable_items, write_csv, write_image, write_json, write_npy)
+from .postprocess import resample_factor
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +287,10 @@ class NucleiRunner:
         size_scale: pixel density relative to 40x (:func:`bundle.postprocess.size_scale`; 0.5 for 20x tiles):
             scales the point extraction (:func:`bundle.labels.point_settings`) and the filled hole size (64 px at
             40x). ``min_size`` / ``min_distance`` / ``grow`` are taken as given (the configs scale their defaults).
+        network_mpp: the pixel size (um/px) the network was trained at (:func:`bundle.handlers.trained_mpp`);
+            tiles at another pixel size (``0.25 / size_scale``) are resized to it before the network and its
+            probabilities resized back (:func:`bundle.detection.predict_probability` ``scale``), so a network
+            trained at 40x sees the nuclei of 20x tiles at the size it learnt. ``None``: no resizing.
     """
 
     def __init__(self, network, data, output_dir, ckpt_path=None, device="cpu", mode: str = "auto",
@@ -295,7 +300,7 @@ class NucleiRunner:
                  datalist_key: str = "testing", wsi_level: int | None = 0, wsi_mpp: float | None = None,
                  wsi_tile: int = 1024, wsi_backend: str = "tifffile", class_name: str = "Nucleus",
                  write_masks: bool = False, grow: int = 0, hematoxylin_prior: float = 0.35, min_score: float = 0.0,
-                 wsi_min_tissue: float = 0.001, size_scale: float = 1.0):
+                 wsi_min_tissue: float = 0.001, size_scale: float = 1.0, network_mpp: float | None = None):
         self.network, self.data, self.output_dir = network, data, Path(output_dir)
         self.ckpt_path, self.device = ckpt_path, torch.device(device)
         self.mode, self.markers, self.min_size = mode, markers, min_size
@@ -310,6 +315,8 @@ class NucleiRunner:
         self.size_scale = float(size_scale)
         if not self.size_scale > 0:
             raise ValueError(f"size_scale must be > 0, got {size_scale}")
+        self.network_mpp = None if network_mpp is None else float(network_mpp)
+        self.resample = resample_factor(self.size_scale, self.network_mpp)
         self.class_name, self.write_masks = class_name, write_masks
         self.hematoxylin_prior = float(hematoxylin_prior)
         if not 0.0 <= self.hematoxylin_prior <= 1.0:
@@ -348,7 +355,7 @@ class NucleiRunner:
                                 predict_probability)
 
         prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta,
-                                   hematoxylin_threshold=hematoxylin_threshold)
+                                   hematoxylin_threshold=hematoxylin_threshold, scale=self.resample)
         if prob.shape[0] == 2:  # measured on background / nucleus networks only (docs/README.md, item 11)
             prob = blend_hematoxylin(prob, rgb, self.hematoxylin_prior, hematoxylin_threshold)
         mode = instance_mode(self.mode, prob.shape[0])

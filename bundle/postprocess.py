@@ -21,7 +21,7 @@ import numpy as np
 
 from .clustering import clean_mask, hematoxylin_otsu
 
-__all__ = ["REFERENCE_MPP", "size_scale", "scaled", "instances_from_foreground", "instances_by_watershed", "instances_from_three_class", "instance_polygons",
+__all__ = ["REFERENCE_MPP", "size_scale", "resample_factor", "scaled", "instances_from_foreground", "instances_by_watershed", "instances_from_three_class", "instance_polygons",
            "classical_foreground",
            "classical_nuclei"]
 
@@ -39,6 +39,17 @@ def size_scale(mpp: float | None, reference_mpp: float = REFERENCE_MPP) -> float
     if not 0.01 <= mpp <= 20.0:
         raise ValueError(f"mpp must be the tiles' micrometres per pixel (e.g. 0.25 at 40x, 0.5 at 20x), got {mpp}")
     return float(reference_mpp) / mpp
+
+
+def resample_factor(scale: float, network_mpp: float | None, reference_mpp: float = REFERENCE_MPP) -> float:
+    """Factor to resize tiles of pixel density ``scale`` (:func:`size_scale` of their mpp) by before a network
+    trained at ``network_mpp`` um/px: their mpp over the network's (2.0 for 20x tiles and a 40x network; 1.0 when
+    ``network_mpp`` is None)."""
+    if network_mpp is None:
+        return 1.0
+    if not float(network_mpp) > 0:
+        raise ValueError(f"network_mpp must be > 0, got {network_mpp}")
+    return float(reference_mpp) / float(scale) / float(network_mpp)
 
 
 def scaled(value: float, scale: float, area: bool = False, integer: bool = True, minimum: float = 1):

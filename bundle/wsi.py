@@ -20,7 +20,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SLIDE_SUFFIXES", "is_wsi", "tissue_mask", "SlideTiles", "write_pyramid_tiff"]
+__all__ = ["SLIDE_SUFFIXES", "is_wsi", "slide_mpp", "tissue_mask", "SlideTiles", "write_pyramid_tiff"]
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
 THUMBNAIL_STRIP_BYTES = 64e6  # the thumbnail is read in strips of at most this many bytes
@@ -43,6 +43,40 @@ def is_wsi(path, min_side: int = 8192) -> bool:
             return len(s.levels) > 1 or len(tf.pages) > 1 or max(shape[:2]) >= min_side
     except Exception:  # noqa: BLE001 - unreadable files are reported by the image reader
         return False
+
+
+def slide_mpp(data, level: int | None = 0, mpp: float | None = None, backend: str = "tifffile") -> float | None:
+    """Microns per pixel of the level :class:`SlideTiles` reads (``level``, or the one nearest ``mpp``) of the slide
+    ``data``, or of every slide in the folder ``data`` when they agree within 10 %; None for tiles, for slides
+    without pixel-size metadata, for unreadable ones (their error comes when they are read) and for a folder of
+    slides at different pixel sizes (a one-line warning: run them separately, or each is checked on its own by
+    :meth:`SlideTiles.check_mpp`). The inference configs take it as their ``mpp``, so a 20x slide gets 20x sizes
+    without ``--mpp``."""
+    p = Path(str(data)) if data is not None else None
+    if p is None or not p.exists():
+        return None
+    suffixes = SLIDE_SUFFIXES + (".tif", ".tiff")
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.suffix.lower() in suffixes)
+    found = []
+    for f in files:
+        if not is_wsi(f):
+            continue
+        try:
+            slide = SlideTiles(f, backend=backend, level=level, mpp=mpp)
+        except (ValueError, FileNotFoundError):
+            continue
+        try:
+            found.append(slide.level_mpp(slide.level))
+        finally:
+            slide.close()
+    found = [m for m in found if m]
+    if not found:
+        return None
+    if max(found) > 1.1 * min(found):
+        logger.warning(f"{p}: slides at {min(found):.3g} to {max(found):.3g} um/px; sizes stay at the configured "
+                       "mpp (run slides of one magnification together, or pass --mpp)")
+        return None
+    return float(np.median(found))
 
 
 def write_pyramid_tiff(path, img: np.ndarray, mpp: float = 0.25, levels: int = 2, tile: int = 128) -> None:

@@ -332,7 +332,7 @@ def _runner_points(out_dir, stems):
     return preds
 
 
-def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold):
+def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold, scale=1.0, network_mpp="auto"):
     import torch
 
     from bundle.networks import ResUNet34
@@ -341,8 +341,11 @@ def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold):
     net = ResUNet34(in_channels=resunet_input_channels(ckpt), out_channels=3,
                     base_channels=base_channels or resunet_checkpoint_dims(ckpt)[1])
     out = Path(work) / ("network" if tta else "network_no_tta")
+    from bundle.handlers import trained_mpp
+
+    mpp = trained_mpp(ckpt) if network_mpp == "auto" else float(network_mpp)
     summ = Ki67Runner(net, str(Path(data_dir) / "images"), out, ckpt_path=ckpt, tta=tta, nucleus_diameter=d,
-                      threshold=threshold).run()
+                      threshold=threshold, size_scale=scale, network_mpp=mpp).run()
     return _runner_points(out, stems), summ["seconds_per_image"]
 
 
@@ -458,7 +461,15 @@ def main(argv=None):
                     "repeat for several; omit to skip the network")
     ap.add_argument("--base_channels", type=int, default=None,
                     help="network width (default: read from each checkpoint)")
-    ap.add_argument("--nucleus_diameter", type=float, default=20.0)
+    ap.add_argument("--nucleus_diameter", type=float, default=None, help="px (default 20 at 40x, scaled by --mpp)")
+    ap.add_argument("--mpp", type=float, default=0.25,
+                    help="um per pixel of the tiles (0.25 = BCData at 40x; 0.5 for a 20x copy made by "
+                         "scripts/make_lowres.py --bcdata): scales the nucleus diameter as ki67_infer.json --mpp does, "
+                         "and points are scored in 40x pixels, so the 6 / 10 px radii keep their size in um")
+    ap.add_argument("--network_mpp", default="auto",
+                    help="pixel size the networks were trained at: 'auto' = their settings.json (else 0.25), as "
+                         "ki67_infer.json does; tiles at another mpp are resized to it. A number overrides (the "
+                         "tiles' own mpp: no resizing)")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--work", default="/tmp/ki67_bench", help="scratch folder for runner outputs")
     ap.add_argument("--out", default="docs/results/ki67_benchmark")
@@ -474,45 +485,54 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    d = a.nucleus_diameter
+    from bundle.postprocess import scaled, size_scale
+
+    scale = size_scale(a.mpp)
+    d = a.nucleus_diameter or scaled(20, scale)
     img_dir = Path(a.data) / "images"
     stems = sorted((p.stem for p in img_dir.glob("*.png")), key=lambda s: (len(s), s))
     rgbs = [read_rgb(img_dir / f"{s}.png") for s in stems]
-    gts = [read_bcdata_item(a.data, s) for s in stems]
-    shapes = [r.shape[:2] for r in rgbs]
+    gts_tile = [read_bcdata_item(a.data, s) for s in stems]  # in the tiles' pixels (figure)
+
+    def to40x(preds):  # points in 40x pixels, so the matching radii keep their physical size at any --mpp
+        return preds if scale == 1 else [(np.asarray(p, np.float64) / scale, c) for p, c in preds]
+
+    gts = to40x(gts_tile)
+    shapes = [tuple(round(x / scale) for x in r.shape[:2]) for r in rgbs]
     n = len(stems)
     halves = split_stems(stems)
     methods = {}
     preds, t = _timed(otsu_rule, rgbs, d)
-    methods["otsu_rule (calibration)"] = score_split(preds, gts, halves, t / n, shapes)
+    methods["otsu_rule (calibration)"] = score_split(to40x(preds), gts, halves, t / n, shapes)
     preds, t = _timed(classical_log, rgbs, d)
-    methods["classical_log (baseline)"] = score_split(preds, gts, halves, t / n, shapes)
+    methods["classical_log (baseline)"] = score_split(to40x(preds), gts, halves, t / n, shapes)
     fig_cols = {"classical_log baseline": preds}
     preds, t = _timed(classical_log_per_stain, rgbs, d)
-    methods["classical_log_per_stain (baseline)"] = score_split(preds, gts, halves, t / n, shapes)
+    methods["classical_log_per_stain (baseline)"] = score_split(to40x(preds), gts, halves, t / n, shapes)
     labeler, fit_s = _timed(lambda: Ki67PseudoLabeler(d).fit(rgbs))
     for name, fn in (("alt_kmeans_only", alt_kmeans_only), ("alt_blue_ratio", alt_blue_ratio),
                      ("alt_union_ratio", alt_union_ratio)):
         preds, t = _timed(fn, rgbs, d, labeler)
-        methods[name] = score_split(preds, gts, halves, t / n, shapes)
+        methods[name] = score_split(to40x(preds), gts, halves, t / n, shapes)
     tile_labeler = Ki67PseudoLabeler(d, negative_threshold="tile").fit(rgbs)  # ki67_train --negative_threshold tile
     preds, t = _timed(lambda: [tile_labeler.points(r) for r in rgbs])
-    methods["alt_tile_negative_threshold"] = score_split(preds, gts, halves, t / n, shapes)
+    methods["alt_tile_negative_threshold"] = score_split(to40x(preds), gts, halves, t / n, shapes)
     out = Path(a.work) / "pseudo_labels"
     summ = Ki67Runner(None, str(img_dir), out, method="classical", nucleus_diameter=d).run()
     pseudo = _runner_points(out, stems)
     fig_cols["pseudo labels"] = pseudo
-    methods["pseudo_labels (Ki67PseudoLabeler)"] = score_split(pseudo, gts, halves, summ["seconds_per_image"], shapes)
+    methods["pseudo_labels (Ki67PseudoLabeler)"] = score_split(to40x(pseudo), gts, halves, summ["seconds_per_image"], shapes)
     for spec in a.ckpt or []:
         name, _, path = spec.rpartition("=")
         name = name or "network"
         for tta in {"both": (False, True), "on": (True,), "off": (False,)}[a.tta]:
-            preds, sec = run_network(a.data, path, Path(a.work) / name, stems, d, tta, a.base_channels, a.threshold)
-            methods[f"{name} (TTA)" if tta else f"{name} (no TTA)"] = score_split(preds, gts, halves, sec, shapes)
+            preds, sec = run_network(a.data, path, Path(a.work) / name, stems, d, tta, a.base_channels, a.threshold,
+                                     scale, a.network_mpp)
+            methods[f"{name} (TTA)" if tta else f"{name} (no TTA)"] = score_split(to40x(preds), gts, halves, sec, shapes)
         if not a.figure_nets or name in a.figure_nets.split(","):
             fig_cols[f"{name} (TTA)" if tta else name] = preds
     if a.figure:
-        make_figure(a.figure, rgbs, gts, fig_cols, stems)
+        make_figure(a.figure, rgbs, gts_tile, fig_cols, stems)
     dab = {"bcdata_min": round(min(dab_fraction(r) for r in rgbs), 4),
            "bcdata_max": round(max(dab_fraction(r) for r in rgbs), 4)}
     if a.he_dir:  # H&E tiles given to the IHC mode: DAB fraction and positives found
@@ -540,7 +560,7 @@ def main(argv=None):
     report = {"date": datetime.date.today().isoformat(), "machine": a.machine, "platform": platform.platform(),
               "command": "OMP_NUM_THREADS=1 python scripts/benchmark_ki67.py " + " ".join(shlex.quote(x) for x in
                                                                                          (argv or sys.argv[1:])),
-              "n_images": n, "radii_px": list(RADII), "nucleus_diameter_px": d, "gt_counts": gtc,
+              "n_images": n, "radii_px": list(RADII), "nucleus_diameter_px": d, "mpp": a.mpp, "gt_counts": gtc,
               "gt_folder_index": round(gtc["positive"] / max(1, sum(gtc.values())), 4), "fit_seconds": round(fit_s, 2),
               "labeler": {"positive_clusters": labeler.positive_clusters, "h_threshold": labeler.h_threshold_,
                           "cluster_centres_od": np.round(labeler.km.cluster_centers_, 4).tolist()},

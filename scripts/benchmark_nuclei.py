@@ -95,20 +95,7 @@ def score(pred, gt, crop):
 def predict_ensemble(nets, rgb, tta: bool, scales=(1.0,)):
     """(C, H, W) class probabilities of ``rgb``: :func:`bundle.detection.predict_probability` averaged over
     ``nets`` and over ``scales`` (the image resized bilinearly by each factor, its prediction resized back)."""
-    from skimage.transform import resize
-
-    h, w = rgb.shape[:2]
-    probs = []
-    for s in scales:
-        if s == 1:
-            probs += [predict_probability(n, rgb, tta=tta) for n in nets]
-            continue
-        small = resize(rgb, (round(h * s), round(w * s)), order=1, preserve_range=True, anti_aliasing=s < 1)
-        for n in nets:
-            p = torch.from_numpy(predict_probability(n, small.astype(np.uint8), tta=tta))[None]
-            probs.append(torch.nn.functional.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)[0]
-                         .numpy())
-    return np.mean(probs, axis=0)
+    return np.mean([predict_probability(n, rgb, tta=tta, scale=s) for s in scales for n in nets], axis=0)
 
 
 def load_net(root: Path, stage: str):

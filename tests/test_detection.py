@@ -102,6 +102,24 @@ def test_predict_probability_sliding_window_and_tta():
         predict_probability(net, rgb[..., 0])
 
 
+def test_predict_probability_scale_resamples_input_and_output():
+    """scale=2 shows the network the image at twice its size (a 20x tile to a 40x network) and returns the
+    probabilities at the input's size; on a smooth image a per-pixel network gives nearly the same map."""
+    yy, xx = np.mgrid[0:60, 0:80]
+    rgb = np.stack([2 * yy + 40, 2 * xx + 20, yy + xx + 30], -1).astype(np.uint8)
+    net, seen = _PixelNet(), []
+    net.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    base = predict_probability(net, rgb, tta=False)
+    up = predict_probability(net, rgb, tta=False, scale=2.0)
+    down = predict_probability(net, rgb, tta=False, scale=0.5)
+    assert seen == [(60, 80), (120, 160), (30, 40)]
+    assert up.shape == down.shape == (2, 60, 80)
+    assert np.allclose(up.sum(0), 1, atol=1e-5)
+    assert np.abs(up - base)[:, 2:-2, 2:-2].max() < 0.02
+    with pytest.raises(ValueError, match="scale"):
+        predict_probability(net, rgb, scale=0)
+
+
 def test_nuclei_from_probability_modes_split_touching():
     m = two_touching_disks()
     prob = np.stack([1.0 - m, m.astype(float)]).astype(np.float32)
@@ -429,3 +447,66 @@ def test_inference_config_mpp(root):
     assert resolved(mpp=0.5) == {"mpp": 0.5, "min_size": 5, "min_distance": 3, "size_scale": 0.5}
     assert resolved(wsi_mpp=0.5)["min_distance"] == 3
     assert resolved(mpp=0.5, min_distance=4)["min_distance"] == 4
+
+
+def test_slide_mpp_sets_the_inference_sizes(root, tmp_path):
+    """A slide states its pixel size: the configs scale their sizes to the level read, without --mpp."""
+    from monai.bundle import ConfigParser
+
+    from bundle.wsi import slide_mpp, write_pyramid_tiff
+
+    img = np.full((256, 256, 3), 200, np.uint8)
+    write_pyramid_tiff(tmp_path / "s20x.tif", img, mpp=0.5, levels=2, tile=64)
+    assert slide_mpp(tmp_path / "s20x.tif") == pytest.approx(0.5)
+    assert slide_mpp(tmp_path / "s20x.tif", mpp=1.0) == pytest.approx(1.0)  # the nearest level is the one read
+    assert slide_mpp(tmp_path) == pytest.approx(0.5)  # a folder of slides that agree
+    assert slide_mpp(tmp_path / "missing.tif") is None and slide_mpp(None) is None
+    write_pyramid_tiff(tmp_path / "s40x.tif", img, mpp=0.25, levels=2, tile=64)
+    assert slide_mpp(tmp_path) is None  # mixed magnifications: left to --mpp and the per-slide check
+    for cfg in ("inference.json", "ki67_infer.json"):
+        p = ConfigParser()
+        p.read_config(str(root / "configs" / cfg))
+        p.update({"dataset_dir": str(tmp_path / "s20x.tif")})
+        assert p.get_parsed_content("mpp") == pytest.approx(0.5) and p.get_parsed_content("size_scale") == 0.5
+        p.update({"mpp": 0.25})  # an explicit --mpp wins
+        assert p.get_parsed_content("size_scale") == 1.0
+
+
+def test_network_mpp_from_training_settings(root, tmp_path):
+    """Training writes the pixel size beside the weights; inference resizes tiles of another pixel size to it."""
+    import json
+
+    from monai.bundle import ConfigParser
+
+    from bundle.handlers import CheckpointResume, trained_mpp
+    from bundle.pipeline import NucleiRunner
+
+    net = torch.nn.Conv2d(3, 2, 1)
+    CheckpointResume(tmp_path / "m", {"network": net}, settings={"mpp": 0.5}).save(None)
+    assert json.loads((tmp_path / "m" / "settings.json").read_text()) == {"mpp": 0.5}
+    assert trained_mpp(tmp_path / "m" / "model.pt") == 0.5
+    assert trained_mpp(tmp_path / "old" / "model.pt") == 0.25  # no settings: written before the option, 40x
+    assert trained_mpp(None, default=0.4) == 0.4
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "settings.json").write_text("{not json")
+    with pytest.raises(ValueError, match="settings.json"):
+        trained_mpp(tmp_path / "bad" / "model.pt")
+
+    p = ConfigParser()
+    p.read_config(str(root / "configs" / "inference.json"))
+    p.update({"ckpt_path": str(tmp_path / "m" / "model.pt")})
+    assert p.get_parsed_content("network_mpp") == 0.5
+    # 20x tiles (size_scale 0.5) and a network trained at 40x: tiles are shown to it twice as large
+    assert NucleiRunner(net, [], tmp_path, size_scale=0.5, network_mpp=0.25).resample == 2.0
+    assert NucleiRunner(net, [], tmp_path, size_scale=0.5, network_mpp=0.5).resample == 1.0
+    assert NucleiRunner(net, [], tmp_path).resample == 1.0
+    from bundle.ki67 import Ki67Runner
+
+    assert Ki67Runner(net, [], tmp_path, size_scale=0.5, network_mpp=0.25).resample == 2.0
+    assert Ki67Runner(net, [], tmp_path, stain="he", size_scale=0.5, network_mpp=0.25)._nuclei_runner().resample == 2.0
+    p = ConfigParser()
+    p.read_config(str(root / "configs" / "ki67_infer.json"))
+    p.update({"ckpt_path": str(tmp_path / "m" / "model.pt"), "mpp": 0.25})
+    assert p.get_parsed_content("network_mpp") == 0.5 and p.get_parsed_content("runner").resample == 0.5
+    with pytest.raises(ValueError, match="network_mpp"):
+        NucleiRunner(net, [], tmp_path, network_mpp=0)

@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -356,3 +357,32 @@ def test_whole_slide_ihc_matches_tile_mode_and_reports_hotspot(tmp_path, caplog)
     # the classical labeller is fitted on tiles: a slide alone is reported in one line
     with pytest.raises(ImageError, match="whole slides need method 'network'"):
         Ki67Runner(None, str(tmp_path / "slides"), tmp_path / "out_c", method="classical", **kw).run()
+
+
+def test_ki67_train_resizes_tiles_to_train_mpp(root, ihc_dir, tmp_path):
+    """20x tiles (--mpp 0.5) are trained on at 40x (train_mpp 0.25, default): resized x2 once, sizes at 40x,
+    and the pixel size trained at is what the checkpoint's settings.json will say."""
+    from monai.bundle import ConfigParser
+
+    from bundle.io import read_rgb
+    from bundle.transforms import resampled_tiles
+
+    def parsed(**over):
+        p = ConfigParser()
+        p.read_config(str(root / "configs" / "ki67_train.json"))
+        p.update({"dataset_dir": str(ihc_dir), "bundle_root": str(tmp_path / "b"), **over})
+        return p
+
+    p = parsed(mpp=0.5)
+    items = p.get_parsed_content("train_data")
+    assert [read_rgb(it["image"]).shape for it in items] == [(320, 320, 3)] * 3  # broken.png skipped
+    assert p.get_parsed_content("nucleus_diameter") == 20
+    ckpt = next(h for h in p["train#handlers"] if "CheckpointResume" in str(h.get("_target_", "")))
+    assert ckpt["settings"] == {"mpp": "@train_mpp"} and p.get_parsed_content("train_mpp") == 0.25
+    mtime = Path(items[0]["image"]).stat().st_mtime_ns
+    assert resampled_tiles(str(ihc_dir), 2.0, tmp_path / "b" / "eval" / "ki67_tiles") == items
+    assert Path(items[0]["image"]).stat().st_mtime_ns == mtime  # written once, reused
+    # the tiles' own pixel size (the behaviour before train_mpp): no copy, sizes scaled to 20x
+    p = parsed(mpp=0.5, train_mpp=0.5)
+    assert p.get_parsed_content("train_data") == str(ihc_dir) and p.get_parsed_content("nucleus_diameter") == 10
+    assert parsed().get_parsed_content("train_data") == str(ihc_dir)

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Helpers of the research scripts (diagnose_nuclei, tune_ki67_postprocess, benchmark_ki67, explore_seg,
-diagnose_ki67_negatives, pipeline_report, benchmark_nuclei) on tiny synthetic inputs (the scripts themselves read
-MoNuSeg / BCData, which tests never need)."""
+diagnose_ki67_negatives, pipeline_report, benchmark_nuclei, make_lowres) on tiny synthetic inputs (the scripts
+themselves read MoNuSeg / BCData, which tests never need)."""
 
 import sys
 from pathlib import Path
@@ -203,3 +203,27 @@ def test_ki67_wsi_benchmark_mosaic_offsets_and_scores(tmp_path):
     assert sc["positive"]["tp"] == 1 and sc["negative"]["fn"] == 1
     inner = kw.score(pred, gts, boxes, inner=8)  # the GT at x = 5 and the point at (35, 45) lie in the edge band
     assert (inner["overall"]["tp"], inner["overall"]["fp"], inner["overall"]["fn"]) == (1, 0, 0)
+
+
+def test_make_lowres_bcdata_halves_images_and_points(tmp_path):
+    import h5py
+    import make_lowres  # a plain import: a broken import must fail, not skip
+
+    from bundle.io import read_rgb, write_image
+    from bundle.ki67 import read_bcdata_item
+
+    src = tmp_path / "bc"
+    write_image(src / "images" / "0.png", np.full((64, 80, 3), 120, np.uint8))
+    for cls, pts in (("positive", [[10, 20], [41, 61]]), ("negative", [[70, 6]])):
+        (src / "annotations" / cls).mkdir(parents=True)
+        with h5py.File(src / "annotations" / cls / "0.h5", "w") as f:
+            f.create_dataset("coordinates", data=np.array(pts, np.float64))
+    assert make_lowres.main(["--bcdata", str(src), "--factor", "2", "--out", str(tmp_path / "b20")]) == 0
+    pts, cls = read_bcdata_item(tmp_path / "b20", "0")
+    assert np.abs(pts - np.array([[5, 10], [20.5, 30.5], [35, 3]])).max() <= 0.5 and list(cls) == [1, 1, 2]
+    assert read_rgb(tmp_path / "b20" / "images" / "0.png").shape == (32, 40, 3)
+    assert make_lowres.main(["--bcdata", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    # --restore: 20x detail back on the 40x grid, annotations unchanged
+    assert make_lowres.main(["--bcdata", str(src), "--restore", "--out", str(tmp_path / "up")]) == 0
+    assert read_rgb(tmp_path / "up" / "images" / "0.png").shape == (64, 80, 3)
+    assert np.array_equal(read_bcdata_item(tmp_path / "up", "0")[0], read_bcdata_item(src, "0")[0])
