@@ -94,6 +94,8 @@ class CheckpointResume:
         path = self.ckpt_dir / self.last_name
         if not (self.resume and path.is_file()):
             return
+        if self.settings is not None:
+            self._check_settings(path)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:
@@ -114,6 +116,28 @@ class CheckpointResume:
         engine.state.max_epochs = max_epochs
         logger.info(f"resumed from {path} at epoch {engine.state.epoch} / {max_epochs}")
 
+    def _check_settings(self, path) -> None:
+        """Resuming continues the training the saved settings describe: a different setting (e.g. another ``mpp``)
+        is a one-line error; a checkpoint saved without settings (bundle < 0.8.0) gets none written, as they are
+        unknown."""
+        import json
+
+        rec = self.ckpt_dir / SETTINGS_NAME
+        if not rec.is_file():
+            logger.warning(f"{path}: resuming a checkpoint saved without {SETTINGS_NAME}; its training settings "
+                           f"({', '.join(self.settings)}) stay unrecorded")
+            self.settings = None
+            return
+        try:
+            saved = json.loads(rec.read_text())
+        except ValueError as e:
+            raise ValueError(f"{rec}: cannot read the training settings ({e})") from None
+        diff = {k: (saved.get(k), v) for k, v in self.settings.items() if k in saved and saved[k] != v}
+        if diff:
+            k, (old, new) = next(iter(diff.items()))
+            raise ValueError(f"{path}: trained with {k} {old}, the configuration says {new}; use another bundle_root "
+                             "or --resume False to start over")
+
     def save(self, engine) -> None:
         atomic_torch_save({k: v.state_dict() for k, v in self.save_dict.items()}, self.ckpt_dir / self.last_name)
         atomic_torch_save(self.save_dict[self.model_key].state_dict(), self.ckpt_dir / self.model_name)
@@ -124,25 +148,30 @@ class CheckpointResume:
 SETTINGS_NAME = "settings.json"
 
 
-def trained_mpp(ckpt_path, default: float = 0.25) -> float:
-    """The pixel size (um/px) the network at ``ckpt_path`` was trained at: ``mpp`` of the ``settings.json``
-    that :class:`CheckpointResume` writes beside it, else ``default`` (checkpoints written before bundle 0.8.0 have
-    no such file; the configs' default is 40x, 0.25 um/px). An unreadable file is a one-line error."""
+def trained_mpp(ckpt_path, mpp: float | None = None) -> float | None:
+    """The pixel size (um/px) the network at ``ckpt_path`` was trained at: ``mpp`` of the ``settings.json`` that
+    :class:`CheckpointResume` writes beside it. None when there is no such file (checkpoints written before bundle
+    0.8.0): the runners then do not resize, as before, and when the tiles' ``mpp`` is not 40x a one-line warning says
+    how to set it (``--network_mpp``). An unreadable file is a one-line error."""
     import json
 
     if not ckpt_path:
-        return float(default)
+        return None
     path = Path(ckpt_path).parent / SETTINGS_NAME
     if not path.is_file():
-        return float(default)
+        if mpp is not None and abs(float(mpp) - 0.25) > 0.025:
+            logger.warning(f"{ckpt_path}: no {SETTINGS_NAME} beside it, so the pixel size it was trained at is unknown "
+                           f"and tiles at {float(mpp):.3g} um/px are not resized; pass --network_mpp 0.25 if it was "
+                           "trained at 40x")
+        return None
     try:
-        mpp = json.loads(path.read_text()).get("mpp", default)
-        mpp = float(default if mpp is None else mpp)
+        value = json.loads(path.read_text()).get("mpp")
+        value = None if value is None else float(value)
     except (ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: cannot read the training settings ({e})") from None
-    if not mpp > 0:
-        raise ValueError(f"{path}: mpp must be > 0, got {mpp}")
-    return mpp
+    if value is not None and not value > 0:
+        raise ValueError(f"{path}: mpp must be > 0, got {value}")
+    return value
 
 
 def centre_tiles(images, labels=None, max_size: int = 384, limit: int = 4) -> list:

@@ -38,11 +38,15 @@ def resize_rgb(rgb: np.ndarray, scale: float) -> np.ndarray:
 
 def resampled_tiles(data, scale: float, out_dir, datalist_key: str = "training"):
     """The tiles of ``data`` (folder or datalist JSON) resized by ``scale`` (:func:`resize_rgb`), written once to
-    ``out_dir/<stem>.png`` (atomically; a copy older than its source or made at another scale is rewritten) and
-    returned as a datalist ``[{"image": path}, ...]``; ``scale`` 1 returns ``data`` unchanged. A training config
-    uses it to train at another pixel size than the tiles' (``ki67_train.json`` ``train_mpp``). Unreadable tiles
-    are skipped with one line each (:func:`bundle.io.read_rgb_or_skip`)."""
+    ``out_dir`` as PNG (atomically) and returned as a datalist ``[{"image": path}, ...]``; ``scale`` 1 returns
+    ``data`` unchanged. ``out_dir/settings.json`` records the scale and each copy's source (path, size, mtime): a
+    copy is reused only while all of them match, so another folder, an edited tile or another scale rewrites it.
+    Copies are named ``<stem>.png``, or ``<stem>_<hash of the source path>.png`` when two sources share a stem. A
+    training config uses it to train at another pixel size than the tiles' (``ki67_train.json`` ``train_mpp``).
+    Unreadable tiles are skipped with one line each (:func:`bundle.io.read_rgb_or_skip`)."""
+    import hashlib
     import json
+    from collections import Counter
     from pathlib import Path
 
     from .io import load_datalist, read_rgb_or_skip, write_image, write_json
@@ -53,20 +57,31 @@ def resampled_tiles(data, scale: float, out_dir, datalist_key: str = "training")
     out_dir = Path(out_dir)
     record = out_dir / "settings.json"
     try:
-        same = record.is_file() and json.loads(record.read_text()).get("scale") == scale
+        old = json.loads(record.read_text()) if record.is_file() else {}
+        old = old.get("files", {}) if old.get("scale") == scale else {}
     except (ValueError, AttributeError):  # a damaged record: rewrite the copies
-        same = False
-    items, skipped = [], []
-    for it in load_datalist(data, datalist_key):
-        src = Path(it["image"])
-        dst = out_dir / f"{src.stem}.png"
-        if not (same and dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime):
+        old = {}
+    sources = [Path(it["image"]) for it in load_datalist(data, datalist_key)]
+    stems = Counter(p.stem for p in sources)
+    items, skipped, files = [], [], {}
+    for src in sources:
+        name = src.stem
+        if stems[src.stem] > 1:  # two folders of a datalist, or 0.png and 0.jpg
+            name += "_" + hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:8]
+        dst = out_dir / f"{name}.png"
+        try:
+            st = src.stat()
+            key = [str(src.resolve()), st.st_size, st.st_mtime_ns]
+        except OSError:
+            key = None
+        if key is None or old.get(dst.name) != key or not dst.is_file():
             rgb = read_rgb_or_skip(src, skipped)
             if rgb is None:
                 continue
             write_image(dst, resize_rgb(rgb, scale))
+        files[dst.name] = key
         items.append({"image": str(dst)})
-    write_json(record, {"scale": scale, "source": str(data)})
+    write_json(record, {"scale": scale, "source": str(data), "files": files})
     return items
 
 

@@ -485,8 +485,18 @@ def test_network_mpp_from_training_settings(root, tmp_path):
     CheckpointResume(tmp_path / "m", {"network": net}, settings={"mpp": 0.5}).save(None)
     assert json.loads((tmp_path / "m" / "settings.json").read_text()) == {"mpp": 0.5}
     assert trained_mpp(tmp_path / "m" / "model.pt") == 0.5
-    assert trained_mpp(tmp_path / "old" / "model.pt") == 0.25  # no settings: written before the option, 40x
-    assert trained_mpp(None, default=0.4) == 0.4
+    assert trained_mpp(tmp_path / "old" / "model.pt", 0.5) is None  # written before the option: not resized
+    assert trained_mpp(None) is None
+    # resuming checks the recorded settings: another mpp is an error, a checkpoint without them gets none written
+    with pytest.raises(ValueError, match="trained with mpp 0.5"):
+        CheckpointResume(tmp_path / "m", {"network": net}, settings={"mpp": 0.25}).load(None)
+    CheckpointResume(tmp_path / "m", {"network": net}, settings={"mpp": 0.5})._check_settings(tmp_path / "m")
+    old = CheckpointResume(tmp_path / "old", {"network": net})
+    old.save(None)
+    old = CheckpointResume(tmp_path / "old", {"network": net}, settings={"mpp": 0.25})
+    old._check_settings(tmp_path / "old" / "last_checkpoint.pt")
+    old.save(None)
+    assert old.settings is None and not (tmp_path / "old" / "settings.json").exists()
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "settings.json").write_text("{not json")
     with pytest.raises(ValueError, match="settings.json"):
@@ -500,6 +510,7 @@ def test_network_mpp_from_training_settings(root, tmp_path):
     assert NucleiRunner(net, [], tmp_path, size_scale=0.5, network_mpp=0.25).resample == 2.0
     assert NucleiRunner(net, [], tmp_path, size_scale=0.5, network_mpp=0.5).resample == 1.0
     assert NucleiRunner(net, [], tmp_path).resample == 1.0
+    assert NucleiRunner(net, [], tmp_path, size_scale=0.25 / 0.2527, network_mpp=0.25).resample == 1.0  # Aperio 40x
     from bundle.ki67 import Ki67Runner
 
     assert Ki67Runner(net, [], tmp_path, size_scale=0.5, network_mpp=0.25).resample == 2.0

@@ -382,6 +382,20 @@ def test_ki67_train_resizes_tiles_to_train_mpp(root, ihc_dir, tmp_path):
     mtime = Path(items[0]["image"]).stat().st_mtime_ns
     assert resampled_tiles(str(ihc_dir), 2.0, tmp_path / "b" / "eval" / "ki67_tiles") == items
     assert Path(items[0]["image"]).stat().st_mtime_ns == mtime  # written once, reused
+    # another folder with the same stems into the same cache: rewritten, not reused; shared stems kept apart
+    from bundle.io import write_image
+
+    other = tmp_path / "other"
+    write_image(other / "tile_0.png", np.zeros((40, 50, 3), np.uint8))
+    write_image(other / "sub" / "tile_0.png", np.full((40, 50, 3), 255, np.uint8))
+    import json as _json
+
+    dl = tmp_path / "dl.json"
+    dl.write_text(_json.dumps({"training": [{"image": "other/tile_0.png"}, {"image": "other/sub/tile_0.png"}]}))
+    got = resampled_tiles(str(dl), 2.0, tmp_path / "b" / "eval" / "ki67_tiles")
+    assert len({g["image"] for g in got}) == 2
+    assert [read_rgb(g["image"]).shape for g in got] == [(80, 100, 3)] * 2
+    assert read_rgb(got[0]["image"]).max() == 0 and read_rgb(got[1]["image"]).min() == 255
     # the tiles' own pixel size (the behaviour before train_mpp): no copy, sizes scaled to 20x
     p = parsed(mpp=0.5, train_mpp=0.5)
     assert p.get_parsed_content("train_data") == str(ihc_dir) and p.get_parsed_content("nucleus_diameter") == 10
