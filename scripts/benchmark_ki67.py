@@ -397,8 +397,9 @@ def _md(report) -> str:
         L.append("")
     L += ["## Counts, Ki-67 index, speed", "",
           "| method | #pos (GT {gp}) | #neg (GT {gn}) | count MAE pos | count MAE neg | Ki-67 index MAE (per image) | "
-          "folder index (GT {gi}) | s / 640x640 image |".format(
-              gp=report["gt_counts"]["positive"], gn=report["gt_counts"]["negative"], gi=report["gt_folder_index"]),
+          "folder index (GT {gi}) | s / {side}x{side} image |".format(
+              gp=report["gt_counts"]["positive"], gn=report["gt_counts"]["negative"], gi=report["gt_folder_index"],
+              side=int(round(640 * 0.25 / report.get("mpp", 0.25)))),  # BCData tiles: 640 px at 40x
           "|---|---|---|---|---|---|---|---|"]
     for m, res in report["methods"].items():
         L.append(f"| {m} | {res['n_pred']['positive']} | {res['n_pred']['negative']} | "
