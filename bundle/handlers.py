@@ -120,18 +120,12 @@ class CheckpointResume:
         """Resuming continues the training the saved settings describe: a different setting (e.g. another ``mpp``)
         is a one-line error; a checkpoint saved without settings (bundle < 0.8.0) gets none written, as they are
         unknown."""
-        import json
-
-        rec = self.ckpt_dir / SETTINGS_NAME
-        if not rec.is_file():
+        saved = training_settings(self.ckpt_dir)
+        if saved is None:
             logger.warning(f"{path}: resuming a checkpoint saved without {SETTINGS_NAME}; its training settings "
                            f"({', '.join(self.settings)}) stay unrecorded")
             self.settings = None
             return
-        try:
-            saved = json.loads(rec.read_text())
-        except ValueError as e:
-            raise ValueError(f"{rec}: cannot read the training settings ({e})") from None
         diff = {k: (saved.get(k), v) for k, v in self.settings.items() if k in saved and saved[k] != v}
         if diff:
             k, (old, new) = next(iter(diff.items()))
@@ -148,26 +142,44 @@ class CheckpointResume:
 SETTINGS_NAME = "settings.json"
 
 
-def trained_mpp(ckpt_path, mpp: float | None = None) -> float | None:
-    """The pixel size (um/px) the network at ``ckpt_path`` was trained at: ``mpp`` of the ``settings.json`` that
-    :class:`CheckpointResume` writes beside it. None when there is no such file (checkpoints written before bundle
-    0.8.0): the runners then do not resize, as before, and when the tiles' ``mpp`` is not 40x a one-line warning says
-    how to set it (``--network_mpp``). An unreadable file is a one-line error."""
+def training_settings(ckpt_dir) -> dict | None:
+    """The ``settings.json`` that :class:`CheckpointResume` writes into ``ckpt_dir``, or None when there is none
+    (checkpoints written before bundle 0.8.0). An unreadable file is a one-line error."""
     import json
+
+    path = Path(ckpt_dir) / SETTINGS_NAME
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: cannot read the training settings ({e})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: cannot read the training settings (not a JSON object)")
+    return saved
+
+
+def trained_mpp(ckpt_path, mpp: float | None = None) -> float | None:
+    """The pixel size (um/px) the network at ``ckpt_path`` was trained at: ``mpp`` of the :func:`training_settings`
+    beside it. None when there is no such file (checkpoints written before bundle 0.8.0): the runners then do not
+    resize, as before, and when the tiles' ``mpp`` is not 40x (beyond the 10 % that resizing ignores,
+    :func:`bundle.postprocess.resample_factor`) a one-line warning says how to set it (``--network_mpp``)."""
+    from .postprocess import REFERENCE_MPP, resample_factor, size_scale
 
     if not ckpt_path:
         return None
-    path = Path(ckpt_path).parent / SETTINGS_NAME
-    if not path.is_file():
-        if mpp is not None and abs(float(mpp) - 0.25) > 0.025:
+    saved = training_settings(Path(ckpt_path).parent)
+    if saved is None:
+        if mpp is not None and resample_factor(size_scale(mpp), REFERENCE_MPP) != 1.0:
             logger.warning(f"{ckpt_path}: no {SETTINGS_NAME} beside it, so the pixel size it was trained at is unknown "
                            f"and tiles at {float(mpp):.3g} um/px are not resized; pass --network_mpp 0.25 if it was "
                            "trained at 40x")
         return None
+    path = Path(ckpt_path).parent / SETTINGS_NAME
     try:
-        value = json.loads(path.read_text()).get("mpp")
+        value = saved.get("mpp")
         value = None if value is None else float(value)
-    except (ValueError, TypeError, AttributeError) as e:
+    except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: cannot read the training settings ({e})") from None
     if value is not None and not value > 0:
         raise ValueError(f"{path}: mpp must be > 0, got {value}")

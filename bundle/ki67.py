@@ -44,6 +44,7 @@ import torch
 from .handlers import NucleiImageHandler
 from .io import ImageError, load_datalist, read_rgb, usable_items, write_csv, write_image, write_json, write_npy
 from .pipeline import POINT_FIELDS, NucleiRunner, is_stale, settings_changed, split_items
+from .postprocess import resample_factor
 
 logger = logging.getLogger(__name__)
 
@@ -497,8 +498,6 @@ class Ki67Runner:
         if self.hotspot_min_cells < 0:
             raise ValueError(f"hotspot_min_cells must be >= 0, got {hotspot_min_cells}")
         self.labeler = None
-        from .postprocess import resample_factor
-
         self.network_mpp = network_mpp
         self.resample = resample_factor(float(he_kwargs.get("size_scale", 1.0)), network_mpp)
 
