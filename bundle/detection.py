@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .labels import instance_target, points_from_probability, voronoi_label
 from .postprocess import instances_by_watershed, instances_from_foreground, instances_from_three_class
 
-__all__ = ["IGNORE", "detection_target", "segmentation_targets", "PartialCrossEntropy", "predict_probability",
+__all__ = ["IGNORE", "detection_target", "segmentation_targets", "PartialCrossEntropy", "predict_probability", "ScaledInferer",
            "blend_hematoxylin", "nuclei_from_probability", "instance_points"]
 
 IGNORE = 255
@@ -93,12 +93,15 @@ class PartialCrossEntropy(torch.nn.Module):
     Args:
         weights: one weight per label channel (reference segmentation loss: ``(1.0, 1.5)``).
         class_weights: optional per-class weights of the cross-entropy (e.g. ``(1, 1, 2)`` for boundary pixels).
+        dice_weight: weight of a soft Dice loss of the foreground ``1 - P(background)`` against label channel 0's
+            foreground (its labelled pixels only, summed over the batch); 0 = off (the default).
     """
 
     def __init__(self, weights: Sequence[float] = (1.0,), class_weights: Sequence[float] | None = None,
-                 ignore_index: int = IGNORE):
+                 ignore_index: int = IGNORE, dice_weight: float = 0.0):
         super().__init__()
         self.weights = [float(w) for w in weights]
+        self.dice_weight = float(dice_weight)
         self.ignore_index = int(ignore_index)
         cw = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
         self.register_buffer("class_weights", cw, persistent=False)
@@ -116,6 +119,14 @@ class PartialCrossEntropy(torch.nn.Module):
             if w == 0 or not bool((y != self.ignore_index).any()):
                 continue
             total = total + w * F.cross_entropy(logits, y, weight=cw, ignore_index=self.ignore_index)
+        if self.dice_weight > 0:
+            y = label[:, 0]
+            known = (y != self.ignore_index).float()
+            if bool(known.any()):
+                fg = 1.0 - torch.softmax(logits.float(), 1)[:, 0]
+                target = (y > 0).float() * known
+                inter = (fg * target).sum()
+                total = total + self.dice_weight * (1.0 - (2 * inter + 1.0) / ((fg * known).sum() + target.sum() + 1.0))
         return total
 
 
@@ -181,6 +192,34 @@ def predict_probability(network: torch.nn.Module, rgb: np.ndarray, device="cpu",
     if acc.shape[-2:] != (h0, w0):
         acc = torch.nn.functional.interpolate(acc, size=(h0, w0), mode="bilinear", align_corners=False)
     return acc[0].float().cpu().numpy()
+
+
+class ScaledInferer:
+    """A MONAI inferer run at another pixel size: ``inputs`` (B, C, H, W) are resized by ``scale`` (bilinear,
+    anti-aliased when shrinking), ``inferer(inputs, network)`` runs on them, and its (B, K, h, w) output is resized
+    back to (H, W). ``scale`` 1 calls ``inferer`` unchanged.
+
+    Used by the Deploy-style ``evaluator`` of ``configs/inference.json`` with ``scale`` =
+    :func:`bundle.postprocess.resample_factor` (2 for 20x tiles and a network trained at 40x), as
+    :func:`predict_probability` does with its ``scale`` for the runner. One difference: here the input (for a
+    4-channel network including its haematoxylin channel) is resized after normalisation, in float.
+    """
+
+    def __init__(self, inferer, scale: float = 1.0):
+        if not float(scale) > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.inferer, self.scale = inferer, float(scale)
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        if self.scale == 1.0:
+            return self.inferer(inputs, network, *args, **kwargs)
+        size = inputs.shape[-2:]
+        new = [max(1, round(s * self.scale)) for s in size]
+        x = F.interpolate(torch.as_tensor(inputs), size=new, mode="bilinear", align_corners=False,
+                          antialias=self.scale < 1)
+        y = self.inferer(x, network, *args, **kwargs)
+        return F.interpolate(torch.as_tensor(y), size=tuple(size), mode="bilinear", align_corners=False,
+                             antialias=self.scale > 1)
 
 
 def blend_hematoxylin(prob: np.ndarray, rgb: np.ndarray, weight: float = 0.35,

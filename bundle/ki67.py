@@ -314,7 +314,8 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
                         ignore_radius: float | None = None, val_fraction: float = 0.1, seed: int = 0,
                         datalist_key: str = "training", min_size: int = 64, teacher_ckpt=None,
                         base_channels: int = 16, threshold: float = 0.5, device="cpu",
-                        min_thickness: float = 0.0, negative_threshold: str = "folder", label_seed: int = 0) -> dict:
+                        min_thickness: float = 0.0, negative_threshold: str = "folder", label_seed: int = 0,
+                        mpp: float | None = None) -> dict:
     """Label-free 3-class training labels for every readable tile of ``data`` (folder or datalist).
 
     Round 1 (``teacher_ckpt=None``): fits :class:`Ki67PseudoLabeler` (``min_thickness`` and ``negative_threshold``
@@ -324,7 +325,9 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
     Self-training rounds (``teacher_ckpt`` = a trained 3-class ResUNet-34 with ``base_channels``): the points are the
     teacher's own detections (:func:`ki67_points`, flip TTA). ``teacher_ckpt`` may also be a list (or a comma-separated
     string) of checkpoints, e.g. round-1 runs with different seeds: their flip-TTA probabilities are averaged (an
-    ensemble teacher). Writes ``<label_dir>/<stem>.npy`` ((1, H, W) uint8
+    ensemble teacher). Each teacher sees the tiles at the pixel size it was trained at: tiles of ``mpp`` um/px
+    (None = the 40x reference) are resized for a teacher whose ``settings.json`` records another ``mpp``
+    (:func:`bundle.handlers.trained_mpp`) and its probabilities resized back. Writes ``<label_dir>/<stem>.npy`` ((1, H, W) uint8
     :func:`point_label`) and ``<label_dir>/points/<stem>.csv`` (``x, y, class``); a rerun reuses labels newer than
     their image (and teacher) when the label settings (``label_dir/settings.json``) are unchanged. Unreadable tiles are
     reported in one line and left out.
@@ -354,11 +357,16 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
         r_ign = 0.5 * d if ignore_radius is None else float(ignore_radius)
         if teachers:
             from .detection import predict_probability
-            from .handlers import load_network_weights, resunet_input_channels
+            from .handlers import load_network_weights, resunet_input_channels, trained_mpp
             from .networks import ResUNet34
+            from .postprocess import size_scale
 
             nets = [load_network_weights(ResUNet34(resunet_input_channels(t), 3, base_channels=base_channels), t,
                                          map_location=device).to(device).eval() for t in teachers]
+            scales = [resample_factor(size_scale(mpp), trained_mpp(t, mpp)) for t in teachers]
+            for t, f in zip(teachers, scales):
+                if f != 1.0:
+                    logger.info(f"teacher {t}: tiles resized x{f:.3g} to the pixel size it was trained at")
             logger.info(f"Ki-67 self-training labels from the teacher{'s (averaged)' if len(nets) > 1 else ''} "
                         f"{', '.join(teachers)}")
         else:
@@ -368,7 +376,8 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
         for it in todo:
             rgb = read_rgb(it["image"])
             if teachers:
-                prob = np.mean([predict_probability(n, rgb, device, tta=True) for n in nets], axis=0)
+                prob = np.mean([predict_probability(n, rgb, device, tta=True, scale=f) for n, f in zip(nets, scales)],
+                               axis=0)
                 pts, cls, _ = ki67_points(prob, threshold, d)
                 if dab_fraction(rgb) < 0.002:
                     logger.warning(f"{it['image']}: no DAB (brown) signal - is this an H&E image? 0 positive cells")

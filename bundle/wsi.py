@@ -45,21 +45,37 @@ def is_wsi(path, min_side: int = 8192) -> bool:
         return False
 
 
-def slide_mpp(data, level: int | None = 0, mpp: float | None = None, backend: str = "tifffile") -> float | None:
+def slide_mpp(data, level: int | None = 0, mpp: float | None = None, backend: str = "tifffile",
+              datalist_key: str = "testing") -> float | None:
     """Microns per pixel of the level :class:`SlideTiles` reads (``level``, or the one nearest ``mpp``) of the slide
-    ``data``, or of every slide in the folder ``data`` when they agree within 10 %; None for tiles, for slides
-    without pixel-size metadata, for unreadable ones (their error comes when they are read) and for a folder of
-    slides at different pixel sizes (a one-line warning: run them separately, or each is checked on its own by
-    :meth:`SlideTiles.check_mpp`). The inference configs take it as their ``mpp``, so a 20x slide gets 20x sizes
-    without ``--mpp``."""
+    ``data``, or of every slide in the folder or datalist JSON (``datalist_key``, else ``training``) ``data`` when
+    they agree within 10 %; None for tiles, for slides without pixel-size metadata, for unreadable ones (their error
+    comes when they are read), for a folder of slides at different pixel sizes, and for slides mixed with plain
+    tiles, whose pixel size is unknown (one-line warnings: run them separately, or pass --mpp; each slide is then
+    checked on its own by :meth:`SlideTiles.check_mpp`). The inference configs take it as their ``mpp``, so a 20x
+    slide gets 20x sizes without ``--mpp``."""
+    from .io import IMAGE_SUFFIXES, ImageError, load_datalist
+
     p = Path(str(data)) if data is not None else None
     if p is None or not p.exists():
         return None
-    suffixes = SLIDE_SUFFIXES + (".tif", ".tiff")
-    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.suffix.lower() in suffixes)
-    found = []
+    if p.is_file() and p.suffix.lower() == ".json":
+        try:
+            files = [Path(it["image"]) for it in load_datalist(p, datalist_key)]
+        except ImageError:
+            try:
+                files = [Path(it["image"]) for it in load_datalist(p, "training")]
+            except ImageError:
+                return None
+    elif p.is_file():
+        files = [p]
+    else:
+        suffixes = tuple(SLIDE_SUFFIXES) + tuple(IMAGE_SUFFIXES) + (".tif", ".tiff")
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
+    found, tiles = [], 0
     for f in files:
-        if not is_wsi(f):
+        if not (f.is_file() and is_wsi(f)):
+            tiles += 1
             continue
         try:
             slide = SlideTiles(f, backend=backend, level=level, mpp=mpp)
@@ -71,6 +87,10 @@ def slide_mpp(data, level: int | None = 0, mpp: float | None = None, backend: st
             slide.close()
     found = [m for m in found if m]
     if not found:
+        return None
+    if tiles:
+        logger.warning(f"{p}: slides at {min(found):.3g} um/px mixed with {tiles} tile(s) of unknown pixel size; sizes "
+                       "stay at the configured mpp (run slides and tiles separately, or pass --mpp)")
         return None
     if max(found) > 1.1 * min(found):
         logger.warning(f"{p}: slides at {min(found):.3g} to {max(found):.3g} um/px; sizes stay at the configured "

@@ -77,6 +77,23 @@ def test_partial_cross_entropy_ignores_and_weights():
         PartialCrossEntropy((1.0, 1.5))(logits, lab)
 
 
+def test_partial_cross_entropy_dice_term():
+    """dice_weight adds 1 - soft Dice of the foreground on label channel 0's labelled pixels: about 0 for a confident
+    correct prediction, about 1 for a confident wrong one, blind to ignored pixels."""
+    y = torch.zeros(1, 1, 8, 8)
+    y[..., 2:6, 2:6] = 1
+    good = torch.cat([(1 - y) * 20 - 10, y * 20 - 10], 1)  # logits: background where y == 0, nucleus where 1
+    ce_only = PartialCrossEntropy()(good, y)
+    assert float(PartialCrossEntropy(dice_weight=1.0)(good, y) - ce_only) < 0.01
+    bad = good.flip(1)
+    assert float(PartialCrossEntropy(dice_weight=1.0)(bad, y) - PartialCrossEntropy()(bad, y)) > 0.95
+    hidden = y.clone()
+    hidden[..., :, 4:] = IGNORE  # a wrong prediction only where labels are ignored costs nothing
+    half_bad = good.clone()
+    half_bad[..., :, 4:] = bad[..., :, 4:]
+    assert float(PartialCrossEntropy(dice_weight=1.0)(half_bad, hidden) - PartialCrossEntropy()(half_bad, hidden)) < 0.01
+
+
 class _PixelNet(torch.nn.Module):
     """A 1x1 convolution: the sliding-window and whole-image paths must agree exactly for it."""
 
@@ -461,6 +478,19 @@ def test_slide_mpp_sets_the_inference_sizes(root, tmp_path):
     assert slide_mpp(tmp_path / "s20x.tif", mpp=1.0) == pytest.approx(1.0)  # the nearest level is the one read
     assert slide_mpp(tmp_path) == pytest.approx(0.5)  # a folder of slides that agree
     assert slide_mpp(tmp_path / "missing.tif") is None and slide_mpp(None) is None
+    import json
+
+    from PIL import Image
+
+    (tmp_path / "list.json").write_text(json.dumps({"testing": [{"image": "s20x.tif"}]}))
+    assert slide_mpp(tmp_path / "list.json") == pytest.approx(0.5)  # a datalist of slides
+    tiles = tmp_path / "mixed"
+    tiles.mkdir()
+    write_pyramid_tiff(tiles / "s20x.tif", img, mpp=0.5, levels=2, tile=64)
+    Image.fromarray(img).save(tiles / "tile.png")
+    assert slide_mpp(tiles) is None  # a tile of unknown pixel size beside the slide: not given the slide's
+    (tmp_path / "mixed.json").write_text(json.dumps({"training": ["s20x.tif", "mixed/tile.png"]}))
+    assert slide_mpp(tmp_path / "mixed.json") is None
     write_pyramid_tiff(tmp_path / "s40x.tif", img, mpp=0.25, levels=2, tile=64)
     assert slide_mpp(tmp_path) is None  # mixed magnifications: left to --mpp and the per-slide check
     for cfg in ("inference.json", "ki67_infer.json"):
@@ -521,3 +551,33 @@ def test_network_mpp_from_training_settings(root, tmp_path):
     assert p.get_parsed_content("network_mpp") == 0.5 and p.get_parsed_content("runner").resample == 0.5
     with pytest.raises(ValueError, match="network_mpp"):
         NucleiRunner(net, [], tmp_path, network_mpp=0)
+
+
+def test_evaluator_inferer_runs_at_network_mpp(root, tmp_path):
+    """The Deploy-style evaluator of inference.json resizes its input to the network's pixel size and its `pred`
+    back: same size as the input, close to the runner's predict_probability(scale=2)."""
+    from monai.bundle import ConfigParser
+    from monai.inferers import SimpleInferer
+
+    from bundle.detection import ScaledInferer, predict_probability
+    from bundle.handlers import CheckpointResume
+    from bundle.transforms import normalize_rgb
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 5, padding=2), torch.nn.AvgPool2d(3, 1, 1)).eval()
+    CheckpointResume(tmp_path / "m", {"network": net}, settings={"mpp": 0.25}).save(None)
+    p = ConfigParser()
+    p.read_config(str(root / "configs" / "inference.json"))
+    p.update({"ckpt_path": str(tmp_path / "m" / "model.pt"), "mpp": 0.5, "roi_size": 64})
+    inferer = p.get_parsed_content("inferer")
+    assert isinstance(inferer, ScaledInferer) and inferer.scale == 2.0
+    rgb = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    x = normalize_rgb(torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float()[None])
+    with torch.no_grad():
+        pred = torch.softmax(inferer(x, net), 1)[0].numpy()
+    assert pred.shape == (2, 40, 50)
+    ref = predict_probability(net, rgb, tta=False, scale=2.0)
+    assert np.abs(pred - ref).mean() < 0.02
+    assert ScaledInferer(SimpleInferer(), 1.0)(x, net).shape == (1, 2, 40, 50)
+    with pytest.raises(ValueError, match="scale"):
+        ScaledInferer(SimpleInferer(), 0)

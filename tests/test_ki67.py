@@ -400,3 +400,33 @@ def test_ki67_train_resizes_tiles_to_train_mpp(root, ihc_dir, tmp_path):
     p = parsed(mpp=0.5, train_mpp=0.5)
     assert p.get_parsed_content("train_data") == str(ihc_dir) and p.get_parsed_content("nucleus_diameter") == 10
     assert parsed().get_parsed_content("train_data") == str(ihc_dir)
+
+
+def test_teacher_sees_tiles_at_its_training_mpp(ihc_dir, tmp_path, monkeypatch):
+    """A self-training teacher trained at another pixel size (its settings.json) gets the tiles resized to it; one
+    without settings.json (before 0.8.0) or at the tiles' own pixel size gets them as they are."""
+    import json
+
+    import bundle.detection
+    from bundle.handlers import SETTINGS_NAME, atomic_torch_save
+    from bundle.ki67 import prepare_ki67_labels
+    from bundle.networks import ResUNet34
+
+    net = ResUNet34(out_channels=3, base_channels=8)
+    for sub, mpp in (("t20x", 0.5), ("t40x", 0.25), ("old", None)):
+        (tmp_path / sub).mkdir()
+        atomic_torch_save(net.state_dict(), tmp_path / sub / "model.pt")
+        if mpp is not None:
+            (tmp_path / sub / SETTINGS_NAME).write_text(json.dumps({"mpp": mpp}))
+    seen = []
+    real = bundle.detection.predict_probability
+
+    def spy(*args, scale=1.0, **kwargs):
+        seen.append(scale)
+        return real(*args, scale=scale, **kwargs)
+
+    monkeypatch.setattr(bundle.detection, "predict_probability", spy)
+    teachers = ",".join(str(tmp_path / s / "model.pt") for s in ("t20x", "t40x", "old"))
+    prepare_ki67_labels(str(ihc_dir), tmp_path / "labels", teacher_ckpt=teachers, nucleus_diameter=14,
+                        base_channels=8, val_fraction=0.0, mpp=0.25)
+    assert seen[:3] == [0.5, 1.0, 1.0] and len(seen) == 9  # 3 tiles x 3 teachers
