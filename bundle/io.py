@@ -212,12 +212,19 @@ def read_state_dict(path: str | os.PathLike, what: str = "checkpoint", map_locat
     return obj
 
 
-def load_datalist(path_or_folder: str | os.PathLike, key: str = "training") -> list[dict]:
+def load_datalist(path_or_folder: str | os.PathLike, key: str = "training",
+                  fallback: str | None = None) -> list[dict]:
     """Items ``[{"image": path, "label"?: path}, ...]`` from a folder of tiles or a datalist JSON.
 
-    A folder gives one item per image (no labels). A JSON file is read with ``key`` (MONAI datalist style);
-    relative paths are resolved against the JSON's folder.
+    A folder gives one item per image (no labels). A JSON file is read with ``key`` (MONAI datalist style), or with
+    ``fallback`` when it has no ``key`` items (inference reads ``testing``, else ``training``); relative paths are
+    resolved against the JSON's folder.
     """
+    if fallback is not None and fallback != key:
+        try:
+            return load_datalist(path_or_folder, key)
+        except ImageError:
+            return load_datalist(path_or_folder, fallback)
     p = Path(path_or_folder)
     if p.is_file() and p.suffix.lower() == ".json":
         try:

@@ -331,10 +331,7 @@ class NucleiRunner:
             return [d if isinstance(d, dict) else {"image": d} for d in self.data]
         p = Path(self.data)
         if p.is_file() and p.suffix.lower() == ".json":
-            try:
-                return load_datalist(p, self.datalist_key)
-            except ImageError:
-                return load_datalist(p, "training")
+            return load_datalist(p, self.datalist_key, fallback="training")
         if p.is_file():
             return [{"image": str(p)}]
         if not p.is_dir():

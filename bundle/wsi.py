@@ -61,20 +61,18 @@ def slide_mpp(data, level: int | None = 0, mpp: float | None = None, backend: st
         return None
     if p.is_file() and p.suffix.lower() == ".json":
         try:
-            files = [Path(it["image"]) for it in load_datalist(p, datalist_key)]
+            files = [Path(it["image"]) for it in load_datalist(p, datalist_key, fallback="training")]
         except ImageError:
-            try:
-                files = [Path(it["image"]) for it in load_datalist(p, "training")]
-            except ImageError:
-                return None
+            return None
     elif p.is_file():
         files = [p]
     else:
-        suffixes = tuple(SLIDE_SUFFIXES) + tuple(IMAGE_SUFFIXES) + (".tif", ".tiff")
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in SLIDE_SUFFIXES + IMAGE_SUFFIXES)
     found, tiles = [], 0
     for f in files:
-        if not (f.is_file() and is_wsi(f)):
+        if not f.is_file():  # a missing datalist entry: its error comes when it is read
+            continue
+        if not is_wsi(f):
             tiles += 1
             continue
         try:

@@ -484,6 +484,8 @@ def test_slide_mpp_sets_the_inference_sizes(root, tmp_path):
 
     (tmp_path / "list.json").write_text(json.dumps({"testing": [{"image": "s20x.tif"}]}))
     assert slide_mpp(tmp_path / "list.json") == pytest.approx(0.5)  # a datalist of slides
+    (tmp_path / "gone.json").write_text(json.dumps({"training": ["s20x.tif", "missing.tif"]}))
+    assert slide_mpp(tmp_path / "gone.json") == pytest.approx(0.5)  # no "testing" key; a missing entry is no tile
     tiles = tmp_path / "mixed"
     tiles.mkdir()
     write_pyramid_tiff(tiles / "s20x.tif", img, mpp=0.5, levels=2, tile=64)
