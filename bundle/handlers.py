@@ -159,11 +159,13 @@ def training_settings(ckpt_dir) -> dict | None:
     return saved
 
 
-def trained_mpp(ckpt_path, mpp: float | None = None) -> float | None:
+def trained_mpp(ckpt_path, mpp: float | None = None,
+                hint: str = "pass --network_mpp 0.25 if it was trained at 40x") -> float | None:
     """The pixel size (um/px) the network at ``ckpt_path`` was trained at: ``mpp`` of the :func:`training_settings`
     beside it. None when there is no such file (checkpoints written before bundle 0.8.0): the runners then do not
     resize, as before, and when the tiles' ``mpp`` is not 40x (beyond the 10 % that resizing ignores,
-    :func:`bundle.postprocess.resample_factor`) a one-line warning says how to set it (``--network_mpp``)."""
+    :func:`bundle.postprocess.resample_factor`) a one-line warning ends with ``hint``, what the caller's user can
+    do about it (the inference configs' ``--network_mpp`` by default)."""
     from .postprocess import REFERENCE_MPP, resample_factor, size_scale
 
     if not ckpt_path:
@@ -172,8 +174,7 @@ def trained_mpp(ckpt_path, mpp: float | None = None) -> float | None:
     if saved is None:
         if mpp is not None and resample_factor(size_scale(mpp), REFERENCE_MPP) != 1.0:
             logger.warning(f"{ckpt_path}: no {SETTINGS_NAME} beside it, so the pixel size it was trained at is unknown "
-                           f"and tiles at {float(mpp):.3g} um/px are not resized; pass --network_mpp 0.25 if it was "
-                           "trained at 40x")
+                           f"and tiles at {float(mpp):.3g} um/px are not resized; {hint}")
         return None
     path = Path(ckpt_path).parent / SETTINGS_NAME
     try:

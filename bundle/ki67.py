@@ -357,13 +357,14 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
         r_ign = 0.5 * d if ignore_radius is None else float(ignore_radius)
         if teachers:
             from .detection import predict_probability
-            from .handlers import load_network_weights, resunet_input_channels, trained_mpp
+            from .handlers import SETTINGS_NAME, load_network_weights, resunet_input_channels, trained_mpp
             from .networks import ResUNet34
             from .postprocess import size_scale
 
             nets = [load_network_weights(ResUNet34(resunet_input_channels(t), 3, base_channels=base_channels), t,
                                          map_location=device).to(device).eval() for t in teachers]
-            scales = [resample_factor(size_scale(mpp), trained_mpp(t, mpp)) for t in teachers]
+            hint = f"copy the teacher's training {SETTINGS_NAME} beside it to have tiles resized"
+            scales = [resample_factor(size_scale(mpp), trained_mpp(t, mpp, hint)) for t in teachers]
             for t, f in zip(teachers, scales):
                 if f != 1.0:
                     logger.info(f"teacher {t}: tiles resized x{f:.3g} to the pixel size it was trained at")

@@ -504,7 +504,7 @@ def test_slide_mpp_sets_the_inference_sizes(root, tmp_path):
         assert p.get_parsed_content("size_scale") == 1.0
 
 
-def test_network_mpp_from_training_settings(root, tmp_path):
+def test_network_mpp_from_training_settings(root, tmp_path, caplog):
     """Training writes the pixel size beside the weights; inference resizes tiles of another pixel size to it."""
     import json
 
@@ -517,7 +517,12 @@ def test_network_mpp_from_training_settings(root, tmp_path):
     CheckpointResume(tmp_path / "m", {"network": net}, settings={"mpp": 0.5}).save(None)
     assert json.loads((tmp_path / "m" / "settings.json").read_text()) == {"mpp": 0.5}
     assert trained_mpp(tmp_path / "m" / "model.pt") == 0.5
-    assert trained_mpp(tmp_path / "old" / "model.pt", 0.5) is None  # written before the option: not resized
+    with caplog.at_level("WARNING"):
+        assert trained_mpp(tmp_path / "old" / "model.pt", 0.5) is None  # written before the option: not resized
+        assert trained_mpp(tmp_path / "old" / "model.pt", 0.5, hint="copy its settings") is None
+    warned = [r.getMessage() for r in caplog.records if "no settings.json" in r.getMessage()]
+    assert len(warned) == 2 and warned[0].endswith("pass --network_mpp 0.25 if it was trained at 40x")
+    assert warned[1].endswith("not resized; copy its settings")  # the caller's hint (a Ki-67 teacher's)
     assert trained_mpp(None) is None
     # resuming checks the recorded settings: another mpp is an error, a checkpoint without them gets none written
     with pytest.raises(ValueError, match="trained with mpp 0.5"):
@@ -583,3 +588,32 @@ def test_evaluator_inferer_runs_at_network_mpp(root, tmp_path):
     assert ScaledInferer(SimpleInferer(), 1.0)(x, net).shape == (1, 2, 40, 50)
     with pytest.raises(ValueError, match="scale"):
         ScaledInferer(SimpleInferer(), 0)
+
+
+def test_inference_evaluator_loads_its_checkpoint(root, tmp_path):
+    """`monai.bundle run evaluator` style use: the evaluator of inference.json loads ckpt_path itself
+    (CheckpointLoader), so a Deploy app does not have to, and its `pred` is (1, 2, H, W) probabilities."""
+    from monai.bundle import ConfigParser
+
+    from bundle.handlers import CheckpointResume
+    from bundle.io import write_image
+    from bundle.networks import ResUNet34
+
+    torch.manual_seed(1)
+    trained = ResUNet34(in_channels=3, out_channels=2, base_channels=16)
+    CheckpointResume(tmp_path / "m", {"network": trained}, settings={"mpp": 0.25}).save(None)
+    (tmp_path / "tiles").mkdir()
+    write_image(tmp_path / "tiles" / "a.png", (np.random.default_rng(0).random((48, 56, 3)) * 255).astype(np.uint8))
+    p = ConfigParser()
+    p.read_config(str(root / "configs" / "inference.json"))
+    p.update({"ckpt_path": str(tmp_path / "m" / "model.pt"), "dataset_dir": str(tmp_path / "tiles"),
+              "device": "$torch.device('cpu')", "roi_size": 64})
+    evaluator = p.get_parsed_content("evaluator")
+    net = p.get_parsed_content("network")
+    with torch.no_grad():
+        for w in net.parameters():
+            w.zero_()  # whatever the network held before, the evaluator must load the checkpoint
+    evaluator.run()
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in net.state_dict().items())
+    pred = evaluator.state.output[0]["pred"]
+    assert tuple(pred.shape) == (2, 48, 56) and torch.allclose(pred.sum(0), torch.ones(48, 56), atol=1e-4)
