@@ -75,6 +75,16 @@ def machine() -> dict:
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": gpu}
 
 
+def child_env(**extra) -> dict:
+    """Environment for a child ``python -m monai.bundle ...`` process: this checkout's root first on ``PYTHONPATH``
+    (so ``bundle`` imports without an install), the caller's ``PYTHONPATH`` kept after it (a GPU machine's carried
+    packages, say), and ``extra`` variables (e.g. ``OMP_NUM_THREADS=1``) as strings."""
+    root = str(Path(__file__).resolve().parents[1])
+    old = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, old] if old else [root]),
+            **{k: str(v) for k, v in extra.items()}}
+
+
 def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES, force: str | list = (),
                  profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False,
                  teacher: str = "psm", mpp: float | None = None) -> list:

@@ -44,6 +44,7 @@ from benchmark_wsi import run_inference  # noqa: E402
 from bundle.cells import read_point_table  # noqa: E402
 from bundle.io import read_rgb, write_json  # noqa: E402
 from bundle.ki67 import NEGATIVE, POSITIVE, read_bcdata_item  # noqa: E402
+from bundle.label_free import child_env  # noqa: E402
 from bundle.metrics import multiclass_point_scores  # noqa: E402
 from bundle.wsi import write_pyramid_tiff  # noqa: E402
 
@@ -90,7 +91,7 @@ def score(pred: dict, gts: list, boxes: list, inner: int = 0) -> dict:
 
 
 def run_infer(data, root: Path, round: int, out: Path, threads: int, hotspot_min_cells: int = 100) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    env = child_env(OMP_NUM_THREADS=threads)
     wall, rss, summary = run_inference(data, root, out, env, ("--round", str(round), "--hotspot_min_cells",
                                                                str(hotspot_min_cells)), config="ki67_infer.json")
     return {"wall_s": wall, "peak_rss_gb": rss, "summary": summary}

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bundle.io import read_rgb, write_json  # noqa: E402
+from bundle.label_free import child_env  # noqa: E402
 from bundle.wsi import write_pyramid_tiff  # noqa: E402
 
 CELL = 1000
@@ -148,7 +149,7 @@ def main(argv=None):
     if not tiles:
         raise SystemExit(f"{a.monuseg / 'test' / 'images'}: no images")
     a.work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": str(ROOT)}
+    env = child_env(OMP_NUM_THREADS=a.threads)
     rows = []
     for n in [int(g) for g in a.grids.split(",")]:
         slide = a.work / f"slide_{n * CELL}.tif"

@@ -4,7 +4,6 @@
 Synthetic data only (a fresh clone has no ../shared).
 """
 import json
-import os
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ from sklearn.decomposition import non_negative_factorization
 
 from bundle import fseg
 from bundle.io import ImageError, write_image
+from bundle.label_free import child_env
 from bundle.metrics import confusion_counts, match_clusters, matching_scores, semantic_scores
 from bundle.wsi import write_pyramid_tiff
 
@@ -303,7 +303,7 @@ def test_bundle_runs_bank_infer_evaluate(tmp_path, root):
     out = tmp_path / "bundle"
     common = ["--bundle_root", str(out), "--dataset_dir", str(data), "--weights_path", "random",
               "--base_channels", "8"]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS=1)
 
     def run(config, *extra):
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / config),

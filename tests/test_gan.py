@@ -17,6 +17,7 @@ from bundle.cells import (CellExtractor, crop_at_points, crop_cells, find_nuclei
 from bundle.gan import (InfoGANIteration, category_proportions, classify_images, cluster_accuracy, generated_grid,
                         gradient_penalty, random_flips, read_image_labels, CellDataset)
 from bundle.io import ImageError, write_image
+from bundle.label_free import child_env
 from bundle.networks.infogan import Generator, InfoGANCritic, sample_latent
 from bundle.synthetic import synthetic_he_tile
 
@@ -392,14 +393,13 @@ def test_end_to_end_extract_train_resume_classify_export(root, tmp_path):
 
 def test_cli_run_gan_train(root, tmp_path):
     """The documented command line (`python -m monai.bundle run ...`) with overrides, from another directory."""
-    import os
     import subprocess
     import sys
 
     d = tmp_path / "imgs"
     write_image(d / "a.png", synthetic_he_tile(128, seed=5)[0])
     CellExtractor(normalize="none", **SMALL).run(str(d), tmp_path / "b" / "cells")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    env = child_env(OMP_NUM_THREADS=1)
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "gan_train.json"),
            "--bundle_root", str(tmp_path / "b"), "--epochs", "1", "--batch_size", "8", "--channels", "8",
            "--n_categories", "3"]

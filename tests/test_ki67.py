@@ -16,6 +16,7 @@ from bundle.ki67 import (IGNORE, NEGATIVE, POSITIVE, Ki67PseudoLabeler, Ki67Runn
                          ki67_points, point_label, synthetic_ihc_tile)
 from bundle.cells import read_point_table
 from bundle.io import ImageError
+from bundle.label_free import child_env
 from bundle.metrics import multiclass_point_scores
 
 
@@ -200,7 +201,7 @@ def test_pseudo_labels_do_not_depend_on_the_training_seed(ihc_dir, tmp_path, mon
 
 
 def _bundle_run(root, config, args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    env = child_env(OMP_NUM_THREADS=1)
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / config),
            "--meta_file", str(root / "configs" / "metadata.json"),
            "--logging_file", str(root / "configs" / "logging.conf")] + [str(a) for a in args]

@@ -210,3 +210,18 @@ def test_hematoxylin_teacher_skips_ssl_and_psm(root, synthetic_dir, tmp_path, mo
     out = tmp_path / "r" / "eval" / "pseudo_masks"
     assert len(list((out / "masks").glob("*.png"))) == 6 and not (out / "psm").exists()
     assert summary["pixel_f1"] > 0.5  # synthetic nuclei are dark: the classical teacher finds them
+
+
+def test_child_env_keeps_the_callers_pythonpath(root, monkeypatch):
+    """Child `python -m monai.bundle` processes get this checkout first on PYTHONPATH and keep the caller's entries
+    after it (a machine whose packages are only on PYTHONPATH must still import monai in the child)."""
+    import os
+
+    from bundle.label_free import child_env
+
+    monkeypatch.setenv("PYTHONPATH", "/carried/packages")
+    env = child_env(OMP_NUM_THREADS=1)
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(root), "/carried/packages"]
+    assert env["OMP_NUM_THREADS"] == "1" and env["PATH"] == os.environ["PATH"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert child_env()["PYTHONPATH"] == str(root)
