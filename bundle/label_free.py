@@ -139,7 +139,7 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
             report.append((stage, "dry-run", 0.0))
             continue
         t0 = time.time()
-        rc = subprocess.call(cmd)
+        rc = subprocess.call(cmd, env=child_env())
         if rc != 0:
             raise RuntimeError(f"stage {stage} failed (exit {rc}); fix the cause and rerun: completed stages are "
                                f"skipped and training resumes. Command: {' '.join(cmd)}")

@@ -85,8 +85,7 @@ def errors(inst, gt):
     fg, g = inst > 0, gt > 0
     gid = np.unique(gt[g])
     missed = np.isin(gt, gid[np.asarray(ndi.mean(fg, gt, gid)) < 0.2]) if len(gid) else np.zeros_like(g)
-    pid = np.unique(inst[fg])
-    spur = np.isin(inst, pid[np.asarray(ndi.mean(g, inst, pid)) < 0.2]) if len(pid) else np.zeros_like(g)
+    spur = drop(inst, gt_fraction(inst, gt) >= 0.2) > 0  # instances with < 20 % GT pixels
     band = ndi.binary_dilation(g, iterations=3) & ~ndi.binary_erosion(g, iterations=3)
     fn, fp = g & ~fg, fg & ~g
     return np.array([g.sum(), fg.sum(), fn.sum(), (fn & missed).sum(), (fn & band).sum(), fp.sum(),

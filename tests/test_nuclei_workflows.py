@@ -118,7 +118,7 @@ def test_label_free_skips_completed_stages(tmp_path, synthetic_dir, monkeypatch)
     import bundle.label_free as lf
 
     calls = []
-    monkeypatch.setattr(lf.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
     rep = lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="psm,det")
     assert [r[:2] for r in rep] == [("psm", "ran"), ("det", "ran")] and len(calls) == 2
     assert "psm_infer.json" in calls[0][calls[0].index("--config_file") + 1]
@@ -131,7 +131,7 @@ def test_label_free_skips_completed_stages(tmp_path, synthetic_dir, monkeypatch)
     lf.main(str(synthetic_dir / "images"), bundle_root=str(tmp_path / "cli"), stages="seg",
             override={"seg": {"keep_foreground": "false", "epochs": 2}})
     assert calls[-1][calls[-1].index("--keep_foreground") + 1] == "False"
-    monkeypatch.setattr(lf.subprocess, "call", lambda cmd: 1)
+    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: 1)
     with pytest.raises(RuntimeError, match="stage seg failed"):
         lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="seg")
     with pytest.raises(ValueError, match="unknown stage"):
@@ -142,7 +142,7 @@ def test_label_free_mpp_reaches_every_sized_stage(tmp_path, synthetic_dir, monke
     import bundle.label_free as lf
 
     calls = []
-    monkeypatch.setattr(lf.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
     lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), mpp=0.5,
                     override={"infer": {"mpp": 0.4}})
     mpp = {c[c.index("--config_file") + 1].split("/")[-1]: (c[c.index("--mpp") + 1] if "--mpp" in c else None)
@@ -194,7 +194,7 @@ def test_hematoxylin_teacher_skips_ssl_and_psm(root, synthetic_dir, tmp_path, mo
     import bundle.label_free as lf
 
     calls = []
-    monkeypatch.setattr(lf.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
     rep = lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="ssl,psm",
                           teacher="hematoxylin")
     assert [r[:2] for r in rep] == [("psm", "ran")]
