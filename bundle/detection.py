@@ -27,7 +27,7 @@ from .labels import instance_target, points_from_probability, voronoi_label
 from .postprocess import instances_by_watershed, instances_from_foreground, instances_from_three_class
 
 __all__ = ["IGNORE", "detection_target", "segmentation_targets", "PartialCrossEntropy", "predict_probability", "ScaledInferer",
-           "blend_hematoxylin", "nuclei_from_probability", "instance_points"]
+           "blend_hematoxylin", "nuclei_from_probability", "instance_settings", "instance_points"]
 
 IGNORE = 255
 
@@ -266,7 +266,8 @@ def instance_points(inst: np.ndarray) -> np.ndarray:
 
 def nuclei_from_probability(prob: np.ndarray, mode: str = "auto", min_size: int = 20, min_distance: int = 6,
                             points: np.ndarray | None = None, threshold: float = 0.5, grow: int = 0,
-                            min_score: float = 0.0, hole_size: int = 64) -> np.ndarray:
+                            min_score: float = 0.0, hole_size: int = 64, sigma: float = 1.0,
+                            min_seed_size: int = 8) -> np.ndarray:
     """Instances from a (C, H, W) probability map.
 
     Args:
@@ -280,11 +281,15 @@ def nuclei_from_probability(prob: np.ndarray, mode: str = "auto", min_size: int 
         min_score: drop instances whose mean foreground probability is below this (faint blobs; 0 = keep all),
             before growing; the rest are renumbered 1..N.
         hole_size: holes in the foreground smaller than this (px) are filled.
+        sigma: Gaussian smoothing (px) of the distance transform in ``"watershed"`` mode.
+        min_seed_size: smallest interior seed (px) in ``"three"`` mode.
+            The px sizes (``min_size``, ``min_distance``, ``hole_size``, ``sigma``, ``min_seed_size``) are 40x
+            values by default; callers scale them to other pixel sizes with :func:`bundle.postprocess.scaled`.
     Returns:
         (H, W) int32 instance map, 0 = background.
     """
     prob = np.asarray(prob)
-    inst = _nuclei(prob, mode, min_size, min_distance, points, threshold, hole_size)
+    inst = _nuclei(prob, mode, min_size, min_distance, points, threshold, hole_size, sigma, min_seed_size)
     if min_score > 0 and inst.max() > 0:
         from scipy import ndimage as ndi
         from skimage.segmentation import relabel_sequential
@@ -299,17 +304,29 @@ def nuclei_from_probability(prob: np.ndarray, mode: str = "auto", min_size: int 
     return inst
 
 
+def instance_settings(scale: float = 1.0) -> dict:
+    """The fixed-px keyword arguments of :func:`nuclei_from_probability` (``hole_size``, ``sigma``,
+    ``min_seed_size``, set at 40x) carried to a pixel density ``scale`` relative to 40x
+    (:func:`bundle.postprocess.size_scale`; 0.5 for 20x tiles), as :func:`bundle.labels.point_settings` does for
+    the point extraction. ``min_size`` and ``min_distance`` are not here: the configs scale them."""
+    from .postprocess import scaled
+
+    return {"hole_size": scaled(64, scale, area=True), "sigma": scaled(1.0, scale, integer=False, minimum=0.5),
+            "min_seed_size": scaled(8, scale, area=True, minimum=2)}
+
+
 def instance_mode(mode: str, n_channels: int) -> str:
     """The instance mode ``mode`` stands for: ``"auto"`` is ``"three"`` for a 3-channel map, else ``"watershed"``."""
     return ("three" if int(n_channels) == 3 else "watershed") if mode == "auto" else mode
 
 
-def _nuclei(prob, mode, min_size, min_distance, points, threshold, hole_size=64) -> np.ndarray:
+def _nuclei(prob, mode, min_size, min_distance, points, threshold, hole_size=64, sigma=1.0, min_seed_size=8) -> np.ndarray:
     mode = instance_mode(mode, prob.shape[0])
     if mode == "three":
         if prob.shape[0] != 3:
             raise ValueError(f"mode 'three' needs a 3-channel background/interior/boundary map, got {prob.shape[0]}")
-        return instances_from_three_class(prob, fg_threshold=threshold, min_size=min_size, hole_size=hole_size)
+        return instances_from_three_class(prob, fg_threshold=threshold, min_seed_size=min_seed_size, min_size=min_size,
+                                          hole_size=hole_size)
     fg = 1.0 - prob[0]
     if mode == "cc":
         return instances_from_foreground(fg, threshold, min_size=min_size, hole_size=hole_size)
@@ -317,7 +334,7 @@ def _nuclei(prob, mode, min_size, min_distance, points, threshold, hole_size=64)
         from .clustering import clean_mask
 
         return instances_by_watershed(clean_mask(fg > threshold, min_size, hole_size), points, min_distance=min_distance,
-                                      sigma=1.0, min_size=min_size)
+                                      sigma=sigma, min_size=min_size)
     raise ValueError(f"unknown instance mode {mode!r} (use 'auto', 'three', 'watershed' or 'cc')")
 
 

@@ -348,8 +348,8 @@ class NucleiRunner:
     def predict(self, rgb: np.ndarray, hematoxylin_threshold: float | None = None):
         """(H, W, 3) uint8 -> (instances (H, W) int32, probabilities (C, H, W)); ``hematoxylin_threshold``: see
         :func:`bundle.detection.predict_probability` (a slide's, for its tiles)."""
-        from .detection import (blend_hematoxylin, detection_points, instance_mode, nuclei_from_probability,
-                                predict_probability)
+        from .detection import (blend_hematoxylin, detection_points, instance_mode, instance_settings,
+                                nuclei_from_probability, predict_probability)
 
         prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta,
                                    hematoxylin_threshold=hematoxylin_threshold, scale=self.resample)
@@ -357,13 +357,12 @@ class NucleiRunner:
             prob = blend_hematoxylin(prob, rgb, self.hematoxylin_prior, hematoxylin_threshold)
         mode = instance_mode(self.mode, prob.shape[0])
         from .labels import point_settings
-        from .postprocess import scaled
 
         pts = (detection_points(prob, **point_settings(self.size_scale))
                if (self.markers == "points" and mode == "watershed") else None)
         inst = nuclei_from_probability(prob, mode, min_size=self.min_size, min_distance=self.min_distance,
                                        points=pts, threshold=self.threshold, grow=self.grow,
-                                       min_score=self.min_score, hole_size=scaled(64, self.size_scale, area=True))
+                                       min_score=self.min_score, **instance_settings(self.size_scale))
         return inst, prob
 
     def _rows(self, stem, inst, prob):

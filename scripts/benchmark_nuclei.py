@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark_classical import PROTOCOLS, centre_crop, load_split, mean_rows  # noqa: E402
 
-from bundle.detection import (blend_hematoxylin, detection_points, nuclei_from_probability,  # noqa: E402
+from bundle.detection import (blend_hematoxylin, detection_points, instance_settings, nuclei_from_probability,  # noqa: E402
                               predict_probability)
 from bundle.handlers import load_network_weights, resunet_checkpoint_dims, resunet_input_channels  # noqa: E402
 from bundle.io import write_json  # noqa: E402
@@ -60,7 +60,7 @@ def instances(prob, mode, min_size, threshold=0.5, min_distance=None, rgb=None, 
     extraction and the filled hole size, as ``inference.json --mpp`` does."""
     grow, min_score = 0, 0.0
     min_distance = scaled(6, scale) if min_distance is None else min_distance
-    hole = scaled(64, scale, area=True)
+    fixed = instance_settings(scale)
     if ">" in mode:
         mode, ms = mode.split(">")
         min_score = float(ms)
@@ -79,9 +79,9 @@ def instances(prob, mode, min_size, threshold=0.5, min_distance=None, rgb=None, 
     if mode == "points":
         return nuclei_from_probability(prob, "watershed", min_size=min_size, threshold=threshold,
                                        points=detection_points(prob, **point_settings(scale)), grow=grow,
-                                       min_score=min_score, hole_size=hole)
+                                       min_score=min_score, **fixed)
     return nuclei_from_probability(prob, mode, min_size=min_size, threshold=threshold, min_distance=min_distance,
-                                   grow=grow, min_score=min_score, hole_size=hole)
+                                   grow=grow, min_score=min_score, **fixed)
 
 
 def score(pred, gt, crop):

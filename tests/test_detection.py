@@ -617,3 +617,21 @@ def test_inference_evaluator_loads_its_checkpoint(root, tmp_path):
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in net.state_dict().items())
     pred = evaluator.state.output[0]["pred"]
     assert tuple(pred.shape) == (2, 48, 56) and torch.allclose(pred.sum(0), torch.ones(48, 56), atol=1e-4)
+
+
+def test_instance_settings_scale_the_fixed_pixel_sizes():
+    import inspect
+
+    from bundle.detection import instance_settings
+
+    defaults = inspect.signature(nuclei_from_probability).parameters
+    assert instance_settings(1.0) == {k: defaults[k].default for k in ("hole_size", "sigma", "min_seed_size")}
+    assert instance_settings(0.5) == {"hole_size": 16, "sigma": 0.5, "min_seed_size": 2}  # 20x tiles
+    # a 2x2 interior seed is noise at 40x but a nucleus' seed at 20x
+    m = two_touching_disks()
+    seeds = np.zeros_like(m, dtype=bool)
+    seeds[31:34, 21:24] = True  # 9 px
+    seeds[32:34, 40:42] = True  # 4 px
+    three = np.stack([1.0 - m, seeds & m, m & ~seeds]).astype(np.float32)
+    assert nuclei_from_probability(three, "three", min_size=5).max() == 1
+    assert nuclei_from_probability(three, "three", min_size=5, **instance_settings(0.5)).max() == 2
