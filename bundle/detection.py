@@ -201,23 +201,39 @@ class ScaledInferer:
 
     Used by the Deploy-style ``evaluator`` of ``configs/inference.json`` with ``scale`` =
     :func:`bundle.postprocess.resample_factor` (2 for 20x tiles and a network trained at 40x), as
-    :func:`predict_probability` does with its ``scale`` for the runner. One difference: here the input (for a
-    4-channel network including its haematoxylin channel) is resized after normalisation, in float.
+    :func:`predict_probability` does with its ``scale`` for the runner. ``hematoxylin=True`` (a 4-channel network,
+    ``inputs`` = :func:`bundle.transforms.normalize_rgb` of RGB + :func:`bundle.transforms.hematoxylin_channel`):
+    the RGB channels are taken back to [0, 255], resized as :func:`bundle.transforms.resize_rgb` does, and the 4th
+    channel is computed again on the resized image (relative to its own Otsu threshold, or ``hematoxylin_threshold``),
+    so the network sees exactly what the runner shows it; without it the normalised channels are resized in float.
     """
 
-    def __init__(self, inferer, scale: float = 1.0):
+    def __init__(self, inferer, scale: float = 1.0, hematoxylin: bool = False,
+                 hematoxylin_threshold: float | None = None):
         if not float(scale) > 0:
             raise ValueError(f"scale must be > 0, got {scale}")
         self.inferer, self.scale = inferer, float(scale)
+        self.hematoxylin, self.hematoxylin_threshold = bool(hematoxylin), hematoxylin_threshold
+
+    def _resize_input(self, inputs: torch.Tensor, size) -> torch.Tensor:
+        if not (self.hematoxylin and inputs.shape[1] == 4):
+            return F.interpolate(inputs, size=size, mode="bilinear", align_corners=False, antialias=self.scale < 1)
+        from .transforms import MEAN, STD, add_hematoxylin_channel, normalize_rgb, resize_rgb
+
+        out = []
+        for x in inputs:
+            rgb = ((x[:3] * STD + MEAN) * 255.0).clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            t = torch.from_numpy(resize_rgb(rgb, self.scale).transpose(2, 0, 1).copy()).float()
+            out.append(normalize_rgb(add_hematoxylin_channel(t, self.hematoxylin_threshold)))
+        return torch.stack(out).to(inputs.device, inputs.dtype)
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         if self.scale == 1.0:
             return self.inferer(inputs, network, *args, **kwargs)
+        inputs = torch.as_tensor(inputs)
         size = inputs.shape[-2:]
         new = [max(1, round(s * self.scale)) for s in size]
-        x = F.interpolate(torch.as_tensor(inputs), size=new, mode="bilinear", align_corners=False,
-                          antialias=self.scale < 1)
-        y = self.inferer(x, network, *args, **kwargs)
+        y = self.inferer(self._resize_input(inputs, new), network, *args, **kwargs)
         return F.interpolate(torch.as_tensor(y), size=tuple(size), mode="bilinear", align_corners=False,
                              antialias=self.scale > 1)
 

@@ -590,6 +590,46 @@ def test_evaluator_inferer_runs_at_network_mpp(root, tmp_path):
         ScaledInferer(SimpleInferer(), 0)
 
 
+def test_scaled_inferer_recomputes_the_hematoxylin_channel(root, tmp_path):
+    """A 4-channel network behind the evaluator's ScaledInferer sees exactly what the runner shows it: the RGB
+    resized as uint8 and the haematoxylin channel computed on the resized image (not the normalised channels
+    resized in float)."""
+    from monai.bundle import ConfigParser
+    from monai.inferers import SimpleInferer
+
+    from bundle.detection import ScaledInferer, predict_probability
+    from bundle.handlers import CheckpointResume
+    from bundle.synthetic import synthetic_he_tile
+    from bundle.transforms import add_hematoxylin_channel, normalize_rgb
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.seen = torch.nn.Conv2d(4, 2, 1), []
+
+        def forward(self, z):
+            self.seen.append(z.clone())
+            return self.conv(z)
+
+    net = Recorder().eval()
+    CheckpointResume(tmp_path / "m", {"network": net.conv}, settings={"mpp": 0.25}).save(None)
+    p = ConfigParser()
+    p.read_config(str(root / "configs" / "inference.json"))
+    p.update({"ckpt_path": str(tmp_path / "m" / "model.pt"), "mpp": 0.5, "roi_size": 192})  # one window
+    inferer = p.get_parsed_content("inferer")
+    assert inferer.hematoxylin and inferer.scale == 2.0
+    rgb = synthetic_he_tile(96, seed=2)[0]
+    x = normalize_rgb(add_hematoxylin_channel(torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float())[None])
+    with torch.no_grad():
+        predict_probability(net, rgb, tta=False, scale=2.0, roi_size=512)
+        assert inferer(x, net).shape == (1, 2, 96, 96)
+        ScaledInferer(SimpleInferer(), 2.0)(x, net)  # the float resize of before
+    runner, evaluator, plain = net.seen
+    assert runner.shape == evaluator.shape == (1, 4, 192, 192)
+    assert torch.equal(runner, evaluator)
+    assert (runner[:, 3] - plain[:, 3]).abs().max() > 0.1
+
+
 def test_inference_evaluator_loads_its_checkpoint(root, tmp_path):
     """`monai.bundle run evaluator` style use: the evaluator of inference.json loads ckpt_path itself
     (CheckpointLoader), so a Deploy app does not have to, and its `pred` is (1, 2, H, W) probabilities."""
