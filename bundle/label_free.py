@@ -19,6 +19,14 @@ stage), ``--profile paper`` merges configs/profile_paper.json into the SSL/PSM s
 that measured better on MoNuSeg (docs/README.md). ``--mpp 0.5`` tells every stage the tiles' micrometres per pixel
 (default 0.25, 40x): the pixel sizes tuned at 40x (object and hole areas, peak distances, point blur and merge
 distance, Voronoi disks) are scaled to it (:func:`bundle.postprocess.size_scale`; docs/README.md, "Magnification").
+``--force`` on a finished training stage retrains it from scratch (``--resume False``), not from its last epoch.
+
+Ki-67 IHC tiles (``--stain ihc``; docs/ki67.md): the stages are ``configs/ki67_train.json`` runs and one
+``configs/ki67_infer.json`` run: ``ki67_r1`` (round 1, seed 0), ``ki67_r1_seed1`` ... (``--seeds N``: N round-1
+seeds in all), ``ki67_r2`` ... (``--rounds R``: self-training rounds, each taught by all seeds of the round
+before) and ``ki67_infer`` (with the last round's weights). ``--seeds 4 --rounds 2`` is docs/ki67.md's robust
+recipe; the defaults (one seed, one round) the cheap single run. ``--override`` keys: a stage name, ``"train"``
+(every training stage) or ``"all"``.
 """
 
 from __future__ import annotations
@@ -48,6 +56,13 @@ def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str =
     cfg = str(config_dir / CONFIGS[stage])
     if profile == "paper" and stage in ("ssl", "psm"):
         cfg = str([cfg, str(config_dir / "profile_paper.json")])
+    return bundle_command(cfg, dataset_dir, bundle_root, overrides, config_dir)
+
+
+def bundle_command(cfg: str, dataset_dir: str, bundle_root: str, overrides: dict | None = None,
+                   config_dir: Path = CONFIG_DIR) -> list:
+    """``python -m monai.bundle run --config_file cfg ...`` with this bundle's metadata and logging files and
+    ``overrides`` as ``--key value`` arguments."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cfg, "--dataset_dir", str(dataset_dir),
            "--bundle_root", str(bundle_root), "--meta_file", str(config_dir / "metadata.json"),
            "--logging_file", str(config_dir / "logging.conf")]
@@ -85,6 +100,18 @@ def child_env(**extra) -> dict:
             **{k: str(v) for k, v in extra.items()}}
 
 
+def _names(x) -> list:
+    """A comma-separated string (Fire may also hand over a tuple) -> list of names."""
+    if isinstance(x, str):
+        return [s.strip() for s in x.split(",") if s.strip()]
+    return list(x or ())
+
+
+def _overrides(x) -> dict:
+    """``--override``: a JSON string or a dict (Fire parses it) -> dict."""
+    return (json.loads(x) if x else {}) if isinstance(x, str) else dict(x or {})
+
+
 def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES, force: str | list = (),
                  profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False,
                  teacher: str = "psm", mpp: float | None = None) -> list:
@@ -97,13 +124,7 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
     Raises:
         RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept).
     """
-    if isinstance(stages, str):
-        stages = [s.strip() for s in stages.split(",") if s.strip()]
-    if isinstance(force, str):
-        force = [s.strip() for s in force.split(",") if s.strip()]
-    if isinstance(override, str):
-        override = json.loads(override) if override else {}
-    override = override or {}
+    stages, force, override = _names(stages), _names(force), _overrides(override)
     if teacher not in ("psm", "hematoxylin"):
         raise ValueError(f"unknown teacher {teacher!r} (use 'psm' or 'hematoxylin')")
     if teacher == "hematoxylin":
@@ -121,19 +142,34 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
             raise ValueError(f"unknown stage {s!r} (use {', '.join(STAGES)})")
     if not os.path.exists(dataset_dir):
         raise FileNotFoundError(f"{dataset_dir}: dataset folder or datalist not found")
-    root = Path(bundle_root)
-    done_dir = root / "stages"
+    plan = [(st, stage_command(st, dataset_dir, bundle_root, profile,
+                               {**override.get("all", {}), **override.get(st, {})}), st in TRAINING_STAGES)
+            for st in STAGES if st in stages]
+    return run_stages(plan, bundle_root, force, dry_run)
+
+
+TRAINING_STAGES = ("ssl", "det", "seg")  # their configs resume from a checkpoint (``resume``)
+
+
+def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False) -> list:
+    """Run ``plan`` = ``[(name, command, trains)]`` in order, skipping a stage whose marker
+    ``<bundle_root>/stages/<name>.json`` exists unless ``name`` is in ``force``; a forced finished stage that
+    ``trains`` gets ``--resume False`` (unless its command sets ``--resume``), so it trains again from scratch
+    instead of resuming its finished checkpoint. Returns ``[(name, "ran" | "skipped" | "dry-run", seconds)]``.
+
+    Raises:
+        RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept).
+    """
+    done_dir = Path(bundle_root) / "stages"
     report = []
-    for stage in STAGES:
-        if stage not in stages:
-            continue
+    for stage, cmd, trains in plan:
         marker = done_dir / f"{stage}.json"
         if marker.is_file() and stage not in force:
             logger.info(f"stage {stage}: done before ({marker}), skipped")
             report.append((stage, "skipped", 0.0))
             continue
-        ov = {**override.get("all", {}), **override.get(stage, {})}
-        cmd = stage_command(stage, dataset_dir, bundle_root, profile, ov)
+        if marker.is_file() and trains and "--resume" not in cmd:
+            cmd = cmd + ["--resume", "False"]
         logger.info(f"stage {stage}: {' '.join(cmd)}")
         if dry_run:
             report.append((stage, "dry-run", 0.0))
@@ -151,19 +187,63 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
     return report
 
 
-def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = ",".join(STAGES), force: str = "",
+def ki67_stages(seeds: int = 1, rounds: int = 1) -> list:
+    """The Ki-67 plan: ``[(name, config, arguments)]``, see the module docstring."""
+    seeds, rounds = int(seeds), int(rounds)
+    if seeds < 1 or rounds < 1:
+        raise ValueError(f"seeds and rounds must be >= 1, got seeds={seeds}, rounds={rounds}")
+    plan = [("ki67_r1", "ki67_train.json", {})]
+    plan += [(f"ki67_r1_seed{s}", "ki67_train.json", {"seed": s}) for s in range(1, seeds)]
+    plan += [(f"ki67_r{r}", "ki67_train.json", {"round": r}) for r in range(2, rounds + 1)]
+    return plan + [("ki67_infer", "ki67_infer.json", {"round": rounds} if rounds > 1 else {})]
+
+
+def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds: int = 1, stages=None, force=(),
+                      override: str | dict | None = None, dry_run: bool = False, mpp: float | None = None) -> list:
+    """Train and run the Ki-67 positive / negative detector on a folder of IHC tiles (docs/ki67.md), stage by stage
+    as :func:`run_pipeline` does. ``stages`` (None = all) and ``force`` take the names of :func:`ki67_stages`."""
+    plan = ki67_stages(seeds, rounds)
+    names = [p[0] for p in plan]
+    stages, force, override = _names(stages) or names, _names(force), _overrides(override)
+    for s in stages + force:
+        if s not in names:
+            raise ValueError(f"unknown stage {s!r} (use {', '.join(names)}; --seeds / --rounds add stages)")
+    if mpp is not None:
+        from .postprocess import size_scale
+
+        size_scale(mpp)
+    if not os.path.exists(dataset_dir):
+        raise FileNotFoundError(f"{dataset_dir}: dataset folder or datalist not found")
+    steps = []
+    for name, config, args in plan:
+        if name not in stages:
+            continue
+        trains = config == "ki67_train.json"
+        ov = {**({"mpp": float(mpp)} if mpp is not None else {}), **args, **override.get("all", {}),
+              **(override.get("train", {}) if trains else {}), **override.get(name, {})}
+        steps.append((name, bundle_command(str(CONFIG_DIR / config), dataset_dir, bundle_root, ov), trains))
+    return run_stages(steps, bundle_root, force, dry_run)
+
+
+def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = "", force: str = "",
          profile: str = "cpu", override: str = "", dry_run: bool = False, teacher: str = "psm",
-         mpp: float | None = None) -> None:
+         mpp: float | None = None, stain: str = "he", seeds: int = 1, rounds: int = 1) -> None:
     """Command-line entry (Python Fire): see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
-        report = run_pipeline(dataset_dir, bundle_root, stages, force, profile, override or None, dry_run, teacher,
-                              mpp)
+        if stain == "ihc":
+            report = run_ki67_pipeline(dataset_dir, bundle_root, seeds, rounds, stages, force, override or None,
+                                       dry_run, mpp)
+        elif stain == "he":
+            report = run_pipeline(dataset_dir, bundle_root, stages or STAGES, force, profile, override or None,
+                                  dry_run, teacher, mpp)
+        else:
+            raise ValueError(f"unknown stain {stain!r} (use 'he' or 'ihc')")
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         logger.error(str(e))
         raise SystemExit(1) from None
     for stage, what, sec in report:
-        print(f"{stage:6s} {what:8s} {sec:8.1f} s")
+        print(f"{stage:14s} {what:8s} {sec:8.1f} s")
 
 
 if __name__ == "__main__":

@@ -127,6 +127,9 @@ def test_label_free_skips_completed_stages(tmp_path, synthetic_dir, monkeypatch)
     assert [r[:2] for r in rep] == [("psm", "skipped"), ("det", "ran")]
     assert calls[-1][calls[-1].index("--epochs") + 1] == "3"
     assert calls[-1][calls[-1].index("--resume") + 1] == "False"  # Fire parses this as a boolean
+    # --force on a finished training stage retrains it from scratch; a forced non-training stage just reruns
+    lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="psm,det", force="psm,det")
+    assert "--resume" not in calls[-2] and calls[-1][-2:] == ["--resume", "False"]
     # the command line: Fire hands --override over as a dict whose JSON false became the string 'false'
     lf.main(str(synthetic_dir / "images"), bundle_root=str(tmp_path / "cli"), stages="seg",
             override={"seg": {"keep_foreground": "false", "epochs": 2}})
@@ -136,6 +139,42 @@ def test_label_free_skips_completed_stages(tmp_path, synthetic_dir, monkeypatch)
         lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="seg")
     with pytest.raises(ValueError, match="unknown stage"):
         lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="train")
+
+
+def test_label_free_ki67_stages(tmp_path, synthetic_dir, monkeypatch):
+    """--stain ihc: round-1 seeds, self-training rounds and inference as ki67_train / ki67_infer runs with markers."""
+    import bundle.label_free as lf
+
+    calls = []
+    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+
+    def args(cmd):
+        i = cmd.index("--logging_file") + 2
+        return cmd[cmd.index("--config_file") + 1].split("/")[-1], cmd[i:]
+
+    images, run = str(synthetic_dir / "images"), str(tmp_path / "k")
+    rep = lf.run_ki67_pipeline(images, run, seeds=3, rounds=2, mpp=0.5, override={"train": {"epochs": 2}})
+    assert [r[:2] for r in rep] == [(n, "ran") for n in ("ki67_r1", "ki67_r1_seed1", "ki67_r1_seed2", "ki67_r2",
+                                                         "ki67_infer")]
+    assert [args(c) for c in calls] == [
+        ("ki67_train.json", ["--mpp", "0.5", "--epochs", "2"]),
+        ("ki67_train.json", ["--mpp", "0.5", "--seed", "1", "--epochs", "2"]),
+        ("ki67_train.json", ["--mpp", "0.5", "--seed", "2", "--epochs", "2"]),
+        ("ki67_train.json", ["--mpp", "0.5", "--round", "2", "--epochs", "2"]),
+        ("ki67_infer.json", ["--mpp", "0.5", "--round", "2"])]  # the last round's weights
+    assert (tmp_path / "k" / "stages" / "ki67_r1_seed2.json").is_file()
+    calls.clear()
+    rep = lf.run_ki67_pipeline(images, run, seeds=3, rounds=2, force="ki67_r2,ki67_infer")
+    assert [r[1] for r in rep] == ["skipped"] * 3 + ["ran", "ran"]
+    assert args(calls[0]) == ("ki67_train.json", ["--round", "2", "--resume", "False"])
+    assert args(calls[1]) == ("ki67_infer.json", ["--round", "2"])
+    assert [r[0] for r in lf.run_ki67_pipeline(images, str(tmp_path / "one"))] == ["ki67_r1", "ki67_infer"]
+    with pytest.raises(ValueError, match="unknown stage 'ki67_r2'"):
+        lf.run_ki67_pipeline(images, run, stages="ki67_r2")  # one round only
+    with pytest.raises(ValueError, match="seeds"):
+        lf.ki67_stages(seeds=0)
+    with pytest.raises(SystemExit):
+        lf.main(images, bundle_root=run, stain="ki67")
 
 
 def test_label_free_mpp_reaches_every_sized_stage(tmp_path, synthetic_dir, monkeypatch):
