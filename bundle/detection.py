@@ -218,6 +218,8 @@ class ScaledInferer:
     def _resize_input(self, inputs: torch.Tensor, size) -> torch.Tensor:
         if not (self.hematoxylin and inputs.shape[1] == 4):
             return F.interpolate(inputs, size=size, mode="bilinear", align_corners=False, antialias=self.scale < 1)
+        from monai.data import MetaTensor
+
         from .transforms import MEAN, STD, add_hematoxylin_channel, normalize_rgb, resize_rgb
 
         out = []
@@ -225,7 +227,10 @@ class ScaledInferer:
             rgb = ((x[:3] * STD + MEAN) * 255.0).clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             t = torch.from_numpy(resize_rgb(rgb, self.scale).transpose(2, 0, 1).copy()).float()
             out.append(normalize_rgb(add_hematoxylin_channel(t, self.hematoxylin_threshold)))
-        return torch.stack(out).to(inputs.device, inputs.dtype)
+        out = torch.stack(out).to(inputs.device, inputs.dtype)
+        if isinstance(inputs, MetaTensor):  # keep the image's meta data (file name ...) for a Deploy app
+            out = MetaTensor(out, meta=inputs.meta)
+        return out
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         if self.scale == 1.0:

@@ -102,6 +102,8 @@ def child_env(**extra) -> dict:
 
 def _names(x) -> list:
     """A comma-separated string (Fire may also hand over a tuple) -> list of names."""
+    if isinstance(x, bool):  # a bare ``--force`` on the command line
+        raise ValueError("--stages / --force take stage names, e.g. --force det,seg")
     if isinstance(x, str):
         return [s.strip() for s in x.split(",") if s.strip()]
     return list(x or ())
@@ -109,13 +111,18 @@ def _names(x) -> list:
 
 def _overrides(x) -> dict:
     """``--override``: a JSON string or a dict (Fire parses it) -> dict."""
-    return (json.loads(x) if x else {}) if isinstance(x, str) else dict(x or {})
+    x = (json.loads(x) if x else {}) if isinstance(x, str) else (x or {})
+    if not isinstance(x, dict) or not all(isinstance(v, dict) for v in x.values()):
+        raise ValueError(f"--override must map stage names to {{key: value}} dicts, e.g. '{{\"det\": {{\"epochs\": 10}}}}', "
+                         f"got {x!r}")
+    return dict(x)
 
 
 def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES, force: str | list = (),
                  profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False,
                  teacher: str = "psm", mpp: float | None = None) -> list:
-    """Run the stages in order, skipping completed ones. Returns ``[(stage, "ran" | "skipped", seconds)]``.
+    """Run the stages in order, skipping completed ones (:func:`run_stages`). Returns
+    ``[(stage, "ran" | "skipped" | "dry-run", seconds)]``.
 
     ``teacher="hematoxylin"`` makes the pseudo masks by haematoxylin Otsu (``--scm#fusion otsu``) and skips the
     ``ssl`` stage (no activation network is needed); ``"psm"`` (default) is the PSM method. ``mpp`` (the tiles'
@@ -174,6 +181,7 @@ def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False) ->
         if dry_run:
             report.append((stage, "dry-run", 0.0))
             continue
+        marker.unlink(missing_ok=True)  # a forced rerun that dies must not look done; a plain rerun then resumes it
         t0 = time.time()
         rc = subprocess.call(cmd, env=child_env())
         if rc != 0:
@@ -192,6 +200,8 @@ def ki67_stages(seeds: int = 1, rounds: int = 1) -> list:
     seeds, rounds = int(seeds), int(rounds)
     if seeds < 1 or rounds < 1:
         raise ValueError(f"seeds and rounds must be >= 1, got seeds={seeds}, rounds={rounds}")
+    if seeds > 1 and rounds == 1:
+        raise ValueError(f"--seeds {seeds} needs --rounds 2: the extra round-1 seeds only teach the next round")
     plan = [("ki67_r1", "ki67_train.json", {})]
     plan += [(f"ki67_r1_seed{s}", "ki67_train.json", {"seed": s}) for s in range(1, seeds)]
     plan += [(f"ki67_r{r}", "ki67_train.json", {"round": r}) for r in range(2, rounds + 1)]
@@ -219,8 +229,8 @@ def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds
         if name not in stages:
             continue
         trains = config == "ki67_train.json"
-        ov = {**({"mpp": float(mpp)} if mpp is not None else {}), **args, **override.get("all", {}),
-              **(override.get("train", {}) if trains else {}), **override.get(name, {})}
+        ov = {**({"mpp": float(mpp)} if mpp is not None else {}), **override.get("all", {}),
+              **(override.get("train", {}) if trains else {}), **override.get(name, {}), **args}  # plan wins
         steps.append((name, bundle_command(str(CONFIG_DIR / config), dataset_dir, bundle_root, ov), trains))
     return run_stages(steps, bundle_root, force, dry_run)
 
@@ -231,6 +241,10 @@ def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = ""
     """Command-line entry (Python Fire): see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
+        ignored = ({"profile": profile != "cpu", "teacher": teacher != "psm"} if stain == "ihc" else
+                   {"seeds": int(seeds) != 1, "rounds": int(rounds) != 1})
+        for k in (k for k, v in ignored.items() if v):
+            logger.warning(f"--{k} does nothing with --stain {stain}")
         if stain == "ihc":
             report = run_ki67_pipeline(dataset_dir, bundle_root, seeds, rounds, stages, force, override or None,
                                        dry_run, mpp)

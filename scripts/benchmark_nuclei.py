@@ -57,7 +57,8 @@ def instances(prob, mode, min_size, threshold=0.5, min_distance=None, rgb=None, 
     P(nucleus) first, :func:`bundle.detection.blend_hematoxylin`; needs ``rgb``) and ``>min_score`` (instances
     whose mean P(nucleus) is below it dropped), in that order (``points@0.4+1~0.35>0.6``). ``scale`` (pixel
     density relative to 40x, :func:`bundle.postprocess.size_scale`) sets the default peak distance, the point
-    extraction and the filled hole size, as ``inference.json --mpp`` does."""
+    extraction and the fixed-px sizes of :func:`bundle.detection.instance_settings` (filled holes, distance
+    smoothing, three-class seeds), as ``inference.json --mpp`` does."""
     grow, min_score = 0, 0.0
     min_distance = scaled(6, scale) if min_distance is None else min_distance
     fixed = instance_settings(scale)

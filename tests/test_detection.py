@@ -626,6 +626,11 @@ def test_scaled_inferer_recomputes_the_hematoxylin_channel(root, tmp_path):
         ScaledInferer(SimpleInferer(), 2.0)(x, net)  # the float resize of before
     runner, evaluator, plain = net.seen
     assert runner.shape == evaluator.shape == (1, 4, 192, 192)
+    from monai.data import MetaTensor
+
+    with torch.no_grad():  # a Deploy app keeps the image's meta data
+        out = inferer(MetaTensor(x, meta={"filename_or_obj": "tile.png"}), net)
+    assert out.meta["filename_or_obj"] == "tile.png"
     assert torch.equal(runner, evaluator)
     assert (runner[:, 3] - plain[:, 3]).abs().max() > 0.1
 

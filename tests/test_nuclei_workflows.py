@@ -158,9 +158,9 @@ def test_label_free_ki67_stages(tmp_path, synthetic_dir, monkeypatch):
                                                          "ki67_infer")]
     assert [args(c) for c in calls] == [
         ("ki67_train.json", ["--mpp", "0.5", "--epochs", "2"]),
-        ("ki67_train.json", ["--mpp", "0.5", "--seed", "1", "--epochs", "2"]),
-        ("ki67_train.json", ["--mpp", "0.5", "--seed", "2", "--epochs", "2"]),
-        ("ki67_train.json", ["--mpp", "0.5", "--round", "2", "--epochs", "2"]),
+        ("ki67_train.json", ["--mpp", "0.5", "--epochs", "2", "--seed", "1"]),
+        ("ki67_train.json", ["--mpp", "0.5", "--epochs", "2", "--seed", "2"]),
+        ("ki67_train.json", ["--mpp", "0.5", "--epochs", "2", "--round", "2"]),
         ("ki67_infer.json", ["--mpp", "0.5", "--round", "2"])]  # the last round's weights
     assert (tmp_path / "k" / "stages" / "ki67_r1_seed2.json").is_file()
     calls.clear()
@@ -173,6 +173,22 @@ def test_label_free_ki67_stages(tmp_path, synthetic_dir, monkeypatch):
         lf.run_ki67_pipeline(images, run, stages="ki67_r2")  # one round only
     with pytest.raises(ValueError, match="seeds"):
         lf.ki67_stages(seeds=0)
+    with pytest.raises(ValueError, match="needs --rounds 2"):
+        lf.ki67_stages(seeds=4)  # extra seeds only teach round 2
+    calls.clear()  # the plan's seed / round win over an "all" override
+    lf.run_ki67_pipeline(images, str(tmp_path / "ov"), seeds=2, rounds=2, stages="ki67_r1_seed1",
+                         override={"all": {"seed": 3}})
+    assert args(calls[0]) == ("ki67_train.json", ["--seed", "1"])
+    with pytest.raises(ValueError, match="--override must map"):
+        lf.run_ki67_pipeline(images, run, override={"epochs": 3})
+    with pytest.raises(ValueError, match="stage names"):
+        lf.run_ki67_pipeline(images, run, force=True)  # a bare --force
+    # a forced rerun that fails leaves no marker, so a plain rerun runs (and resumes) the stage again
+    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: 1)
+    with pytest.raises(RuntimeError, match="stage ki67_infer failed"):
+        lf.run_ki67_pipeline(images, run, seeds=3, rounds=2, force="ki67_infer")
+    assert not (tmp_path / "k" / "stages" / "ki67_infer.json").exists()
+    assert (tmp_path / "k" / "stages" / "ki67_r2.json").is_file()
     with pytest.raises(SystemExit):
         lf.main(images, bundle_root=run, stain="ki67")
 
