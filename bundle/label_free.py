@@ -25,7 +25,8 @@ Ki-67 IHC tiles (``--stain ihc``; docs/ki67.md): the stages are ``configs/ki67_t
 ``configs/ki67_infer.json`` run: ``ki67_r1`` (round 1, seed 0), ``ki67_r1_seed1`` ... (``--seeds N``: N round-1
 seeds in all), ``ki67_r2`` ... (``--rounds R``: self-training rounds, each taught by all seeds of the round
 before) and ``ki67_infer`` (with the last round's weights). ``--seeds 4 --rounds 2`` is docs/ki67.md's robust
-recipe; the defaults (one seed, one round) the cheap single run. ``--override`` keys: a stage name, ``"train"``
+recipe; the defaults (one seed, one round) the cheap single run. ``--jobs 2`` trains round-1 seeds 1, 2, ... two
+at a time (one thread each on a 2-core machine). ``--override`` keys: a stage name, ``"train"``
 (every training stage) or ``"all"``.
 """
 
@@ -158,18 +159,22 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
 TRAINING_STAGES = ("ssl", "det", "seg")  # their configs resume from a checkpoint (``resume``)
 
 
-def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False) -> list:
-    """Run ``plan`` = ``[(name, command, trains)]`` in order, skipping a stage whose marker
+def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False, jobs: int = 1) -> list:
+    """Run ``plan`` = ``[(name, command, trains[, group])]`` in order, skipping a stage whose marker
     ``<bundle_root>/stages/<name>.json`` exists unless ``name`` is in ``force``; a forced finished stage that
     ``trains`` gets ``--resume False`` (unless its command sets ``--resume``), so it trains again from scratch
-    instead of resuming its finished checkpoint. Returns ``[(name, "ran" | "skipped" | "dry-run", seconds)]``.
+    instead of resuming its finished checkpoint. With ``jobs`` > 1, up to ``jobs`` consecutive stages of the same
+    ``group`` (independent of each other, e.g. round-1 seeds) run side by side, each with
+    ``OMP_NUM_THREADS`` = CPUs / jobs. Returns ``[(name, "ran" | "skipped" | "dry-run", seconds)]``.
 
     Raises:
         RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept).
     """
+    from .io import write_json
+
     done_dir = Path(bundle_root) / "stages"
-    report = []
-    for stage, cmd, trains in plan:
+    report, todo = [], []
+    for stage, cmd, trains, *group in plan:
         marker = done_dir / f"{stage}.json"
         if marker.is_file() and stage not in force:
             logger.info(f"stage {stage}: done before ({marker}), skipped")
@@ -177,21 +182,34 @@ def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False) ->
             continue
         if marker.is_file() and trains and "--resume" not in cmd:
             cmd = cmd + ["--resume", "False"]
-        logger.info(f"stage {stage}: {' '.join(cmd)}")
         if dry_run:
+            logger.info(f"stage {stage}: {' '.join(cmd)}")
             report.append((stage, "dry-run", 0.0))
             continue
-        marker.unlink(missing_ok=True)  # a forced rerun that dies must not look done; a plain rerun then resumes it
-        t0 = time.time()
-        rc = subprocess.call(cmd, env=child_env())
-        if rc != 0:
-            raise RuntimeError(f"stage {stage} failed (exit {rc}); fix the cause and rerun: completed stages are "
-                               f"skipped and training resumes. Command: {' '.join(cmd)}")
-        from .io import write_json
-
-        write_json(marker, {"stage": stage, "seconds": time.time() - t0, "command": cmd,
-                            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()})
-        report.append((stage, "ran", time.time() - t0))
+        todo.append((stage, cmd, marker, group[0] if group else None))
+    while todo:
+        batch = [todo.pop(0)]
+        while todo and int(jobs) > len(batch) and batch[0][3] is not None and todo[0][3] == batch[0][3]:
+            batch.append(todo.pop(0))
+        env = child_env(OMP_NUM_THREADS=max(1, (os.cpu_count() or 1) // len(batch))) if len(batch) > 1 else child_env()
+        t0, procs = time.time(), []
+        for stage, cmd, marker, _ in batch:
+            marker.unlink(missing_ok=True)  # a forced rerun that dies must not look done; a plain rerun resumes it
+            logger.info(f"stage {stage}: {' '.join(cmd)}")
+            procs.append(subprocess.Popen(cmd, env=env))
+        failed = []
+        for (stage, cmd, marker, _), proc in zip(batch, procs):
+            rc = proc.wait()
+            if rc != 0:
+                failed.append(f"stage {stage} failed (exit {rc}); fix the cause and rerun: completed stages are "
+                              f"skipped and training resumes. Command: {' '.join(cmd)}")
+                continue
+            write_json(marker, {"stage": stage, "seconds": time.time() - t0, "command": cmd,
+                                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
+                                "side_by_side": len(batch)})
+            report.append((stage, "ran", time.time() - t0))
+        if failed:
+            raise RuntimeError(" | ".join(failed))
     return report
 
 
@@ -209,9 +227,11 @@ def ki67_stages(seeds: int = 1, rounds: int = 1) -> list:
 
 
 def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds: int = 1, stages=None, force=(),
-                      override: str | dict | None = None, dry_run: bool = False, mpp: float | None = None) -> list:
+                      override: str | dict | None = None, dry_run: bool = False, mpp: float | None = None,
+                      jobs: int = 1) -> list:
     """Train and run the Ki-67 positive / negative detector on a folder of IHC tiles (docs/ki67.md), stage by stage
-    as :func:`run_pipeline` does. ``stages`` (None = all) and ``force`` take the names of :func:`ki67_stages`."""
+    as :func:`run_pipeline` does. ``stages`` (None = all) and ``force`` take the names of :func:`ki67_stages`;
+    ``jobs`` 2 trains round-1 seeds 1, 2, ... two at a time (after ``ki67_r1``, which writes their labels)."""
     plan = ki67_stages(seeds, rounds)
     names = [p[0] for p in plan]
     stages, force, override = _names(stages) or names, _names(force), _overrides(override)
@@ -231,23 +251,24 @@ def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds
         trains = config == "ki67_train.json"
         ov = {**({"mpp": float(mpp)} if mpp is not None else {}), **override.get("all", {}),
               **(override.get("train", {}) if trains else {}), **override.get(name, {}), **args}  # plan wins
-        steps.append((name, bundle_command(str(CONFIG_DIR / config), dataset_dir, bundle_root, ov), trains))
-    return run_stages(steps, bundle_root, force, dry_run)
+        group = "r1_seeds" if name.startswith("ki67_r1_seed") else None  # they share ki67_r1's labels only
+        steps.append((name, bundle_command(str(CONFIG_DIR / config), dataset_dir, bundle_root, ov), trains, group))
+    return run_stages(steps, bundle_root, force, dry_run, jobs)
 
 
 def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = "", force: str = "",
          profile: str = "cpu", override: str = "", dry_run: bool = False, teacher: str = "psm",
-         mpp: float | None = None, stain: str = "he", seeds: int = 1, rounds: int = 1) -> None:
+         mpp: float | None = None, stain: str = "he", seeds: int = 1, rounds: int = 1, jobs: int = 1) -> None:
     """Command-line entry (Python Fire): see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
         ignored = ({"profile": profile != "cpu", "teacher": teacher != "psm"} if stain == "ihc" else
-                   {"seeds": int(seeds) != 1, "rounds": int(rounds) != 1})
+                   {"seeds": int(seeds) != 1, "rounds": int(rounds) != 1, "jobs": int(jobs) != 1})
         for k in (k for k, v in ignored.items() if v):
             logger.warning(f"--{k} does nothing with --stain {stain}")
         if stain == "ihc":
             report = run_ki67_pipeline(dataset_dir, bundle_root, seeds, rounds, stages, force, override or None,
-                                       dry_run, mpp)
+                                       dry_run, mpp, jobs)
         elif stain == "he":
             report = run_pipeline(dataset_dir, bundle_root, stages or STAGES, force, profile, override or None,
                                   dry_run, teacher, mpp)

@@ -114,11 +114,23 @@ def test_det_train_without_pseudo_masks_is_one_line_error(root, synthetic_dir, t
     assert isinstance(err, FileNotFoundError) and "pseudo-mask folder not found (run psm_infer first)" in str(err)
 
 
+def fake_popen(calls, rc=0, envs=None):
+    """Stands in for subprocess.Popen in bundle.label_free: records the commands (and environments), exits ``rc``."""
+    from types import SimpleNamespace
+
+    def popen(cmd, **kw):
+        calls.append(cmd)
+        if envs is not None:
+            envs.append(kw.get("env"))
+        return SimpleNamespace(wait=lambda: rc)
+    return popen
+
+
 def test_label_free_skips_completed_stages(tmp_path, synthetic_dir, monkeypatch):
     import bundle.label_free as lf
 
     calls = []
-    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    monkeypatch.setattr(lf.subprocess, "Popen", fake_popen(calls))
     rep = lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="psm,det")
     assert [r[:2] for r in rep] == [("psm", "ran"), ("det", "ran")] and len(calls) == 2
     assert "psm_infer.json" in calls[0][calls[0].index("--config_file") + 1]
@@ -134,7 +146,7 @@ def test_label_free_skips_completed_stages(tmp_path, synthetic_dir, monkeypatch)
     lf.main(str(synthetic_dir / "images"), bundle_root=str(tmp_path / "cli"), stages="seg",
             override={"seg": {"keep_foreground": "false", "epochs": 2}})
     assert calls[-1][calls[-1].index("--keep_foreground") + 1] == "False"
-    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: 1)
+    monkeypatch.setattr(lf.subprocess, "Popen", fake_popen([], rc=1))
     with pytest.raises(RuntimeError, match="stage seg failed"):
         lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="seg")
     with pytest.raises(ValueError, match="unknown stage"):
@@ -146,7 +158,7 @@ def test_label_free_ki67_stages(tmp_path, synthetic_dir, monkeypatch):
     import bundle.label_free as lf
 
     calls = []
-    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    monkeypatch.setattr(lf.subprocess, "Popen", fake_popen(calls))
 
     def args(cmd):
         i = cmd.index("--logging_file") + 2
@@ -184,20 +196,32 @@ def test_label_free_ki67_stages(tmp_path, synthetic_dir, monkeypatch):
     with pytest.raises(ValueError, match="stage names"):
         lf.run_ki67_pipeline(images, run, force=True)  # a bare --force
     # a forced rerun that fails leaves no marker, so a plain rerun runs (and resumes) the stage again
-    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: 1)
+    monkeypatch.setattr(lf.subprocess, "Popen", fake_popen([], rc=1))
     with pytest.raises(RuntimeError, match="stage ki67_infer failed"):
         lf.run_ki67_pipeline(images, run, seeds=3, rounds=2, force="ki67_infer")
     assert not (tmp_path / "k" / "stages" / "ki67_infer.json").exists()
     assert (tmp_path / "k" / "stages" / "ki67_r2.json").is_file()
     with pytest.raises(SystemExit):
         lf.main(images, bundle_root=run, stain="ki67")
+    # --jobs 2: round-1 seeds 1.. two at a time with one thread each on two CPUs; ki67_r1 and round 2 alone
+    calls, envs = [], []
+    monkeypatch.setattr(lf.subprocess, "Popen", fake_popen(calls, envs=envs))
+    monkeypatch.setattr(lf.os, "cpu_count", lambda: 2)
+    rep = lf.run_ki67_pipeline(images, str(tmp_path / "jobs"), seeds=4, rounds=2, jobs=2)
+    assert [r[0] for r in rep] == ["ki67_r1", "ki67_r1_seed1", "ki67_r1_seed2", "ki67_r1_seed3", "ki67_r2",
+                                   "ki67_infer"]
+    threads = [e.get("OMP_NUM_THREADS") for e in envs]
+    own = os.environ.get("OMP_NUM_THREADS")  # a stage run alone keeps the caller's setting
+    assert threads == [own, "1", "1", own, own, own]  # batches: r1 | seed1 + seed2 | seed3 | r2 | infer
+    marker = json.loads((tmp_path / "jobs" / "stages" / "ki67_r1_seed2.json").read_text())
+    assert marker["side_by_side"] == 2
 
 
 def test_label_free_mpp_reaches_every_sized_stage(tmp_path, synthetic_dir, monkeypatch):
     import bundle.label_free as lf
 
     calls = []
-    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    monkeypatch.setattr(lf.subprocess, "Popen", fake_popen(calls))
     lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), mpp=0.5,
                     override={"infer": {"mpp": 0.4}})
     mpp = {c[c.index("--config_file") + 1].split("/")[-1]: (c[c.index("--mpp") + 1] if "--mpp" in c else None)
@@ -249,7 +273,7 @@ def test_hematoxylin_teacher_skips_ssl_and_psm(root, synthetic_dir, tmp_path, mo
     import bundle.label_free as lf
 
     calls = []
-    monkeypatch.setattr(lf.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    monkeypatch.setattr(lf.subprocess, "Popen", fake_popen(calls))
     rep = lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), stages="ssl,psm",
                           teacher="hematoxylin")
     assert [r[:2] for r in rep] == [("psm", "ran")]
