@@ -158,19 +158,15 @@ def predict_probability(network: torch.nn.Module, rgb: np.ndarray, device="cpu",
     """
     from monai.inferers import SlidingWindowInferer
 
-    from .transforms import add_hematoxylin_channel, normalize_rgb, resize_rgb
+    from .transforms import network_input
 
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"predict_probability expects (H, W, 3) RGB, got shape {rgb.shape}")
     h0, w0 = rgb.shape[:2]
-    rgb = resize_rgb(rgb, scale)
     device = torch.device(device)
-    x = torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float()
-    if input_channels(network) == 4:
-        x = add_hematoxylin_channel(x, hematoxylin_threshold)
-    x = normalize_rgb(x[None]).to(device)
-    h, w = rgb.shape[:2]
+    x = network_input(rgb, scale, input_channels(network) == 4, hematoxylin_threshold)[None].to(device)
+    h, w = x.shape[-2:]
     if max(h, w) > roi_size:
         inferer = SlidingWindowInferer(roi_size=[min(roi_size, h), min(roi_size, w)], sw_batch_size=sw_batch_size,
                                        overlap=overlap, mode="gaussian", padding_mode="reflect")
@@ -220,14 +216,11 @@ class ScaledInferer:
             return F.interpolate(inputs, size=size, mode="bilinear", align_corners=False, antialias=self.scale < 1)
         from monai.data import MetaTensor
 
-        from .transforms import MEAN, STD, add_hematoxylin_channel, normalize_rgb, resize_rgb
+        from .transforms import MEAN, STD, network_input
 
-        out = []
-        for x in inputs:
-            rgb = ((x[:3] * STD + MEAN) * 255.0).clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            t = torch.from_numpy(resize_rgb(rgb, self.scale).transpose(2, 0, 1).copy()).float()
-            out.append(normalize_rgb(add_hematoxylin_channel(t, self.hematoxylin_threshold)))
-        out = torch.stack(out).to(inputs.device, inputs.dtype)
+        rgbs = ((inputs[:, :3] * STD + MEAN) * 255.0).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        out = torch.stack([network_input(rgb, self.scale, True, self.hematoxylin_threshold)
+                           for rgb in rgbs.cpu().numpy()]).to(inputs.device, inputs.dtype)
         if isinstance(inputs, MetaTensor):  # keep the image's meta data (file name ...) for a Deploy app
             out = MetaTensor(out, meta=inputs.meta)
         return out

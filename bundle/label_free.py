@@ -119,6 +119,16 @@ def _overrides(x) -> dict:
     return dict(x)
 
 
+def _check_inputs(dataset_dir: str, mpp: float | None) -> None:
+    """One clear error before any stage runs: a missing dataset, an ``mpp`` out of range."""
+    if mpp is not None:
+        from .postprocess import size_scale
+
+        size_scale(mpp)
+    if not os.path.exists(dataset_dir):
+        raise FileNotFoundError(f"{dataset_dir}: dataset folder or datalist not found")
+
+
 def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES, force: str | list = (),
                  profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False,
                  teacher: str = "psm", mpp: float | None = None) -> list:
@@ -141,15 +151,11 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
                                          "scm#min_size": "$bundle.postprocess.scaled(30, @size_scale, area=True)",
                                          "ckpt_path": "$None", **override.get("psm", {})}}
     if mpp is not None:
-        from .postprocess import size_scale
-
-        size_scale(mpp)  # range check: one clear error before any stage runs
         override = {**override, **{st: {"mpp": float(mpp), **override.get(st, {})} for st in MPP_STAGES}}
     for s in list(stages) + list(force):
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r} (use {', '.join(STAGES)})")
-    if not os.path.exists(dataset_dir):
-        raise FileNotFoundError(f"{dataset_dir}: dataset folder or datalist not found")
+    _check_inputs(dataset_dir, mpp)
     plan = [(st, stage_command(st, dataset_dir, bundle_root, profile,
                                {**override.get("all", {}), **override.get(st, {})}), st in TRAINING_STAGES)
             for st in STAGES if st in stages]
@@ -238,12 +244,7 @@ def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds
     for s in stages + force:
         if s not in names:
             raise ValueError(f"unknown stage {s!r} (use {', '.join(names)}; --seeds / --rounds add stages)")
-    if mpp is not None:
-        from .postprocess import size_scale
-
-        size_scale(mpp)
-    if not os.path.exists(dataset_dir):
-        raise FileNotFoundError(f"{dataset_dir}: dataset folder or datalist not found")
+    _check_inputs(dataset_dir, mpp)
     steps = []
     for name, config, args in plan:
         if name not in stages:

@@ -166,6 +166,19 @@ def dab_od(rgb: np.ndarray) -> np.ndarray:
     return np.maximum(rgb2hed(rgb)[..., 2].astype(np.float32), 0)
 
 
+def network_input(rgb: np.ndarray, scale: float = 1.0, hematoxylin: bool = False,
+                  threshold: float | None = None) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (C, h, w) float32 network input: resized by ``scale`` (:func:`resize_rgb`), with
+    :func:`hematoxylin_channel` of the resized image appended when ``hematoxylin`` (C = 4; relative to its own Otsu
+    threshold or ``threshold``), then :func:`normalize_rgb`. What the runner and the Deploy evaluator at another
+    pixel size both show a network."""
+    rgb = resize_rgb(np.asarray(rgb), scale)
+    x = torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float()
+    if hematoxylin:
+        x = add_hematoxylin_channel(x, threshold)
+    return normalize_rgb(x)
+
+
 class LoadTiled(MapTransform):
     """Read ``data[key]`` (a path) as a float32 tensor (3, H, W) in [0, 255]; keeps the path in ``<key>_path``.
     ``hematoxylin=True`` appends :func:`hematoxylin_channel` of the whole image: (4, H, W) (for networks trained
