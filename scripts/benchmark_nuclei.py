@@ -240,7 +240,7 @@ def make_figure(a, test, results, params, size=320):
 
 
 def render_md(r) -> str:
-    lines = ["# Nuclei instances on MoNuSeg test (label-free training on the 30 train images)", "",
+    lines = ["# Nuclei instances on MoNuSeg test (networks trained on the 30 train images: label-free, except the diagnostic ceilings of scripts/oracle_teacher.py)", "",
              f"Command: `{r['command']}` ({r['date']}, {r['machine']['cpus']} CPUs, {r['threads']} torch thread(s)).",
              "", "Mode selected per network by **train** AJI (labels only score). Means over the 14 test images.", ""]
     if r["limit"]:

@@ -1,6 +1,6 @@
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Helpers of the research scripts (diagnose_nuclei, tune_ki67_postprocess, benchmark_ki67, explore_seg,
-diagnose_ki67_negatives, pipeline_report, benchmark_nuclei, make_lowres) on tiny synthetic inputs (the scripts
+diagnose_ki67_negatives, pipeline_report, benchmark_nuclei, make_lowres, oracle_teacher) on tiny synthetic inputs (the scripts
 themselves read MoNuSeg / BCData, which tests never need)."""
 
 import sys
@@ -227,3 +227,59 @@ def test_make_lowres_bcdata_halves_images_and_points(tmp_path):
     assert make_lowres.main(["--bcdata", str(src), "--restore", "--out", str(tmp_path / "up")]) == 0
     assert read_rgb(tmp_path / "up" / "images" / "0.png").shape == (64, 80, 3)
     assert np.array_equal(read_bcdata_item(tmp_path / "up", "0")[0], read_bcdata_item(src, "0")[0])
+
+
+def test_oracle_teacher_writes_annotation_labels_in_the_pipelines_format(tmp_path):
+    import os
+    import time
+
+    import h5py
+    import oracle_teacher  # a plain import: a broken import must fail, not skip
+
+    from bundle.annotations import write_instance_label
+    from bundle.detection import instance_points, segmentation_targets
+    from bundle.io import write_csv, write_image
+    from bundle.ki67 import read_bcdata_item
+
+    # MoNuSeg: two train tiles with two nuclei each; a finished label-free root to take the det network from
+    mon, src = tmp_path / "monuseg", tmp_path / "src"
+    gts = {}
+    for k in range(2):
+        gt = np.zeros((48, 48), np.int32)
+        gt[5:15, 5:15], gt[30:40, 20 + k:32 + k] = 1, 2
+        gts[f"t{k}"] = gt
+        write_image(mon / "train" / "images" / f"t{k}.png", np.full((48, 48, 3), 150, np.uint8))
+        write_instance_label(mon / "train" / "labels" / f"t{k}.png", gt)
+        write_image(src / "eval" / "pseudo_masks" / "masks" / f"t{k}.png", np.zeros((48, 48), np.uint8))
+        write_csv(src / "eval" / "seg_labels" / "points" / f"t{k}.csv", [{"row": 9, "col": 9}])
+    (src / "models" / "det").mkdir(parents=True)
+    (src / "models" / "det" / "model.pt").write_bytes(b"weights")
+    old = time.time() - 3600
+    os.utime(src / "models" / "det" / "model.pt", (old, old))
+    root = tmp_path / "gt"
+    oracle_teacher.main(["--monuseg", str(mon), "--from", str(src), "--root", str(root)])
+    lab = np.load(root / "eval" / "seg_labels" / "t1.npy")
+    want = segmentation_targets(gts["t1"] > 0, np.round(instance_points(gts["t1"])).astype(int), keep_foreground=True)
+    assert np.array_equal(lab, want)
+    det = root / "models" / "det" / "model.pt"  # copied with its old time stamp: the labels count as fresh
+    assert det.read_bytes() == b"weights" and det.stat().st_mtime < (root / "eval" / "seg_labels" / "t1.npy").stat().st_mtime
+    # pseudo mask kept, annotated points: the mask channel is the source's (empty) mask
+    oracle_teacher.main(["--monuseg", str(mon), "--from", str(src), "--root", str(tmp_path / "pts"), "--mask", "from"])
+    assert np.load(tmp_path / "pts" / "eval" / "seg_labels" / "t0.npy")[0].max() == 0
+    with pytest.raises(SystemExit):
+        oracle_teacher.main(["--monuseg", str(mon), "--root", str(tmp_path / "x")])  # --from is required
+
+    # BCData: four tiles; only the dev half (stems 0 and 2) is linked and labelled from its annotations
+    bc = tmp_path / "bc"
+    for s in range(4):
+        write_image(bc / "images" / f"{s}.png", np.full((40, 40, 3), 180, np.uint8))
+        for cls, pts in (("positive", [[10, 20]]), ("negative", [[30, 5]])):
+            (bc / "annotations" / cls).mkdir(parents=True, exist_ok=True)
+            with h5py.File(bc / "annotations" / cls / f"{s}.h5", "w") as f:
+                f.create_dataset("coordinates", data=np.array(pts, np.float64))
+    oracle_teacher.main(["--bcdata", str(bc), "--root", str(tmp_path / "k")])
+    assert sorted(p.name for p in (tmp_path / "k" / "tiles").iterdir()) == ["0.png", "2.png"]
+    lab = np.load(tmp_path / "k" / "eval" / "ki67_labels" / "2.npy")[0]
+    (x1, y1), (x2, y2) = read_bcdata_item(bc, "2")[0]
+    assert lab.shape == (40, 40) and lab[int(y1), int(x1)] == 1 and lab[int(y2), int(x2)] == 2
+    assert not (tmp_path / "k" / "eval" / "ki67_labels" / "1.npy").exists()
