@@ -272,7 +272,7 @@ def test_oracle_teacher_writes_annotation_labels_in_the_pipelines_format(tmp_pat
     # BCData: four tiles; only the dev half (stems 0 and 2) is linked and labelled from its annotations
     bc = tmp_path / "bc"
     for s in range(4):
-        write_image(bc / "images" / f"{s}.png", np.full((40, 40, 3), 180, np.uint8))
+        write_image(bc / "images" / f"{s}.png", np.full((80, 80, 3), 180, np.uint8))
         for cls, pts in (("positive", [[10, 20]]), ("negative", [[30, 5]])):
             (bc / "annotations" / cls).mkdir(parents=True, exist_ok=True)
             with h5py.File(bc / "annotations" / cls / f"{s}.h5", "w") as f:
@@ -281,5 +281,12 @@ def test_oracle_teacher_writes_annotation_labels_in_the_pipelines_format(tmp_pat
     assert sorted(p.name for p in (tmp_path / "k" / "tiles").iterdir()) == ["0.png", "2.png"]
     lab = np.load(tmp_path / "k" / "eval" / "ki67_labels" / "2.npy")[0]
     (x1, y1), (x2, y2) = read_bcdata_item(bc, "2")[0]
-    assert lab.shape == (40, 40) and lab[int(y1), int(x1)] == 1 and lab[int(y2), int(x2)] == 2
+    assert lab.shape == (80, 80) and lab[int(y1), int(x1)] == 1 and lab[int(y2), int(x2)] == 2
     assert not (tmp_path / "k" / "eval" / "ki67_labels" / "1.npy").exists()
+    # ki67_train.json's round 1 (its default label settings) must reuse these labels, not refit colour pseudo labels
+    from bundle.ki67 import prepare_ki67_labels
+
+    out = prepare_ki67_labels(str(tmp_path / "k" / "tiles"), tmp_path / "k" / "eval" / "ki67_labels",
+                              nucleus_diameter=20, val_fraction=0.5)
+    assert len(out["training"]) + len(out["validation"]) == 2
+    assert np.array_equal(np.load(tmp_path / "k" / "eval" / "ki67_labels" / "2.npy")[0], lab)
