@@ -310,6 +310,27 @@ def teacher_list(teacher_ckpt) -> list[str]:
     return [str(t).strip() for t in teacher_ckpt if str(t).strip()]
 
 
+def label_radii(nucleus_diameter: float, disk_radius: float | None = None,
+                ignore_radius: float | None = None) -> tuple[float, float]:
+    """Radii (px) of :func:`point_label`'s class disk and ignore ring: ``disk_radius`` / ``ignore_radius``, or by
+    default a quarter / half of ``nucleus_diameter``."""
+    d = float(nucleus_diameter)
+    return (0.25 * d if disk_radius is None else float(disk_radius),
+            0.5 * d if ignore_radius is None else float(ignore_radius))
+
+
+def label_settings(nucleus_diameter: float, min_thickness: float = 0.0, disk_radius: float | None = None,
+                   negative_threshold: str = "folder", label_seed: int = 0, ignore_radius: float | None = None,
+                   threshold: float = 0.5, teachers=()) -> dict:
+    """The record (``<label_dir>/settings.json``) of what :func:`prepare_ki67_labels` made a label folder with; a
+    different record rebuilds the labels. Arguments as there (``teachers``: :func:`teacher_list`); settings that do
+    not apply (the colour labeller's for a self-training round, the teachers' threshold for round 1) are None."""
+    return {"nucleus_diameter": float(nucleus_diameter), "min_thickness": float(min_thickness),
+            "disk_radius": disk_radius, "negative_threshold": None if teachers else negative_threshold,
+            "label_seed": None if teachers else int(label_seed), "ignore_radius": ignore_radius,
+            "threshold": float(threshold) if teachers else None}
+
+
 def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_radius: float | None = None,
                         ignore_radius: float | None = None, val_fraction: float = 0.1, seed: int = 0,
                         datalist_key: str = "training", min_size: int = 64, teacher_ckpt=None,
@@ -344,17 +365,12 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
         raise ImageError(f"{data}: {e}") from None
     good = [{"image": it["image"], "label": str(label_dir / f"{Path(it['image']).stem}.npy")} for it in usable]
     teachers = teacher_list(teacher_ckpt)
-    redo = settings_changed(label_dir, {"nucleus_diameter": float(nucleus_diameter),
-                                        "min_thickness": float(min_thickness), "disk_radius": disk_radius,
-                                        "negative_threshold": None if teachers else negative_threshold,
-                                        "label_seed": None if teachers else int(label_seed),
-                                        "ignore_radius": ignore_radius,
-                                        "threshold": float(threshold) if teachers else None})
+    redo = settings_changed(label_dir, label_settings(nucleus_diameter, min_thickness, disk_radius, negative_threshold,
+                                                      label_seed, ignore_radius, threshold, teachers))
     todo = [it for it in good if redo or is_stale(Path(it["label"]), it["image"], *teachers)]
     if todo:
         d = float(nucleus_diameter)
-        r_disk = 0.25 * d if disk_radius is None else float(disk_radius)
-        r_ign = 0.5 * d if ignore_radius is None else float(ignore_radius)
+        r_disk, r_ign = label_radii(d, disk_radius, ignore_radius)
         if teachers:
             from .detection import predict_probability
             from .handlers import SETTINGS_NAME, load_network_weights, resunet_input_channels, trained_mpp

@@ -227,6 +227,11 @@ def score(preds, gts, seconds=None):
     return res
 
 
+def tile_stems(img_dir) -> list:
+    """Stems of the PNG tiles in ``img_dir`` in numeric order (BCData names them 0.png, 1.png, ...)."""
+    return sorted((p.stem for p in Path(img_dir).glob("*.png")), key=lambda s: (len(s), s))
+
+
 def split_stems(stems):
     """Fixed dev / test halves of the tiles: in numeric stem order, even positions are dev, odd positions test.
 
@@ -491,7 +496,7 @@ def main(argv=None):
     scale = size_scale(a.mpp)
     d = a.nucleus_diameter or scaled(20, scale)
     img_dir = Path(a.data) / "images"
-    stems = sorted((p.stem for p in img_dir.glob("*.png")), key=lambda s: (len(s), s))
+    stems = tile_stems(img_dir)
     rgbs = [read_rgb(img_dir / f"{s}.png") for s in stems]
     gts_tile = [read_bcdata_item(a.data, s) for s in stems]  # in the tiles' pixels (figure)
 

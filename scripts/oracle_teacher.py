@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bundle.annotations import read_instance_label  # noqa: E402
+from bundle.cells import read_points  # noqa: E402
 from bundle.detection import instance_points, segmentation_targets  # noqa: E402
 from bundle.io import read_rgb, write_csv, write_image, write_json, write_npy  # noqa: E402
 
@@ -65,8 +66,7 @@ def monuseg(a) -> None:
         if a.points == "gt":
             pts = np.round(instance_points(inst)).astype(int)
         else:
-            rows = np.genfromtxt(src / "eval" / "seg_labels" / "points" / f"{stem}.csv", delimiter=",", names=True)
-            pts = np.stack([np.atleast_1d(rows["row"]), np.atleast_1d(rows["col"])], 1).astype(int)
+            pts = np.round(read_points(src / "eval" / "seg_labels" / "points" / f"{stem}.csv")).astype(int)
         n_pts += len(pts)
         write_image(mask_dir / f"{stem}.png", (mask * 255).astype(np.uint8))
         write_npy(label_dir / f"{stem}.npy", segmentation_targets(mask, pts, keep_foreground=True, disk_radius=2))
@@ -76,22 +76,20 @@ def monuseg(a) -> None:
 
 
 def bcdata(a) -> None:
-    from benchmark_ki67 import split_stems
+    from benchmark_ki67 import split_stems, tile_stems
 
-    from bundle.ki67 import CLASS_NAMES, point_label, read_bcdata_item
+    from bundle.ki67 import CLASS_NAMES, label_radii, label_settings, point_label, read_bcdata_item
     from bundle.pipeline import settings_changed
 
     root, img_dir = Path(a.root), Path(a.bcdata) / "images"
-    stems = sorted((p.stem for p in img_dir.glob("*.png")), key=lambda s: (len(s), s))
+    stems = tile_stems(img_dir)
     if not stems:
         raise SystemExit(f"{img_dir}: no PNG images")
     dev = [stems[i] for i in split_stems(stems)["dev"]]
     tiles, label_dir = root / "tiles", root / "eval" / "ki67_labels"
     tiles.mkdir(parents=True, exist_ok=True)
-    d = 20.0  # ki67_train.json's nucleus diameter at its default train_mpp 0.25; disk d/4, ignore ring to d/2
-    settings_changed(label_dir, {"nucleus_diameter": d, "min_thickness": 0.0, "disk_radius": None,
-                                 "negative_threshold": "folder", "label_seed": 0, "ignore_radius": None,
-                                 "threshold": None})
+    d = 20.0  # ki67_train.json's nucleus diameter at its default train_mpp 0.25
+    settings_changed(label_dir, label_settings(d))  # round 1's record with the config's defaults: labels reused
     n = 0
     for stem in dev:
         link = tiles / f"{stem}.png"
@@ -100,7 +98,7 @@ def bcdata(a) -> None:
         xy, cls = read_bcdata_item(a.bcdata, stem)
         pts = np.asarray(xy, float).reshape(-1, 2)[:, ::-1]  # (x, y) -> (row, col)
         shape = read_rgb(link).shape[:2]
-        write_npy(label_dir / f"{stem}.npy", point_label(pts, cls, shape, 0.25 * d, 0.5 * d)[None])
+        write_npy(label_dir / f"{stem}.npy", point_label(pts, cls, shape, *label_radii(d))[None])
         write_csv(label_dir / "points" / f"{stem}.csv",
                   [{"x": int(round(c)), "y": int(round(r)), "class": CLASS_NAMES[int(k)]} for (r, c), k in zip(pts, cls)],
                   fieldnames=("x", "y", "class"))
