@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .networks.memory import cpu_channels_last
 from .io import ImageError, load_datalist, read_rgb, read_rgb_or_skip, write_csv, write_image, write_json
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class FeatureExtractor:
             x = F.interpolate(x, size=(hs, ws), mode="bilinear", align_corners=False, antialias=True)
         x = pad_to_multiple(self.normalise(x), self.stride)
         if max(x.shape[-2:]) <= self.max_tile:
-            feats = self.forward_features(x).float()
+            feats = self.forward_features(cpu_channels_last(x)).float()
         else:
             feats = self._tiled(x)
         return torch.nan_to_num(feats).clamp_min_(0.0)
@@ -183,7 +184,7 @@ class FeatureExtractor:
             for x0 in range(0, W, T):
                 y0, y1 = max(0, y - M), min(H, y + T + M)
                 xa, xb = max(0, x0 - M), min(W, x0 + T + M)
-                f = self.forward_features(x[:, :, y0:y1, xa:xb]).float()
+                f = self.forward_features(cpu_channels_last(x[:, :, y0:y1, xa:xb])).float()
                 if out is None:
                     out = f.new_zeros((b, f.shape[1], H // s, W // s))
                 th, tw = min(T, H - y) // s, min(T, W - x0) // s

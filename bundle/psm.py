@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .networks.memory import cpu_channels_last
 from .transforms import hematoxylin_od, normalize_rgb
 
 
@@ -61,7 +62,7 @@ class PSMInferer:
         """Per-block CAMs (before normalisation) for a normalised, padded input; list of (B, h, w)."""
         stages = list(network.stages())
         with torch.no_grad():
-            h = network.stem(x)
+            h = network.stem(cpu_channels_last(x))
             for s in stages[: self.stage - 1]:
                 h = s(h)
         acts = []

@@ -7,7 +7,10 @@
 Measures, with torch's default thread count: one SSL optimiser step per pretext for the CPU profile
 (2 images x 4 crops of 256^2 = batch 8) and the paper profile (Res2Net-101, one 512^2 crop); PSM seconds per
 1000x1000 image (CPU and paper networks); SCM seconds per 1000x1000 image (jet K=3, stack K=2, colour only);
-peak RSS of this process. Medians over --repeats after one warm-up.
+ResUNet-34 (the det / seg / Ki-67 network): one optimiser step on 2 images x 4 crops of 256^2 and one 1000x1000
+image (no TTA), CPU profile (16 base channels, 4 input channels as the seg stage) and paper profile (64). On the CPU
+every network runs channels-last (``bundle.networks.memory``); rows marked "(NCHW)" time the old default layout
+for comparison, with that helper bypassed. Peak RSS of this process. Medians over --repeats after one warm-up.
 
 ``--device cuda`` times the networks on the GPU (synchronised; peak GPU memory recorded) and adds two variants of
 the paper-profile step: cuDNN autotuning (``torch.backends.cudnn.benchmark``) and bf16 autocast. SCM stays on the CPU.
@@ -24,13 +27,18 @@ import sys
 import time
 from pathlib import Path
 
+import contextlib
+
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.clustering import hematoxylin_otsu, semantic_clustering  # noqa: E402
-from bundle.networks import Res2Net  # noqa: E402
+import bundle.networks.res2net  # noqa: E402
+import bundle.networks.resunet  # noqa: E402
+import bundle.psm  # noqa: E402
+from bundle.networks import Res2Net, ResUNet34  # noqa: E402
 from bundle.psm import PSMInferer, psm_for_image  # noqa: E402
 from bundle.ssl import PRETEXTS, pretext_loss  # noqa: E402
 from bundle.synthetic import synthetic_he_tile  # noqa: E402
@@ -49,6 +57,49 @@ def timeit(fn, repeats, device="cpu"):
     return statistics.median(ts)
 
 
+@contextlib.contextmanager
+def nchw():
+    """Bypass :func:`bundle.networks.memory.cpu_channels_last` (eager networks only): the default NCHW layout."""
+    mods = (bundle.networks.res2net, bundle.networks.resunet, bundle.psm)
+    saved = [m.cpu_channels_last for m in mods]
+    for m in mods:
+        m.cpu_channels_last = lambda x: x
+    try:
+        yield
+    finally:
+        for m, f in zip(mods, saved):
+            m.cpu_channels_last = f
+
+
+def resunet_rows(dev, repeats, paper: bool) -> dict:
+    """Seconds per ResUNet-34 optimiser step (8 crops of 256^2) and per 1000x1000 image (eval, no TTA)."""
+    out = {}
+    layouts = [("", contextlib.nullcontext)] + ([(" (NCHW)", nchw)] if dev.type == "cpu" else [])
+    for prof, ch in [("cpu", 16)] + ([("paper", 64)] if paper else []):
+        torch.manual_seed(0)
+        net = ResUNet34(4, 2, base_channels=ch).to(dev)
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        x = torch.randn(8, 4, 256, 256, device=dev)
+        y = torch.randint(0, 2, (8, 256, 256), device=dev)
+        img = torch.randn(1, 4, 1000, 1000, device=dev)
+
+        def step():
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net.train()(x), y).backward()
+            opt.step()
+
+        def infer():
+            with torch.no_grad():
+                net.eval()(img)
+
+        for label, ctx in layouts:
+            with ctx():
+                out[f"{prof}/train step{label}"] = timeit(step, repeats, dev)
+                out[f"{prof}/1000px image{label}"] = timeit(infer, repeats, dev)
+        print(out, flush=True)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
@@ -62,7 +113,7 @@ def main(argv=None):
     res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
                       + (f", {gpu}" if gpu else ""),
            "device": str(dev), "torch": torch.__version__, "ssl_step_s": {}, "psm_s_per_1000px_img": {},
-           "scm_s_per_1000px_img": {}}
+           "scm_s_per_1000px_img": {}, "resunet_s": {}}
     profiles = [("cpu", "cpu", 32, 8, 256)] + ([("paper", 101, 64, 1, 512)] if a.paper else [])
     for prof, depth, ch, batch, crop in profiles:
         net = Res2Net(depth, base_channels=ch).to(dev)
@@ -83,6 +134,9 @@ def main(argv=None):
                 res["ssl_step_s"][f"{prof}/{name}{label}"] = timeit(step, a.repeats, dev)
                 print(prof, name + label, res["ssl_step_s"][f"{prof}/{name}{label}"], flush=True)
             torch.backends.cudnn.benchmark = False
+            if prof == "cpu" and name == "contrastive" and dev.type == "cpu":
+                with nchw():
+                    res["ssl_step_s"]["cpu/contrastive (NCHW)"] = timeit(step, a.repeats, dev)
         rgb, _ = synthetic_he_tile(1000, seed=0)
         net.eval()
         for target in ("head", "feature_norm"):
@@ -92,7 +146,12 @@ def main(argv=None):
         inf = PSMInferer(stage=1, sign="none")
         res["psm_s_per_1000px_img"][f"{prof}/head/no-sign"] = timeit(lambda: psm_for_image(rgb, net, inf, dev),
                                                                      a.repeats, dev)
+        if dev.type == "cpu":
+            with nchw():
+                res["psm_s_per_1000px_img"][f"{prof}/head (NCHW)"] = timeit(
+                    lambda: psm_for_image(rgb, net, PSMInferer(stage=1), dev), a.repeats, dev)
         print(res["psm_s_per_1000px_img"], flush=True)
+    res["resunet_s"] = resunet_rows(dev, a.repeats, bool(a.paper))
     psm = np.random.default_rng(0).random((1000, 1000)).astype(np.float32)
     res["scm_s_per_1000px_img"] = {
         "jet beta=1 K=3 (n_init 10)": timeit(lambda: semantic_clustering(rgb, psm, k=3, beta=1.0), a.repeats),

@@ -41,6 +41,34 @@ def test_resunet_scriptable_and_out_channels(small_net):
     assert ResUNet34(base_channels=8, out_channels=3).eval()(x).shape == (1, 3, 50, 70)
 
 
+def test_cpu_channels_last_same_outputs_as_nchw(small_net, monkeypatch):
+    """The CPU speed-up (channels-last inputs) changes the memory layout only, not the network's function, in
+    training mode (loss and gradients) and in eval; CUDA-less tensors of other ranks are left as they are."""
+    import bundle.networks.resunet as resunet
+    from bundle.networks.memory import cpu_channels_last
+
+    x = torch.randn(2, 3, 64, 96)
+    assert cpu_channels_last(x).is_contiguous(memory_format=torch.channels_last)
+    v = torch.randn(3, 5, 7)
+    assert cpu_channels_last(v) is v
+
+    def run():
+        torch.manual_seed(0)
+        net = ResUNet34(base_channels=8, out_channels=2, dropout=0.0)  # dropout masks follow the memory order
+        y = net(x)
+        y.square().mean().backward()
+        with torch.no_grad():
+            e = net.eval()(x)
+        return y.detach(), net.encoder.conv1.weight.grad.clone(), e
+
+    fast = run()
+    assert fast[0].is_contiguous()  # callers may .view() the output
+    monkeypatch.setattr(resunet, "cpu_channels_last", lambda t: t)
+    slow = run()
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
 def test_resunet_encoder_weights(tmp_path, small_net):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         ResUNet34(base_channels=8, encoder_weights=str(tmp_path / "missing.pt"))

@@ -14,6 +14,8 @@ from typing import List, Sequence
 import torch
 import torch.nn as nn
 
+from .memory import cpu_channels_last
+
 _DEPTHS = {"cpu": (1, 1, 1, 1), 18: (2, 2, 2, 2), 26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
@@ -126,7 +128,7 @@ class Res2Net(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled last-stage feature (B, feature_dim)."""
-        x = self.stem(x)
+        x = self.stem(cpu_channels_last(x))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
 

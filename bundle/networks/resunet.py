@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .memory import cpu_channels_last
+
 __all__ = ["ResUNet34", "ResNet34Encoder", "BasicBlock"]
 
 _STAGES = (3, 4, 6, 3)
@@ -156,14 +158,14 @@ class ResUNet34(nn.Module):
         if ph > 0 or pw > 0:
             mode = "reflect" if (ph < h and pw < w) else "replicate"
             x = F.pad(x, [0, pw, 0, ph], mode=mode)
-        f = self.encoder(x)
+        f = self.encoder(cpu_channels_last(x))
         y = self.up4(f[4], f[3])
         y = self.up3(y, f[2])
         y = self.up2(y, f[1])
         y = self.up1(y, f[0])
         y = F.interpolate(y, size=[int(x.shape[2]), int(x.shape[3])], mode="bilinear", align_corners=False)
         y = self.head(y)
-        return y[:, :, :h, :w]
+        return y[:, :, :h, :w].contiguous()
 
 
 def load_encoder_weights(encoder: nn.Module, path: str) -> nn.Module:
