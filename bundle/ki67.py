@@ -20,7 +20,8 @@ The PSM paper reports multi-class Ki-67 detection but its code has none; this is
    ring around each disk; written as ``.npy`` by :func:`prepare_ki67_labels` for ``configs/ki67_train.json`` (the
    ``det_train`` machinery with a ResUNet-34, ``out_channels`` 3).
 3. **Per-class points** (:func:`ki67_points`): peaks of ``1 - P(background)`` (:func:`bundle.labels.
-   points_from_probability`), each given the class with the larger smoothed probability.
+   points_from_probability`), each given the class with the larger smoothed probability and placed at the centroid
+   of its region of the foreground.
 4. :class:`Ki67Runner` (``configs/ki67_infer.json``): per image a points CSV ``image,x,y,class,score``, a QuPath
    GeoJSON (small classified polygons, Positive / Negative), an overlay (positive red, negative blue), counts and
    the Ki-67 index; ``summary.csv`` / ``summary.json`` over the folder. ``stain="he"`` runs the H&E nuclei
@@ -50,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BACKGROUND", "POSITIVE", "NEGATIVE", "IGNORE", "CLASS_NAMES", "optical_density", "dab_fraction",
            "Ki67PseudoLabeler", "point_label", "prepare_ki67_labels", "run_name", "round_checkpoints", "teacher_list",
-           "ki67_points", "overlay_points", "Ki67Runner", "Ki67ImageHandler", "synthetic_ihc_tile", "read_bcdata_item",
+           "ki67_points", "region_centroids", "overlay_points", "Ki67Runner", "Ki67ImageHandler", "synthetic_ihc_tile", "read_bcdata_item",
            "NoDABWarning"]
 
 BACKGROUND, POSITIVE, NEGATIVE, IGNORE = 0, 1, 2, 255
@@ -395,7 +396,7 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
             if teachers:
                 prob = np.mean([predict_probability(n, rgb, device, tta=True, scale=f) for n, f in zip(nets, scales)],
                                axis=0)
-                pts, cls, _ = ki67_points(prob, threshold, d)
+                pts, cls, _ = ki67_points(prob, threshold, d, point_mode="peak")  # the recipe as measured
                 if dab_fraction(rgb) < 0.002:
                     logger.warning(f"{it['image']}: no DAB (brown) signal - is this an H&E image? 0 positive cells")
                     cls = np.full(len(pts), NEGATIVE, np.uint8)
@@ -417,17 +418,31 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
 
 
 # ------------------------------------------------------------------------------------------------ inference
-def ki67_points(prob: np.ndarray, threshold: float = 0.5, nucleus_diameter: float = 20.0, sigma: float = 2.0):
+POINT_MODES = ("centroid", "peak")
+
+
+def ki67_points(prob: np.ndarray, threshold: float = 0.5, nucleus_diameter: float = 20.0, sigma: float = 2.0,
+                point_mode: str = "centroid"):
     """Per-class points from a (3, H, W) background / positive / negative probability map.
 
-    Peaks of the Gaussian-smoothed ``1 - P(background)`` above ``threshold`` (:func:`bundle.labels.
+    Cells are the peaks of the Gaussian-smoothed ``1 - P(background)`` above ``threshold`` (:func:`bundle.labels.
     points_from_probability`, min distance d/2, merge distance 0.6 d (L1)), each with the class whose smoothed
-    probability is larger at the peak. Returns (points (N, 2) int (row, col), classes (N,) uint8, scores (N,)).
+    probability is larger at the peak. ``point_mode`` places each cell's point:
+
+    * ``"centroid"`` (default): the centroid of the peak's region, its watershed basin of the smoothed foreground
+      within ``foreground > threshold`` (the centre of the nucleus the network sees; a point whose basin is empty
+      stays at its peak);
+    * ``"peak"``: the peak itself (before 2026-11-24; the self-training labels of ``prepare_ki67_labels`` still use
+      it, so training is unchanged).
+
+    Returns (points (N, 2) int (row, col), classes (N,) uint8, scores (N,) float32 = smoothed foreground at the peak).
     """
     from scipy import ndimage as ndi
 
     from .labels import points_from_probability
 
+    if point_mode not in POINT_MODES:
+        raise ValueError(f"unknown point_mode {point_mode!r}; use one of {', '.join(POINT_MODES)}")
     prob = np.asarray(prob, np.float32)
     if prob.ndim != 3 or prob.shape[0] != 3:
         raise ValueError(f"ki67_points expects a (3, H, W) background/positive/negative map, got {prob.shape}")
@@ -440,8 +455,35 @@ def ki67_points(prob: np.ndarray, threshold: float = 0.5, nucleus_diameter: floa
     sp = ndi.gaussian_filter(prob[1], sigma)[pts[:, 0], pts[:, 1]]
     sn = ndi.gaussian_filter(prob[2], sigma)[pts[:, 0], pts[:, 1]]
     cls = np.where(sp >= sn, POSITIVE, NEGATIVE).astype(np.uint8)
-    score = ndi.gaussian_filter(fg, sigma)[pts[:, 0], pts[:, 1]]
+    smooth = ndi.gaussian_filter(fg, sigma)
+    score = smooth[pts[:, 0], pts[:, 1]]
+    if point_mode == "centroid":
+        pts = region_centroids(smooth, pts, threshold)
     return pts, cls, score.astype(np.float32)
+
+
+def region_centroids(fg: np.ndarray, points: np.ndarray, threshold: float) -> np.ndarray:
+    """Move each point to the centroid of its region: the marker-controlled watershed basin of ``-fg`` within
+    ``fg > threshold`` (``skimage.segmentation.watershed``).
+
+    fg: (H, W) float foreground score; points: (N, 2) int (row, col) markers. Returns (N, 2) int (row, col), rounded;
+    a point whose basin is empty (its marker below ``threshold``) keeps its position.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    points = np.asarray(points).reshape(-1, 2).astype(int)
+    if len(points) == 0:
+        return points
+    markers = np.zeros(fg.shape, np.int32)
+    idx = np.arange(1, len(points) + 1)
+    markers[points[:, 0], points[:, 1]] = idx
+    mask = fg > threshold
+    basins = watershed(-fg, markers, mask=mask)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.array(ndi.center_of_mass(mask, basins, idx), float).reshape(-1, 2)
+    c = np.where(np.isfinite(c), c, points)
+    return np.round(c).astype(int)
 
 
 def _circle(r, c, radius, n=12):
@@ -489,6 +531,8 @@ class Ki67Runner:
         method: ``"network"`` (trained ki67 network) or ``"classical"`` (:class:`Ki67PseudoLabeler` on the folder,
             no network: the pseudo labels themselves).
         threshold: foreground threshold of :func:`ki67_points`.  nucleus_diameter: px.
+        point_mode: where a cell's point goes, ``"centroid"`` of its region (default) or the probability ``"peak"``
+            (:func:`ki67_points`).
         min_dab_fraction: below it an image has no DAB: zero positives and a warning.
         hotspot_min_cells: a slide tile counts for the hotspot when it has at least this many cells.
         network_mpp: pixel size (um/px) the network was trained at (:func:`bundle.handlers.trained_mpp`); tiles at
@@ -504,7 +548,7 @@ class Ki67Runner:
                  datalist_key: str = "testing", seed: int = 0, wsi_level: int | None = 0,
                  wsi_mpp: float | None = None, wsi_tile: int = 1024, wsi_backend: str = "tifffile",
                  wsi_min_tissue: float = 0.001, hotspot_min_cells: int = 100, network_mpp: float | None = None,
-                 **he_kwargs):
+                 point_mode: str = "centroid", **he_kwargs):
         if stain not in ("ihc", "he"):
             raise ValueError(f"unknown stain {stain!r} (use 'ihc' for Ki-67 DAB + haematoxylin or 'he' for H&E)")
         if method not in ("network", "classical"):
@@ -519,6 +563,9 @@ class Ki67Runner:
         self.wsi = {"wsi_level": wsi_level, "wsi_mpp": wsi_mpp, "wsi_tile": int(wsi_tile), "wsi_backend": wsi_backend,
                     "wsi_min_tissue": float(wsi_min_tissue)}
         self.hotspot_min_cells = int(hotspot_min_cells)
+        if point_mode not in POINT_MODES:
+            raise ValueError(f"unknown point_mode {point_mode!r}; use one of {', '.join(POINT_MODES)}")
+        self.point_mode = point_mode
         if not 0.0 <= self.wsi["wsi_min_tissue"] <= 1.0:
             raise ValueError(f"wsi_min_tissue must be in [0, 1], got {wsi_min_tissue}")
         if self.hotspot_min_cells < 0:
@@ -551,7 +598,7 @@ class Ki67Runner:
         else:
             prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta,
                                        scale=self.resample)
-            pts, cls, score = ki67_points(prob, self.threshold, self.nucleus_diameter)
+            pts, cls, score = ki67_points(prob, self.threshold, self.nucleus_diameter, point_mode=self.point_mode)
         if frac < self.min_dab_fraction:
             n_pos = int((cls == POSITIVE).sum())
             logger.warning(f"{path}: no DAB (brown) signal (brown pixel fraction {frac:.4f}) - is this an H&E image? "
@@ -630,7 +677,7 @@ class Ki67Runner:
             for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):
                 prob = predict_probability(self.network, rgb, self.device, self.roi_size, self.overlap, tta=self.tta,
                                            hematoxylin_threshold=h_threshold, scale=self.resample)
-                pts, cls, score = ki67_points(prob, self.threshold, self.nucleus_diameter)
+                pts, cls, score = ki67_points(prob, self.threshold, self.nucleus_diameter, point_mode=self.point_mode)
                 if no_dab:
                     cls = np.full(len(pts), NEGATIVE, np.uint8)
                 off_r, off_c = slide.last_offset

@@ -18,7 +18,8 @@ radius; TP / FP / FN summed over images = micro average) at radius 6 and 10 px:
 * ``alt_*`` — pseudo-label alternatives tried while designing (see docs/ki67.md);
 * ``pseudo_labels`` — :class:`bundle.ki67.Ki67PseudoLabeler` alone (``Ki67Runner(method="classical")``);
 * ``network`` — the trained 3-class ResUNet-34 through :class:`bundle.ki67.Ki67Runner` (flip TTA), and
-  ``network_no_tta``.
+  ``network_no_tta``; ``--point_mode`` places its points at the centroid of each cell's region (the default) or at
+  the probability peak (``both``: each, the peak rows marked ``, peak``).
 
 Also per method: counting MAE per class (mean over images of |#pred - #gt|), Ki-67 index error (mean over images of
 |index_pred - index_gt|, and the folder-level index error), seconds per 640x640 image on this CPU (1 thread).
@@ -337,7 +338,8 @@ def _runner_points(out_dir, stems):
     return preds
 
 
-def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold, scale=1.0, network_mpp="auto"):
+def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold, scale=1.0, network_mpp="auto",
+                point_mode="centroid"):
     import torch
 
     from bundle.networks import ResUNet34
@@ -345,12 +347,12 @@ def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold, s
     torch.set_num_threads(1)
     net = ResUNet34(in_channels=resunet_input_channels(ckpt), out_channels=3,
                     base_channels=base_channels or resunet_checkpoint_dims(ckpt)[1])
-    out = Path(work) / ("network" if tta else "network_no_tta")
+    out = Path(work) / (("network" if tta else "network_no_tta") + ("" if point_mode == "centroid" else f"_{point_mode}"))
     from bundle.handlers import trained_mpp
 
     mpp = trained_mpp(ckpt) if network_mpp == "auto" else float(network_mpp)
     summ = Ki67Runner(net, str(Path(data_dir) / "images"), out, ckpt_path=ckpt, tta=tta, nucleus_diameter=d,
-                      threshold=threshold, size_scale=scale, network_mpp=mpp).run()
+                      threshold=threshold, size_scale=scale, network_mpp=mpp, point_mode=point_mode).run()
     return _runner_points(out, stems), summ["seconds_per_image"]
 
 
@@ -485,6 +487,10 @@ def main(argv=None):
     ap.add_argument("--figure_nets", default="", help="comma-separated --ckpt names shown in the figure (default all)")
     ap.add_argument("--tta", choices=("both", "on", "off"), default="both",
                     help="score networks with / without flip TTA")
+    ap.add_argument("--point_mode", choices=("centroid", "peak", "both"), default="centroid",
+                    help="where a network's cell points go (bundle.ki67.ki67_points): the centroid of the cell's "
+                         "region (ki67_infer's default since 2026-11-24) or the probability peak (before); 'both' "
+                         "scores each, the peak rows marked ', peak'")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -531,10 +537,13 @@ def main(argv=None):
     for spec in a.ckpt or []:
         name, _, path = spec.rpartition("=")
         name = name or "network"
+        modes = ("peak", "centroid") if a.point_mode == "both" else (a.point_mode,)  # the figure shows the last
         for tta in {"both": (False, True), "on": (True,), "off": (False,)}[a.tta]:
-            preds, sec = run_network(a.data, path, Path(a.work) / name, stems, d, tta, a.base_channels, a.threshold,
-                                     scale, a.network_mpp)
-            methods[f"{name} (TTA)" if tta else f"{name} (no TTA)"] = score_split(to40x(preds), gts, halves, sec, shapes)
+            for mode in modes:
+                preds, sec = run_network(a.data, path, Path(a.work) / name, stems, d, tta, a.base_channels,
+                                         a.threshold, scale, a.network_mpp, mode)
+                key = f"{name} ({'TTA' if tta else 'no TTA'}{', peak' if mode == 'peak' and len(modes) > 1 else ''})"
+                methods[key] = score_split(to40x(preds), gts, halves, sec, shapes)
         if not a.figure_nets or name in a.figure_nets.split(","):
             fig_cols[f"{name} (TTA)" if tta else name] = preds
     if a.figure:

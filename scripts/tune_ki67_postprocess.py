@@ -40,11 +40,11 @@ from bundle.metrics import multiclass_point_scores  # noqa: E402
 from bundle.networks import ResUNet34  # noqa: E402
 
 
-def counts(prob_gt, params, radius):
+def counts(prob_gt, params, radius, point_mode="centroid"):
     """Summed (tp, n_pred, n_gt) overall and per class over a list of (prob, gt_xy, gt_cls)."""
     c = np.zeros((3, 3), np.int64)  # rows: overall, positive, negative; cols: tp, n_pred, n_gt
     for prob, gxy, gcls in prob_gt:
-        pts, cls, _ = ki67_points(prob, params["threshold"], params["nucleus_diameter"], params["sigma"])
+        pts, cls, _ = ki67_points(prob, params["threshold"], params["nucleus_diameter"], params["sigma"], point_mode)
         pxy = pts[:, ::-1].astype(np.float64) if len(pts) else np.zeros((0, 2))
         sc = multiclass_point_scores(pxy, cls, gxy, gcls, radius, (POSITIVE, NEGATIVE))
         for row, key in enumerate(("overall", POSITIVE, NEGATIVE)):
@@ -67,6 +67,9 @@ def main(argv=None):
     ap.add_argument("--thresholds", default="0.3,0.4,0.5,0.6")
     ap.add_argument("--diameters", default="14,16,18,20,24")
     ap.add_argument("--sigmas", default="1,2,3")
+    ap.add_argument("--point_mode", choices=("centroid", "peak"), default="centroid",
+                    help="bundle.ki67.ki67_points' point placement; the 2026-11-22 results were made with 'peak', the "
+                         "only one then")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     t0 = time.time()
@@ -84,7 +87,7 @@ def main(argv=None):
         [float(x) for x in a.sigmas.split(",")])]
     table = []
     for params in grid:
-        ch = [counts(h, params, a.radius) for h in halves]
+        ch = [counts(h, params, a.radius, a.point_mode) for h in halves]
         table.append({"params": params, "half_f1": [f1(c[0])["f1"] for c in ch], "counts": [c.tolist() for c in ch]})
         print(params, [round(v, 4) for v in table[-1]["half_f1"]], flush=True)
     default = next(t for t in table if t["params"] == {"threshold": 0.5, "nucleus_diameter": 20.0, "sigma": 2.0})

@@ -170,11 +170,30 @@ def test_run_names_and_round_teachers(tmp_path):
         round_checkpoints(tmp_path, 3)
 
 
+def test_ki67_points_centroid_mode_centres_the_point_on_its_region():
+    """A large nucleus whose probability peaks off-centre (a brighter spot near its rim): 'peak' puts the point on
+    the spot, 'centroid' (the default) on the nucleus' centre; the class and score come from the peak either way."""
+    yy, xx = np.mgrid[:80, :100]
+    disk = ((yy - 40) ** 2 + (xx - 50) ** 2 <= 14 ** 2).astype(np.float32)
+    spot = np.exp(-((yy - 40) ** 2 + (xx - 60) ** 2) / 8.0)
+    fg = np.clip(0.7 * disk + 0.3 * spot * disk, 0, 1)
+    prob = np.stack([1 - fg, np.zeros_like(fg), fg])  # one negative cell
+    peak, cls_p, score_p = ki67_points(prob, 0.5, nucleus_diameter=30, sigma=1, point_mode="peak")
+    cen, cls_c, score_c = ki67_points(prob, 0.5, nucleus_diameter=30, sigma=1)
+    assert len(peak) == len(cen) == 1 and cls_p.tolist() == cls_c.tolist() == [NEGATIVE]
+    assert abs(peak[0, 1] - 60) <= 2 and abs(cen[0, 1] - 50) <= 1 and abs(cen[0, 0] - 40) <= 1
+    np.testing.assert_allclose(score_p, score_c)
+    with pytest.raises(ValueError, match="point_mode"):
+        ki67_points(prob, point_mode="middle")
+
+
 def test_runner_rejects_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="unknown stain"):
         Ki67Runner(None, str(tmp_path), tmp_path, stain="pap")
     with pytest.raises(ValueError, match="unknown method"):
         Ki67Runner(None, str(tmp_path), tmp_path, method="magic")
+    with pytest.raises(ValueError, match="unknown point_mode"):
+        Ki67Runner(None, str(tmp_path), tmp_path, point_mode="middle")
 
 
 def test_pseudo_labels_do_not_depend_on_the_training_seed(ihc_dir, tmp_path, monkeypatch):
