@@ -322,14 +322,19 @@ def label_radii(nucleus_diameter: float, disk_radius: float | None = None,
 
 def label_settings(nucleus_diameter: float, min_thickness: float = 0.0, disk_radius: float | None = None,
                    negative_threshold: str = "folder", label_seed: int = 0, ignore_radius: float | None = None,
-                   threshold: float = 0.5, teachers=()) -> dict:
+                   threshold: float = 0.5, teachers=(), teacher_point_mode: str = "peak") -> dict:
     """The record (``<label_dir>/settings.json``) of what :func:`prepare_ki67_labels` made a label folder with; a
     different record rebuilds the labels. Arguments as there (``teachers``: :func:`teacher_list`); settings that do
-    not apply (the colour labeller's for a self-training round, the teachers' threshold for round 1) are None."""
-    return {"nucleus_diameter": float(nucleus_diameter), "min_thickness": float(min_thickness),
-            "disk_radius": disk_radius, "negative_threshold": None if teachers else negative_threshold,
-            "label_seed": None if teachers else int(label_seed), "ignore_radius": ignore_radius,
-            "threshold": float(threshold) if teachers else None}
+    not apply (the colour labeller's for a self-training round, the teachers' threshold for round 1) are None.
+    ``teacher_point_mode`` is recorded only when it is not the default ``"peak"``, so folders written before it existed
+    stay valid."""
+    out = {"nucleus_diameter": float(nucleus_diameter), "min_thickness": float(min_thickness),
+           "disk_radius": disk_radius, "negative_threshold": None if teachers else negative_threshold,
+           "label_seed": None if teachers else int(label_seed), "ignore_radius": ignore_radius,
+           "threshold": float(threshold) if teachers else None}
+    if teachers and teacher_point_mode != "peak":
+        out["teacher_point_mode"] = teacher_point_mode
+    return out
 
 
 def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_radius: float | None = None,
@@ -337,7 +342,7 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
                         datalist_key: str = "training", min_size: int = 64, teacher_ckpt=None,
                         base_channels: int = 16, threshold: float = 0.5, device="cpu",
                         min_thickness: float = 0.0, negative_threshold: str = "folder", label_seed: int = 0,
-                        mpp: float | None = None) -> dict:
+                        mpp: float | None = None, teacher_point_mode: str = "peak") -> dict:
     """Label-free 3-class training labels for every readable tile of ``data`` (folder or datalist).
 
     Round 1 (``teacher_ckpt=None``): fits :class:`Ki67PseudoLabeler` (``min_thickness`` and ``negative_threshold``
@@ -345,7 +350,7 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
     split: the labels of a folder do not depend on the training seed, so runs with several seeds in one bundle root
     share them and may start side by side.
     Self-training rounds (``teacher_ckpt`` = a trained 3-class ResUNet-34 with ``base_channels``): the points are the
-    teacher's own detections (:func:`ki67_points`, flip TTA). ``teacher_ckpt`` may also be a list (or a comma-separated
+    teacher's own detections (:func:`ki67_points` with ``teacher_point_mode``, flip TTA). ``teacher_ckpt`` may also be a list (or a comma-separated
     string) of checkpoints, e.g. round-1 runs with different seeds: their flip-TTA probabilities are averaged (an
     ensemble teacher). Each teacher sees the tiles at the pixel size it was trained at: tiles of ``mpp`` um/px
     (None = the 40x reference) are resized for a teacher whose ``settings.json`` records another ``mpp``
@@ -367,7 +372,8 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
     good = [{"image": it["image"], "label": str(label_dir / f"{Path(it['image']).stem}.npy")} for it in usable]
     teachers = teacher_list(teacher_ckpt)
     redo = settings_changed(label_dir, label_settings(nucleus_diameter, min_thickness, disk_radius, negative_threshold,
-                                                      label_seed, ignore_radius, threshold, teachers))
+                                                      label_seed, ignore_radius, threshold, teachers,
+                                                      teacher_point_mode))
     todo = [it for it in good if redo or is_stale(Path(it["label"]), it["image"], *teachers)]
     if todo:
         d = float(nucleus_diameter)
@@ -396,7 +402,7 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
             if teachers:
                 prob = np.mean([predict_probability(n, rgb, device, tta=True, scale=f) for n, f in zip(nets, scales)],
                                axis=0)
-                pts, cls, _ = ki67_points(prob, threshold, d, point_mode="peak")  # the recipe as measured
+                pts, cls, _ = ki67_points(prob, threshold, d, point_mode=teacher_point_mode)
                 if dab_fraction(rgb) < 0.002:
                     logger.warning(f"{it['image']}: no DAB (brown) signal - is this an H&E image? 0 positive cells")
                     cls = np.full(len(pts), NEGATIVE, np.uint8)
@@ -433,7 +439,7 @@ def ki67_points(prob: np.ndarray, threshold: float = 0.5, nucleus_diameter: floa
       within ``foreground > threshold`` (the centre of the nucleus the network sees; a point whose basin is empty
       stays at its peak);
     * ``"peak"``: the peak itself (before 2026-11-24; the self-training labels of ``prepare_ki67_labels`` still use
-      it, so training is unchanged).
+      it by default, ``teacher_point_mode``).
 
     Returns (points (N, 2) int (row, col), classes (N,) uint8, scores (N,) float32 = smoothed foreground at the peak).
     """

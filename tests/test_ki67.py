@@ -154,6 +154,19 @@ def test_ensemble_teacher_averages_probabilities(ihc_dir, tmp_path):
     assert len(four["training"]) == 3
 
 
+def test_teacher_point_mode_is_recorded_only_when_not_the_default():
+    """Round-2 label folders written before ``teacher_point_mode`` existed keep a valid record (not rebuilt); a
+    centroid teacher's labels get their own record (rebuilt when the mode changes)."""
+    from bundle.ki67 import label_settings
+
+    old = {"nucleus_diameter": 20.0, "min_thickness": 0.0, "disk_radius": None, "negative_threshold": None,
+           "label_seed": None, "ignore_radius": None, "threshold": 0.5}
+    assert label_settings(20, teachers=["t.pt"]) == old
+    assert label_settings(20, teachers=["t.pt"], teacher_point_mode="centroid") == {**old,
+                                                                                   "teacher_point_mode": "centroid"}
+    assert "teacher_point_mode" not in label_settings(20, teacher_point_mode="centroid")  # round 1: no teacher
+
+
 def test_run_names_and_round_teachers(tmp_path):
     from bundle.ki67 import round_checkpoints, run_name
 
