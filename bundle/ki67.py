@@ -51,8 +51,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BACKGROUND", "POSITIVE", "NEGATIVE", "IGNORE", "CLASS_NAMES", "optical_density", "dab_fraction",
            "Ki67PseudoLabeler", "point_label", "prepare_ki67_labels", "run_name", "round_checkpoints", "teacher_list",
-           "ki67_points", "region_centroids", "overlay_points", "Ki67Runner", "Ki67ImageHandler", "synthetic_ihc_tile", "read_bcdata_item",
-           "NoDABWarning"]
+           "ki67_points", "region_centroids", "overlay_points", "Ki67Runner", "Ki67ImageHandler", "synthetic_ihc_tile",
+           "read_bcdata_item", "NoDABWarning"]
 
 BACKGROUND, POSITIVE, NEGATIVE, IGNORE = 0, 1, 2, 255
 CLASS_NAMES = {POSITIVE: "Positive", NEGATIVE: "Negative"}
@@ -349,15 +349,15 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
     passed on, K-Means seed ``label_seed``) on all tiles (no annotation is read). ``seed`` only draws the held-back
     split: the labels of a folder do not depend on the training seed, so runs with several seeds in one bundle root
     share them and may start side by side.
-    Self-training rounds (``teacher_ckpt`` = a trained 3-class ResUNet-34 with ``base_channels``): the points are the
-    teacher's own detections (:func:`ki67_points` with ``teacher_point_mode``, flip TTA). ``teacher_ckpt`` may also be a list (or a comma-separated
-    string) of checkpoints, e.g. round-1 runs with different seeds: their flip-TTA probabilities are averaged (an
-    ensemble teacher). Each teacher sees the tiles at the pixel size it was trained at: tiles of ``mpp`` um/px
-    (None = the 40x reference) are resized for a teacher whose ``settings.json`` records another ``mpp``
-    (:func:`bundle.handlers.trained_mpp`) and its probabilities resized back. Writes ``<label_dir>/<stem>.npy`` ((1, H, W) uint8
-    :func:`point_label`) and ``<label_dir>/points/<stem>.csv`` (``x, y, class``); a rerun reuses labels newer than
-    their image (and teacher) when the label settings (``label_dir/settings.json``) are unchanged. Unreadable tiles are
-    reported in one line and left out.
+    Self-training rounds (``teacher_ckpt`` = a trained 3-class ResUNet-34 with ``base_channels``): the points are
+    the teacher's own detections (:func:`ki67_points` with ``teacher_point_mode``, flip TTA). ``teacher_ckpt`` may
+    also be a list (or a comma-separated string) of checkpoints, e.g. round-1 runs with different seeds: their
+    flip-TTA probabilities are averaged (an ensemble teacher). Each teacher sees the tiles at the pixel size it was
+    trained at: tiles of ``mpp`` um/px (None = the 40x reference) are resized for a teacher whose ``settings.json``
+    records another ``mpp`` (:func:`bundle.handlers.trained_mpp`) and its probabilities resized back. Writes
+    ``<label_dir>/<stem>.npy`` ((1, H, W) uint8 :func:`point_label`) and ``<label_dir>/points/<stem>.csv`` (``x, y,
+    class``); a rerun reuses labels newer than their image (and teacher) when the label settings
+    (``label_dir/settings.json``) are unchanged. Unreadable tiles are reported in one line and left out.
 
     Returns:
         ``{"training": [...], "validation": [...]}`` with items ``{"image", "label"}`` (held-back split, seeded).

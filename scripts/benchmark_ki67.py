@@ -347,7 +347,8 @@ def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold, s
     torch.set_num_threads(1)
     net = ResUNet34(in_channels=resunet_input_channels(ckpt), out_channels=3,
                     base_channels=base_channels or resunet_checkpoint_dims(ckpt)[1])
-    out = Path(work) / (("network" if tta else "network_no_tta") + ("" if point_mode == "centroid" else f"_{point_mode}"))
+    suffix = "" if point_mode == "centroid" else f"_{point_mode}"
+    out = Path(work) / (("network" if tta else "network_no_tta") + suffix)
     from bundle.handlers import trained_mpp
 
     mpp = trained_mpp(ckpt) if network_mpp == "auto" else float(network_mpp)
