@@ -245,6 +245,12 @@ def load_datalist(path_or_folder: str | os.PathLike, key: str = "training",
     return [{"image": f} for f in list_images(p)]
 
 
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A binary mask written as an image (e.g. a pseudo mask PNG: 0 / 255) -> (H, W) bool, True where the first
+    channel is above 127. Errors as :func:`read_rgb`."""
+    return read_rgb(path)[..., 0] > 127
+
+
 def read_rgb_or_skip(path: str | os.PathLike, skipped: list, min_size: int = 32):
     """:func:`read_rgb`, or None for an unusable file after logging ``skipped <reason>`` (one line) and appending the
     reason to ``skipped`` (the runners' list of skipped files)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import (ImageError, load_datalist, read_rgb, read_rgb_or_skip, remove_stale_parts, streamed_outputs,
+from .io import (ImageError, load_datalist, read_mask, read_rgb, read_rgb_or_skip, remove_stale_parts, streamed_outputs,
                  usable_items, write_csv, write_image, write_json, write_npy)
 from .postprocess import resample_factor
 
@@ -196,7 +196,7 @@ def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three",
     for it in items:
         out = label_dir / f"{Path(it['image']).stem}.npy"
         if redo or is_stale(out, it["mask"]):
-            mask = read_rgb(it["mask"])[..., 0] > 127
+            mask = read_mask(it["mask"])
             lab = detection_target(mask, target, min_distance=min_distance, ignore_band=ignore_band)
             write_npy(out, lab[None])
         it["label"] = str(out)
@@ -241,7 +241,7 @@ def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ck
                 det_network.to(device).eval()
                 loaded = True
             rgb = read_rgb(it["image"])
-            mask = read_rgb(it["mask"])[..., 0] > 127
+            mask = read_mask(it["mask"])
             pts = detection_points(predict_probability(det_network, rgb, device, tta=False), point_threshold,
                                    **point_kw)
             lab = segmentation_targets(mask, pts, keep_foreground=keep_foreground, disk_radius=disk)

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from benchmark_ki67 import tile_stems  # noqa: E402
 from benchmark_wsi import run_inference  # noqa: E402
 
 from bundle.cells import read_point_table  # noqa: E402
@@ -143,7 +144,7 @@ def main(argv=None):
     ckpt = a.root / "models" / ("ki67" if a.round == 1 else f"ki67_r{a.round}") / "model.pt"
     if not ckpt.is_file():
         raise SystemExit(f"{ckpt}: no trained Ki-67 network")
-    stems = sorted((p.stem for p in (a.data / "images").glob("*.png")), key=lambda s: (len(s), s))
+    stems = tile_stems(a.data / "images")
     if not stems:
         raise SystemExit(f"{a.data / 'images'}: no images")
     tiles = [read_rgb(a.data / "images" / f"{s}.png") for s in stems]

@@ -54,7 +54,7 @@ from bundle.clustering import clean_mask  # noqa: E402
 from bundle.detection import (blend_hematoxylin, detection_points, instance_points, nuclei_from_probability,  # noqa: E402
                               predict_probability)
 from bundle.handlers import resunet_input_channels  # noqa: E402
-from bundle.io import read_rgb, write_json  # noqa: E402
+from bundle.io import read_mask, write_json  # noqa: E402
 from bundle.metrics import instance_scores  # noqa: E402
 from bundle.networks import ResUNet34  # noqa: E402
 from bundle.postprocess import classical_foreground, instances_by_watershed  # noqa: E402
@@ -263,7 +263,7 @@ def main(argv=None):
     if a.psm_masks:
         agree = []
         for stem, rgb, gt in splits["train"]:
-            psm = read_rgb(a.psm_masks / f"{stem}.png")[..., 0] > 127
+            psm = read_mask(a.psm_masks / f"{stem}.png")
             cl, g = train_teachers[stem], gt > 0
             same = psm == cl
             agree.append([same.mean(), _f1(cl[same], g[same]), _f1(cl, g), _f1(psm, g)])

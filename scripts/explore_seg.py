@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.annotations import read_instance_label  # noqa: E402
 from bundle.detection import predict_probability  # noqa: E402
-from bundle.io import read_rgb  # noqa: E402
+from bundle.io import read_mask, read_rgb  # noqa: E402
 from bundle.labels import instance_target  # noqa: E402
 from bundle.metrics import instance_scores  # noqa: E402
 from bundle.networks import ResUNet34  # noqa: E402
@@ -41,7 +41,7 @@ from bundle.transforms import hematoxylin_channel, normalize_rgb  # noqa: E402
 def teacher_instances(rgb, name, teacher):
     if teacher == "classical":
         return classical_nuclei(rgb)
-    m = read_rgb(Path(teacher) / name)[..., 0] > 127
+    m = read_mask(Path(teacher) / name)
     return instances_by_watershed(m, None, min_distance=6, sigma=1.0, min_size=30)
 
 

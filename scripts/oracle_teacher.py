@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bundle.annotations import read_instance_label  # noqa: E402
 from bundle.cells import read_points  # noqa: E402
 from bundle.detection import instance_points, segmentation_targets  # noqa: E402
-from bundle.io import read_rgb, write_csv, write_image, write_json, write_npy  # noqa: E402
+from bundle.io import read_mask, read_rgb, write_csv, write_image, write_json, write_npy  # noqa: E402
 
 
 def monuseg(a) -> None:
@@ -62,7 +62,7 @@ def monuseg(a) -> None:
         if a.mask == "gt":
             mask = inst > 0
         else:
-            mask = read_rgb(src / "eval" / "pseudo_masks" / "masks" / f"{stem}.png")[..., 0] > 127
+            mask = read_mask(src / "eval" / "pseudo_masks" / "masks" / f"{stem}.png")
         if a.points == "gt":
             pts = np.round(instance_points(inst)).astype(int)
         else:

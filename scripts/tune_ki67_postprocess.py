@@ -31,6 +31,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmark_ki67 import tile_stems  # noqa: E402
 
 from bundle.detection import predict_probability  # noqa: E402
 from bundle.handlers import resunet_input_channels  # noqa: E402
@@ -75,7 +78,7 @@ def main(argv=None):
     t0 = time.time()
     net = ResUNet34(in_channels=resunet_input_channels(a.ckpt), out_channels=3, base_channels=a.base_channels)
     net.load_state_dict(torch.load(a.ckpt, map_location="cpu"))
-    stems = sorted((p.stem for p in (a.data / "images").glob("*.png")), key=lambda s: (len(s), s))
+    stems = tile_stems(a.data / "images")
     data = []
     for s in stems:
         prob = predict_probability(net, read_rgb(a.data / "images" / f"{s}.png"), tta=True)
