@@ -427,6 +427,13 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
 POINT_MODES = ("centroid", "peak")
 
 
+def check_point_mode(point_mode: str) -> str:
+    """``point_mode`` if it is one of :data:`POINT_MODES`, else a one-line ValueError."""
+    if point_mode not in POINT_MODES:
+        raise ValueError(f"unknown point_mode {point_mode!r}; use one of {', '.join(POINT_MODES)}")
+    return point_mode
+
+
 def ki67_points(prob: np.ndarray, threshold: float = 0.5, nucleus_diameter: float = 20.0, sigma: float = 2.0,
                 point_mode: str = "centroid"):
     """Per-class points from a (3, H, W) background / positive / negative probability map.
@@ -447,8 +454,7 @@ def ki67_points(prob: np.ndarray, threshold: float = 0.5, nucleus_diameter: floa
 
     from .labels import points_from_probability
 
-    if point_mode not in POINT_MODES:
-        raise ValueError(f"unknown point_mode {point_mode!r}; use one of {', '.join(POINT_MODES)}")
+    check_point_mode(point_mode)
     prob = np.asarray(prob, np.float32)
     if prob.ndim != 3 or prob.shape[0] != 3:
         raise ValueError(f"ki67_points expects a (3, H, W) background/positive/negative map, got {prob.shape}")
@@ -569,9 +575,7 @@ class Ki67Runner:
         self.wsi = {"wsi_level": wsi_level, "wsi_mpp": wsi_mpp, "wsi_tile": int(wsi_tile), "wsi_backend": wsi_backend,
                     "wsi_min_tissue": float(wsi_min_tissue)}
         self.hotspot_min_cells = int(hotspot_min_cells)
-        if point_mode not in POINT_MODES:
-            raise ValueError(f"unknown point_mode {point_mode!r}; use one of {', '.join(POINT_MODES)}")
-        self.point_mode = point_mode
+        self.point_mode = check_point_mode(point_mode)
         if not 0.0 <= self.wsi["wsi_min_tissue"] <= 1.0:
             raise ValueError(f"wsi_min_tissue must be in [0, 1], got {wsi_min_tissue}")
         if self.hotspot_min_cells < 0:

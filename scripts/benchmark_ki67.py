@@ -51,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bundle.cells import read_point_table  # noqa: E402
 from bundle.handlers import resunet_checkpoint_dims, resunet_input_channels  # noqa: E402
 from bundle.io import read_rgb  # noqa: E402
-from bundle.ki67 import (NEGATIVE, POSITIVE, Ki67PseudoLabeler, Ki67Runner, _blob_points, _hd_of_od,  # noqa: E402
-                         dab_fraction, optical_density, read_bcdata_item)
+from bundle.ki67 import (NEGATIVE, POINT_MODES, POSITIVE, Ki67PseudoLabeler, Ki67Runner, _blob_points,  # noqa: E402
+                         _hd_of_od, dab_fraction, optical_density, read_bcdata_item)
 from bundle.metrics import multiclass_point_scores  # noqa: E402
 
 RADII = (6, 10)
@@ -488,7 +488,7 @@ def main(argv=None):
     ap.add_argument("--figure_nets", default="", help="comma-separated --ckpt names shown in the figure (default all)")
     ap.add_argument("--tta", choices=("both", "on", "off"), default="both",
                     help="score networks with / without flip TTA")
-    ap.add_argument("--point_mode", choices=("centroid", "peak", "both"), default="centroid",
+    ap.add_argument("--point_mode", choices=(*POINT_MODES, "both"), default="centroid",
                     help="where a network's cell points go (bundle.ki67.ki67_points): the centroid of the cell's "
                          "region (ki67_infer's default since 2026-11-24) or the probability peak (before); 'both' "
                          "scores each, the peak rows marked ', peak'")

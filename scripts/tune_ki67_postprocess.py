@@ -38,7 +38,7 @@ from benchmark_ki67 import tile_stems  # noqa: E402
 from bundle.detection import predict_probability  # noqa: E402
 from bundle.handlers import resunet_input_channels  # noqa: E402
 from bundle.io import read_rgb, write_json  # noqa: E402
-from bundle.ki67 import NEGATIVE, POSITIVE, ki67_points, read_bcdata_item  # noqa: E402
+from bundle.ki67 import NEGATIVE, POINT_MODES, POSITIVE, ki67_points, read_bcdata_item  # noqa: E402
 from bundle.metrics import multiclass_point_scores  # noqa: E402
 from bundle.networks import ResUNet34  # noqa: E402
 
@@ -70,7 +70,7 @@ def main(argv=None):
     ap.add_argument("--thresholds", default="0.3,0.4,0.5,0.6")
     ap.add_argument("--diameters", default="14,16,18,20,24")
     ap.add_argument("--sigmas", default="1,2,3")
-    ap.add_argument("--point_mode", choices=("centroid", "peak"), default="centroid",
+    ap.add_argument("--point_mode", choices=POINT_MODES, default="centroid",
                     help="bundle.ki67.ki67_points' point placement; the 2026-11-22 results were made with 'peak', the "
                          "only one then")
     ap.add_argument("--out", type=Path, required=True)
