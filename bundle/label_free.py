@@ -16,7 +16,10 @@ reruns stages; ``--stages psm,det,seg`` runs a subset). A killed training stage 
 rerun. ``--override '{"det": {"epochs": 10}}'`` passes config overrides per stage (``"all"`` applies to every
 stage), ``--profile paper`` merges configs/profile_paper.json into the SSL/PSM stages, and
 ``--teacher hematoxylin`` replaces the PSM pseudo masks by haematoxylin-Otsu masks (no ``ssl`` stage), the teacher
-that measured better on MoNuSeg (docs/README.md). ``--mpp 0.5`` tells every stage the tiles' micrometres per pixel
+that measured better on MoNuSeg (docs/README.md). ``--points mask`` skips the ``det`` stage: the seg stage's Voronoi
+labels take their points from the pseudo masks' own watershed instances (``seg_train.json --point_source mask``),
+which measured level with the detection network's points at about a third less time (docs/README.md, item 21).
+``--mpp 0.5`` tells every stage the tiles' micrometres per pixel
 (default 0.25, 40x): the pixel sizes tuned at 40x (object and hole areas, peak distances, point blur and merge
 distance, Voronoi disks) are scaled to it (:func:`bundle.postprocess.size_scale`; docs/README.md, "Magnification").
 ``--force`` on a finished training stage retrains it from scratch (``--resume False``), not from its last epoch.
@@ -131,13 +134,15 @@ def _check_inputs(dataset_dir: str, mpp: float | None) -> None:
 
 def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES, force: str | list = (),
                  profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False,
-                 teacher: str = "psm", mpp: float | None = None) -> list:
+                 teacher: str = "psm", mpp: float | None = None, points: str = "det") -> list:
     """Run the stages in order, skipping completed ones (:func:`run_stages`). Returns
     ``[(stage, "ran" | "skipped" | "dry-run", seconds)]``.
 
     ``teacher="hematoxylin"`` makes the pseudo masks by haematoxylin Otsu (``--scm#fusion otsu``) and skips the
     ``ssl`` stage (no activation network is needed); ``"psm"`` (default) is the PSM method. ``mpp`` (the tiles'
     micrometres per pixel; None = the configs' 0.25) is passed to every stage that scales pixel sizes by it.
+    ``points="mask"`` drops the ``det`` stage and gives the seg stage the pseudo masks' own instance centres
+    (``seg_train.json`` ``point_source``); ``"det"`` (default) is the PSM method's detection network.
 
     Raises:
         RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept).
@@ -145,6 +150,14 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
     stages, force, override = _names(stages), _names(force), _overrides(override)
     if teacher not in ("psm", "hematoxylin"):
         raise ValueError(f"unknown teacher {teacher!r} (use 'psm' or 'hematoxylin')")
+    if points not in ("det", "mask"):
+        raise ValueError(f"unknown points {points!r} (use 'det' or 'mask')")
+    if points == "mask":
+        if teacher == "psm":
+            logger.warning("--points mask with PSM pseudo masks measured worse than the det stage's points on MoNuSeg "
+                           "(train AJI 0.410 vs 0.432, docs/README.md item 21); it was a tie with --teacher hematoxylin")
+        stages = [st for st in stages if st != "det"]
+        override = {**override, "seg": {"point_source": "mask", **override.get("seg", {})}}
     if teacher == "hematoxylin":
         stages = [st for st in stages if st != "ssl"]
         override = {**override, "psm": {"scm#fusion": "otsu",
@@ -259,11 +272,13 @@ def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds
 
 def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = "", force: str = "",
          profile: str = "cpu", override: str = "", dry_run: bool = False, teacher: str = "psm",
-         mpp: float | None = None, stain: str = "he", seeds: int = 1, rounds: int = 1, jobs: int = 1) -> None:
+         mpp: float | None = None, stain: str = "he", seeds: int = 1, rounds: int = 1, jobs: int = 1,
+         points: str = "det") -> None:
     """Command-line entry (Python Fire): see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
-        ignored = ({"profile": profile != "cpu", "teacher": teacher != "psm"} if stain == "ihc" else
+        ignored = ({"profile": profile != "cpu", "teacher": teacher != "psm", "points": points != "det"}
+                   if stain == "ihc" else
                    {"seeds": int(seeds) != 1, "rounds": int(rounds) != 1, "jobs": int(jobs) != 1})
         for k in (k for k, v in ignored.items() if v):
             logger.warning(f"--{k} does nothing with --stain {stain}")
@@ -272,7 +287,7 @@ def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = ""
                                        dry_run, mpp, jobs)
         elif stain == "he":
             report = run_pipeline(dataset_dir, bundle_root, stages or STAGES, force, profile, override or None,
-                                  dry_run, teacher, mpp)
+                                  dry_run, teacher, mpp, points)
         else:
             raise ValueError(f"unknown stain {stain!r} (use 'he' or 'ihc')")
     except (RuntimeError, ValueError, FileNotFoundError) as e:

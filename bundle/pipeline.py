@@ -208,17 +208,21 @@ def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three",
 def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ckpt, device="cpu",
                                 keep_foreground: bool = False, val_fraction: float = 0.1, seed: int = 0,
                                 point_threshold: float = 0.5, datalist_key: str = "training",
-                                size_scale: float = 1.0) -> dict:
-    """Run the trained detection network on every tile, take its points (:func:`bundle.detection.detection_points`)
-    and write the segmentation labels (:func:`bundle.detection.segmentation_targets`: pseudo mask + Voronoi) as
-    (2, H, W) uint8 ``.npy`` plus ``points/<tile>.csv``. Labels newer than the detection checkpoint are reused.
+                                size_scale: float = 1.0, point_source: str = "det") -> dict:
+    """Take points on every tile and write the segmentation labels (:func:`bundle.detection.segmentation_targets`:
+    pseudo mask + Voronoi) as (2, H, W) uint8 ``.npy`` plus ``points/<tile>.csv``.
+
+    ``point_source="det"`` (the PSM method) runs the trained detection network and takes its points
+    (:func:`bundle.detection.detection_points`); labels newer than the detection checkpoint are reused.
+    ``point_source="mask"`` takes the centres of the pseudo mask's own distance-transform watershed instances
+    (:func:`bundle.detection.mask_points`), so no detection network is needed (``det_ckpt`` may be missing).
     ``size_scale`` (:func:`bundle.postprocess.size_scale`, 0.5 for 20x tiles) scales the point extraction
     (:func:`bundle.labels.point_settings`) and the Voronoi disks (radius 2 px at 40x).
 
     Returns:
         ``{"training": [...], "validation": [...]}`` as :func:`prepare_detection_labels`.
     """
-    from .detection import detection_points, predict_probability, segmentation_targets
+    from .detection import detection_points, mask_points, predict_probability, segmentation_targets
     from .handlers import load_network_weights
     from .labels import point_settings
     from .postprocess import scaled
@@ -227,23 +231,29 @@ def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ck
     label_dir = Path(label_dir)
     device = torch.device(device)
     loaded = False
+    if point_source not in ("det", "mask"):
+        raise ValueError(f"point_source must be 'det' or 'mask', got {point_source!r}")
     settings = {"keep_foreground": bool(keep_foreground), "point_threshold": point_threshold}
     if size_scale != 1.0:  # recorded only when set, so label folders written before the option stay valid
         settings["size_scale"] = float(size_scale)
+    if point_source != "det":
+        settings["point_source"] = point_source
     redo = settings_changed(label_dir, settings)
     point_kw, disk = point_settings(size_scale), scaled(2, size_scale, integer=False, minimum=0.5)
     for it in items:
         stem = Path(it["image"]).stem
         out = label_dir / f"{stem}.npy"
-        if redo or is_stale(out, it["mask"], det_ckpt):
-            if not loaded:
-                load_network_weights(det_network, det_ckpt, map_location=device)
-                det_network.to(device).eval()
-                loaded = True
-            rgb = read_rgb(it["image"])
+        if redo or is_stale(out, it["mask"], det_ckpt if point_source == "det" else None):
             mask = read_mask(it["mask"])
-            pts = detection_points(predict_probability(det_network, rgb, device, tta=False), point_threshold,
-                                   **point_kw)
+            if point_source == "mask":
+                pts = mask_points(mask, size_scale)
+            else:
+                if not loaded:
+                    load_network_weights(det_network, det_ckpt, map_location=device)
+                    det_network.to(device).eval()
+                    loaded = True
+                pts = detection_points(predict_probability(det_network, read_rgb(it["image"]), device, tta=False),
+                                       point_threshold, **point_kw)
             lab = segmentation_targets(mask, pts, keep_foreground=keep_foreground, disk_radius=disk)
             write_npy(out, lab)
             write_csv(label_dir / "points" / f"{stem}.csv", [{"row": int(r), "col": int(c)} for r, c in pts])

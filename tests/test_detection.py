@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from bundle.detection import (IGNORE, PartialCrossEntropy, detection_target, input_channels, nuclei_from_probability,
-                              predict_probability, segmentation_targets)
+from bundle.detection import (IGNORE, PartialCrossEntropy, detection_target, input_channels, mask_points,
+                              nuclei_from_probability, predict_probability, segmentation_targets)
 from bundle.labels import instance_target
 from bundle.postprocess import instance_polygons, instances_from_three_class
 from bundle.wsi import write_pyramid_tiff
@@ -150,6 +150,19 @@ def test_nuclei_from_probability_modes_split_touching():
     assert nuclei_from_probability(three, "auto", min_size=5).max() == 2
     with pytest.raises(ValueError, match="unknown instance mode"):
         nuclei_from_probability(prob, "blobs")
+
+
+def test_mask_points_one_centre_per_touching_nucleus():
+    m = two_touching_disks()
+    pts = mask_points(m)
+    assert len(pts) == 2
+    lab = ndi.label(m)[0]
+    assert np.all(lab[tuple(np.round(pts).astype(int).T)] == 1)  # inside the mask
+    assert abs(pts[:, 1].max() - pts[:, 1].min()) > 10  # one on each disk, not both on the neck
+    assert len(mask_points(np.zeros((40, 40), bool))) == 0
+    small = np.zeros((40, 40), bool)
+    small[10:13, 10:13] = True  # 9 px: under min_size (20 px at 40x, 5 px at 20x)
+    assert len(mask_points(small)) == 0 and len(mask_points(small, size_scale=0.5)) == 1
 
 
 def test_nuclei_from_probability_grow_keeps_instances_apart():

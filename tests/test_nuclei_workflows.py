@@ -104,6 +104,12 @@ def test_seg_train_needs_detection_checkpoint(root, synthetic_dir, pseudo_root, 
     err = root_cause(e.value)
     assert isinstance(err, FileNotFoundError) and "det/model.pt: checkpoint not found" in str(err)
     assert "\n" not in str(err)
+    # points from the pseudo masks themselves need no detection network
+    workflow(root, "seg_train.json", broot, synthetic_dir / "datalist.json", point_source="mask", **FAST).run()
+    assert (broot / "models" / "seg" / "model.pt").is_file() and not (broot / "models" / "det").exists()
+    labels = broot / "eval" / "seg_labels"
+    assert json.loads((labels / "settings.json").read_text())["point_source"] == "mask"
+    assert all(len((labels / "points" / f"{p.stem}.csv").read_text().splitlines()) > 1 for p in labels.glob("*.npy"))
 
 
 def test_det_train_without_pseudo_masks_is_one_line_error(root, synthetic_dir, tmp_path):
@@ -289,6 +295,19 @@ def test_hematoxylin_teacher_skips_ssl_and_psm(root, synthetic_dir, tmp_path, mo
     out = tmp_path / "r" / "eval" / "pseudo_masks"
     assert len(list((out / "masks").glob("*.png"))) == 6 and not (out / "psm").exists()
     assert summary["pixel_f1"] > 0.5  # synthetic nuclei are dark: the classical teacher finds them
+
+
+def test_mask_points_skip_the_det_stage(synthetic_dir, tmp_path, monkeypatch):
+    import bundle.label_free as lf
+
+    calls = []
+    monkeypatch.setattr(lf.subprocess, "Popen", fake_popen(calls))
+    rep = lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), points="mask")
+    assert [r[0] for r in rep] == ["ssl", "psm", "seg", "infer"]
+    seg = calls[2]
+    assert seg[seg.index("--point_source") + 1] == "mask" and "--point_source" not in calls[3]
+    with pytest.raises(ValueError, match="unknown points"):
+        lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), points="gt")
 
 
 def test_child_env_keeps_the_callers_pythonpath(root, monkeypatch):

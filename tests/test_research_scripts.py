@@ -290,3 +290,25 @@ def test_oracle_teacher_writes_annotation_labels_in_the_pipelines_format(tmp_pat
                               nucleus_diameter=20, val_fraction=0.5)
     assert len(out["training"]) + len(out["validation"]) == 2
     assert np.array_equal(np.load(tmp_path / "k" / "eval" / "ki67_labels" / "2.npy")[0], lab)
+
+
+def test_diagnose_seg_points_scores_det_and_mask_points(tmp_path):
+    import diagnose_seg_points  # a plain import: a broken import must fail, not skip
+
+    from bundle.annotations import write_instance_label
+    from bundle.io import write_csv, write_image
+
+    # one train tile with two separate nuclei; the pseudo mask is exact, the det network found only one of them
+    mon, root = tmp_path / "monuseg", tmp_path / "root"
+    gt = np.zeros((64, 64), np.int32)
+    gt[5:17, 5:17], gt[40:52, 30:42] = 1, 2
+    write_image(mon / "train" / "images" / "t.png", np.full((64, 64, 3), 150, np.uint8))
+    write_instance_label(mon / "train" / "labels" / "t.png", gt)
+    write_image(root / "eval" / "pseudo_masks" / "masks" / "t.png", ((gt > 0) * 255).astype(np.uint8))
+    write_csv(root / "eval" / "seg_labels" / "points" / "t.csv", [{"row": 11, "col": 11}])
+    out = tmp_path / "diag"
+    r = diagnose_seg_points.main(["--monuseg", str(mon), "--runs", f"a={root}", "--min_distance", "8", "--out", str(out)])
+    det, mask = r["runs"]["a"]["det"]["6"], r["runs"]["a"]["mask_md8"]["6"]
+    assert det["n_points"] == 1 and det["precision"] == 1.0 and det["recall"] == 0.5
+    assert mask["n_points"] == 2 and mask["f1"] == 1.0
+    assert out.with_suffix(".md").read_text().count("| a |") == 2 and out.with_suffix(".json").is_file()
