@@ -17,8 +17,9 @@ rerun. ``--override '{"det": {"epochs": 10}}'`` passes config overrides per stag
 stage), ``--profile paper`` merges configs/profile_paper.json into the SSL/PSM stages, and
 ``--teacher hematoxylin`` replaces the PSM pseudo masks by haematoxylin-Otsu masks (no ``ssl`` stage), the teacher
 that measured better on MoNuSeg (docs/README.md). ``--points mask`` skips the ``det`` stage: the seg stage's Voronoi
-labels take their points from the pseudo masks' own watershed instances (``seg_train.json --point_source mask``),
-which measured level with the detection network's points at about a third less time (docs/README.md, item 21).
+labels take their points from the pseudo masks' own watershed instances (``seg_train.json --point_source mask``).
+With ``--teacher hematoxylin`` that measured level with the detection network's points and saves the det stage's
+time (as long as the seg stage's); with PSM pseudo masks it measured worse (docs/README.md, item 21).
 ``--mpp 0.5`` tells every stage the tiles' micrometres per pixel
 (default 0.25, 40x): the pixel sizes tuned at 40x (object and hole areas, peak distances, point blur and merge
 distance, Voronoi disks) are scaled to it (:func:`bundle.postprocess.size_scale`; docs/README.md, "Magnification").
