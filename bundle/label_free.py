@@ -154,6 +154,8 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
     if points not in ("det", "mask"):
         raise ValueError(f"unknown points {points!r} (use 'det' or 'mask')")
     if points == "mask":
+        if "det" in force or ("det" in stages and stages != list(STAGES)):
+            logger.warning("--points mask drops the det stage: the det named in --stages / --force is not run")
         if teacher == "psm":
             logger.warning("--points mask with PSM pseudo masks measured worse than the det stage's points on MoNuSeg "
                            "(train AJI 0.410 vs 0.432, docs/README.md item 21); it was a tie with --teacher hematoxylin")
@@ -179,6 +181,24 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
 TRAINING_STAGES = ("ssl", "det", "seg")  # their configs resume from a checkpoint (``resume``)
 
 
+def _settings_changed(marker: Path, cmd: list) -> bool:
+    """Whether a finished stage's recorded command (its marker) set other config values than ``cmd`` does: the
+    ``--key value`` pairs after ``--config_file``, ignoring the interpreter, the metadata / logging file paths and
+    ``--resume``. An unreadable or older marker without a command counts as unchanged (no false alarm)."""
+    def settings(c):
+        c, out = list(c), {}
+        for i in range(len(c) - 1):
+            if str(c[i]).startswith("--") and str(c[i]) not in ("--resume", "--meta_file", "--logging_file"):
+                out[str(c[i])] = str(c[i + 1])
+        return out
+
+    try:
+        recorded = json.loads(marker.read_text()).get("command")
+    except (OSError, ValueError):
+        return False
+    return bool(recorded) and settings(recorded[1:]) != settings(cmd[1:])
+
+
 def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False, jobs: int = 1) -> list:
     """Run ``plan`` = ``[(name, command, trains[, group])]`` in order, skipping a stage whose marker
     ``<bundle_root>/stages/<name>.json`` exists unless ``name`` is in ``force``; a forced finished stage that
@@ -198,6 +218,10 @@ def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False, jo
         marker = done_dir / f"{stage}.json"
         if marker.is_file() and stage not in force:
             logger.info(f"stage {stage}: done before ({marker}), skipped")
+            if _settings_changed(marker, cmd):
+                logger.warning(f"stage {stage}: finished before with other settings (the command in {marker}); this "
+                               f"run's settings (e.g. --teacher, --points, --mpp, --override) do not reach it unless "
+                               f"you add --force {stage}")
             report.append((stage, "skipped", 0.0))
             continue
         if marker.is_file() and trains and "--resume" not in cmd:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -47,6 +48,10 @@ def pooled(pairs, radius) -> dict:
 
 
 def score_root(root: Path, images: list, labels: Path, min_distances) -> dict:
+    settings = root / "eval" / "seg_labels" / "settings.json"
+    if settings.is_file() and json.loads(settings.read_text()).get("point_source", "det") != "det":
+        raise SystemExit(f"{settings}: these seg labels took their points from the pseudo masks (point_source mask), "
+                         "not from a detection network; give a root trained with the det stage")
     sources = {"det": []}
     sources.update({f"mask_md{m}": [] for m in min_distances})
     for p in images:

@@ -110,6 +110,14 @@ def test_seg_train_needs_detection_checkpoint(root, synthetic_dir, pseudo_root, 
     labels = broot / "eval" / "seg_labels"
     assert json.loads((labels / "settings.json").read_text())["point_source"] == "mask"
     assert all(len((labels / "points" / f"{p.stem}.csv").read_text().splitlines()) > 1 for p in labels.glob("*.npy"))
+    # the CSV holds the label's points: the mask's centroids rounded (as the Voronoi disks are), not truncated
+    from bundle.cells import read_points
+    from bundle.detection import mask_points
+    from bundle.io import read_mask
+
+    stem = next(labels.glob("*.npy")).stem
+    want = np.rint(mask_points(read_mask(broot / "eval" / "pseudo_masks" / "masks" / f"{stem}.png"), 1.0))
+    np.testing.assert_array_equal(read_points(labels / "points" / f"{stem}.csv"), want)
 
 
 def test_det_train_without_pseudo_masks_is_one_line_error(root, synthetic_dir, tmp_path):
@@ -308,6 +316,29 @@ def test_mask_points_skip_the_det_stage(synthetic_dir, tmp_path, monkeypatch):
     assert seg[seg.index("--point_source") + 1] == "mask" and "--point_source" not in calls[3]
     with pytest.raises(ValueError, match="unknown points"):
         lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), points="gt")
+
+
+def test_rerun_with_other_settings_warns(synthetic_dir, tmp_path, monkeypatch, caplog):
+    """A finished stage is skipped on a rerun; when the rerun's settings differ from the ones it finished with
+    (here --points, recorded in its marker) the user is told that they need --force, and a det stage asked for with
+    --points mask is reported as not run."""
+    import bundle.label_free as lf
+
+    monkeypatch.setattr(lf.subprocess, "Popen", fake_popen([]))
+    images, run = str(synthetic_dir / "images"), str(tmp_path / "run")
+    lf.run_pipeline(images, run, stages="psm,seg", points="mask")
+    with caplog.at_level("WARNING", logger="bundle.label_free"):
+        lf.run_pipeline(images, run, stages="psm,seg", points="mask")  # same settings: silent
+        assert not [r for r in caplog.records if "other settings" in r.getMessage()]
+        rep = lf.run_pipeline(images, run, stages="psm,seg")  # det points now: seg is stale
+    assert [r[1] for r in rep] == ["skipped", "skipped"]
+    warned = [r.getMessage() for r in caplog.records if "other settings" in r.getMessage()]
+    assert len(warned) == 1 and "stage seg" in warned[0] and "--force seg" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bundle.label_free"):
+        rep = lf.run_pipeline(images, run, stages="det,seg", force="det", points="mask")
+    assert [r[0] for r in rep] == ["seg"]
+    assert any("drops the det stage" in r.getMessage() for r in caplog.records)
 
 
 def test_child_env_keeps_the_callers_pythonpath(root, monkeypatch):

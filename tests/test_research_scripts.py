@@ -312,3 +312,9 @@ def test_diagnose_seg_points_scores_det_and_mask_points(tmp_path):
     assert det["n_points"] == 1 and det["precision"] == 1.0 and det["recall"] == 0.5
     assert mask["n_points"] == 2 and mask["f1"] == 1.0
     assert out.with_suffix(".md").read_text().count("| a |") == 2 and out.with_suffix(".json").is_file()
+    # a root whose seg labels took mask points has no det points to score: a one-line refusal naming the file
+    from bundle.io import write_json
+
+    write_json(root / "eval" / "seg_labels" / "settings.json", {"point_source": "mask"})
+    with pytest.raises(SystemExit, match="settings.json.*point_source mask"):
+        diagnose_seg_points.main(["--monuseg", str(mon), "--runs", f"a={root}", "--out", str(out)])
