@@ -254,11 +254,10 @@ def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ck
                     loaded = True
                 pts = detection_points(predict_probability(det_network, read_rgb(it["image"]), device, tta=False),
                                        point_threshold, **point_kw)
+            pts = np.rint(pts).astype(np.int64)  # mask points are float centroids; labels and CSV share these
             lab = segmentation_targets(mask, pts, keep_foreground=keep_foreground, disk_radius=disk)
             write_npy(out, lab)
-            # rounded as the Voronoi labels round them (mask points are float centroids)
-            write_csv(label_dir / "points" / f"{stem}.csv",
-                      [{"row": int(np.rint(r)), "col": int(np.rint(c))} for r, c in pts])
+            write_csv(label_dir / "points" / f"{stem}.csv", [{"row": int(r), "col": int(c)} for r, c in pts])
         it["label"] = str(out)
     train, val = split_items(items, val_fraction, seed)
     logger.info(f"segmentation labels in {label_dir}: {len(train)} training / {len(val)} held-back tiles")
