@@ -4,10 +4,15 @@
 Modules (one idea each): ``io`` (image folders, atomic writes), ``annotations`` (label formats),
 ``transforms`` (normalisation, dictionary transforms), ``networks`` (Res2Net activation network),
 ``ssl`` (pretext tasks for Ignite), ``psm`` (Grad-CAM self-activation maps), ``clustering`` (SCM),
-``metrics``, ``handlers`` (TensorBoard images, resume), ``pipeline`` (folder runners), ``synthetic`` (demo data).
+``metrics``, ``handlers`` (TensorBoard images, resume), ``pipeline`` (folder runners), ``synthetic`` (demo data),
+``errors`` (uncaught errors end with one line naming the file and the problem; installed on import).
 """
 
+from .errors import install_excepthook as _install_excepthook
+
 __version__ = "0.1.0"
+
+_install_excepthook()
 
 _SUBMODULES = {"io", "annotations", "transforms", "networks", "ssl", "psm", "clustering", "metrics", "handlers",
                "pipeline", "synthetic", "postprocess", "labels", "detection", "wsi", "fseg", "cells", "gan"}

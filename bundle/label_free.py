@@ -41,8 +41,11 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from .errors import ERROR_FILE_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -236,17 +239,22 @@ def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False, jo
         while todo and int(jobs) > len(batch) and batch[0][3] is not None and todo[0][3] == batch[0][3]:
             batch.append(todo.pop(0))
         env = child_env(OMP_NUM_THREADS=max(1, (os.cpu_count() or 1) // len(batch))) if len(batch) > 1 else child_env()
-        t0, procs = time.time(), []
+        t0, procs, error_files = time.time(), [], []
         for stage, cmd, marker, _ in batch:
             marker.unlink(missing_ok=True)  # a forced rerun that dies must not look done; a plain rerun resumes it
             logger.info(f"stage {stage}: {' '.join(cmd)}")
-            procs.append(subprocess.Popen(cmd, env=env))
+            fd, error_file = tempfile.mkstemp(prefix=f"{stage}.", suffix=".error")  # the stage's last error line
+            os.close(fd)
+            error_files.append(Path(error_file))
+            procs.append(subprocess.Popen(cmd, env={**env, ERROR_FILE_ENV: error_file}))
         failed = []
-        for (stage, cmd, marker, _), proc in zip(batch, procs):
+        for (stage, cmd, marker, _), proc, error_file in zip(batch, procs, error_files):
             rc = proc.wait()
+            cause = error_file.read_text().strip() if error_file.is_file() else ""
+            error_file.unlink(missing_ok=True)
             if rc != 0:
-                failed.append(f"stage {stage} failed (exit {rc}); fix the cause and rerun: completed stages are "
-                              f"skipped and training resumes. Command: {' '.join(cmd)}")
+                failed.append(f"stage {stage} failed (exit {rc}){': ' + cause if cause else ''}; fix the cause and "
+                              f"rerun: completed stages are skipped and training resumes. Command: {' '.join(cmd)}")
                 continue
             write_json(marker, {"stage": stage, "seconds": time.time() - t0, "command": cmd,
                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
-from test_workflows import root_cause
+from bundle.errors import root_cause
 
 FAST = {"epochs": 1, "crop_size": 64, "images_per_batch": 2, "crops_per_image": 2, "base_channels": 8,
         "steps_per_epoch": 2, "val_interval": 1}

@@ -7,6 +7,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from bundle.errors import root_cause  # MONAI wraps errors raised inside ``$@runner.run()`` in RuntimeError
 from bundle.ssl import PRETEXTS, pretext_loss
 from bundle.networks import Res2Net
 
@@ -97,13 +98,6 @@ def test_psm_infer_skips_bad_files_and_reports(root, synthetic_dir, tmp_path):
     assert s["n_images"] == 2 and s["n_skipped"] == 2
     assert any("zero.png" in m and "empty" in m for m in s["skipped"])
     assert not list((tmp_path / "o").rglob("*.part*"))
-
-
-def root_cause(exc):
-    """MONAI wraps errors raised inside ``$@runner.run()`` in RuntimeError; the user-facing one is the cause."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
 
 
 def test_missing_and_mismatched_checkpoint(root, synthetic_dir, tmp_path):
