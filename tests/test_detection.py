@@ -94,6 +94,26 @@ def test_partial_cross_entropy_dice_term():
     assert float(PartialCrossEntropy(dice_weight=1.0)(half_bad, hidden) - PartialCrossEntropy()(half_bad, hidden)) < 0.01
 
 
+def test_partial_cross_entropy_bootstrap():
+    """bootstrap < 1 mixes label channel 0's cross-entropy with the prediction's entropy (Reed et al.): a confident
+    prediction that disagrees with a noisy label costs less than with plain cross-entropy, an unsure one does not gain;
+    channel 1 and ignored pixels are untouched; 1 is plain cross-entropy."""
+    y = torch.zeros(1, 2, 8, 8)
+    y[:, 0, 2:6, 2:6] = 1
+    y[:, 1] = IGNORE
+    confident_wrong = torch.cat([(y[:, :1] * 20 - 10), (1 - y[:, :1]) * 20 - 10], 1)
+    unsure = torch.zeros(1, 2, 8, 8)
+    plain, boot = PartialCrossEntropy((1.0, 1.5)), PartialCrossEntropy((1.0, 1.5), bootstrap=0.8)
+    assert float(PartialCrossEntropy((1.0, 1.5), bootstrap=1.0)(confident_wrong, y)) == float(plain(confident_wrong, y))
+    assert float(boot(confident_wrong, y)) == pytest.approx(0.8 * float(plain(confident_wrong, y)), rel=1e-3)
+    assert float(boot(unsure, y)) == pytest.approx(float(plain(unsure, y)), rel=1e-5)  # entropy log 2 = CE log 2
+    only_ch1 = y.clone()
+    only_ch1[:, 0], only_ch1[:, 1] = IGNORE, 1
+    assert float(boot(confident_wrong, only_ch1)) == float(plain(confident_wrong, only_ch1))
+    with pytest.raises(ValueError, match="bootstrap"):
+        PartialCrossEntropy(bootstrap=0.0)
+
+
 class _PixelNet(torch.nn.Module):
     """A 1x1 convolution: the sliding-window and whole-image paths must agree exactly for it."""
 
