@@ -250,7 +250,7 @@ def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False, jo
         failed = []
         for (stage, cmd, marker, _), proc, error_file in zip(batch, procs, error_files):
             rc = proc.wait()
-            cause = error_file.read_text().strip() if error_file.is_file() else ""
+            cause = error_file.read_text().strip() if rc != 0 and error_file.is_file() else ""
             error_file.unlink(missing_ok=True)
             if rc != 0:
                 failed.append(f"stage {stage} failed (exit {rc}){': ' + cause if cause else ''}; fix the cause and "
