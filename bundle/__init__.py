@@ -1,21 +1,25 @@
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Label-free cell recognition for histology: components referenced by the MONAI bundle configs.
 
-Modules (one idea each): ``io`` (image folders, atomic writes), ``annotations`` (label formats),
-``transforms`` (normalisation, dictionary transforms), ``networks`` (Res2Net activation network),
-``ssl`` (pretext tasks for Ignite), ``psm`` (Grad-CAM self-activation maps), ``clustering`` (SCM),
-``metrics``, ``handlers`` (TensorBoard images, resume), ``pipeline`` (folder runners), ``synthetic`` (demo data),
-``errors`` (uncaught errors end with one line naming the file and the problem; installed on import).
+The shared layer (knows no workflow): ``io`` (image folders, datalists, atomic writes), ``annotations`` (label
+formats), ``errors`` (uncaught errors end with one line naming the cause; installed on import), ``wsi`` (slides),
+``metrics``, ``stain`` (optical density, colour deconvolution), ``scale`` (pixel size and the sizes derived from it),
+``checkpoints`` (weights and training settings), ``runs`` (stage bookkeeping, summaries), ``transforms``,
+``inferers``, ``losses``, ``points``, ``handlers`` (Ignite handlers), ``networks``, ``synthetic`` (demo data).
+
+One subpackage per workflow: ``nuclei`` (the PSM pipeline), ``ki67``, ``fseg``, ``gan``; ``label_free`` is the
+one-command CLI over the configs.
 """
 
 from .errors import install_excepthook as _install_excepthook
 
-__version__ = "0.1.0"
+__version__ = "0.9.0"
 
 _install_excepthook()
 
-_SUBMODULES = {"io", "annotations", "transforms", "networks", "ssl", "psm", "clustering", "metrics", "handlers",
-               "pipeline", "synthetic", "postprocess", "labels", "detection", "wsi", "fseg", "cells", "gan"}
+_SUBMODULES = {"io", "annotations", "errors", "wsi", "metrics", "stain", "scale", "checkpoints", "runs", "transforms",
+               "inferers", "losses", "points", "handlers", "networks", "synthetic", "nuclei", "ki67", "fseg", "gan",
+               "label_free"}
 
 
 def __getattr__(name):

@@ -20,18 +20,19 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .io import atomic_path
+from bundle.io import atomic_path
+
+__all__ = [
+    "PathLike", "read_aperio_xml", "read_bcdata_points", "read_point_table", "read_points",
+    "read_instance_label", "write_instance_label"
+]
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = [
-    "read_aperio_xml",
-    "read_bcdata_points",
-    "read_instance_label",
-    "write_instance_label",
-]
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
+
+
 _MAX_UINT16 = np.iinfo(np.uint16).max
 
 
@@ -214,3 +215,65 @@ def write_instance_label(path: PathLike, inst: np.ndarray) -> None:
             from PIL import Image
 
             Image.fromarray(arr).save(tmp, format="PNG")
+
+
+def read_point_table(path: str | os.PathLike) -> dict:
+    """A points CSV with ``x,y`` or ``row,col`` columns and optional ``class`` / ``score`` columns (the bundle's own
+    ``image,x,y,class,score`` files) -> ``{"points": (N, 2) float (row, col), "class": (N,) str ('' without that
+    column), "score": (N,) float (nan without that column)}``.
+
+    Raises:
+        ValueError: one line naming the file.
+    """
+    import csv
+
+    p = os.fspath(path)
+    try:
+        with open(p, newline="") as f:
+            recs = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{p}: cannot read points ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+    keys = set(recs[0]) if recs else set()
+    try:
+        if not recs:
+            pts = np.zeros((0, 2))
+        elif {"row", "col"} <= keys:
+            pts = np.array([[float(r["row"]), float(r["col"])] for r in recs])
+        elif {"x", "y"} <= keys:
+            pts = np.array([[float(r["y"]), float(r["x"])] for r in recs])
+        else:
+            raise ValueError(f"columns {sorted(keys)} have neither row,col nor x,y")
+        cls = np.array([r.get("class") or "" for r in recs], dtype=str)
+        score = np.array([float(r["score"]) if r.get("score") not in (None, "") else np.nan for r in recs], float)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{p}: {e}") from None
+    return {"points": pts.reshape(-1, 2), "class": cls, "score": score}
+
+
+def read_points(path: str | os.PathLike) -> np.ndarray:
+    """(N, 2) (row, col) points from a BCData ``.h5`` (``coordinates`` (x, y)), a ``.csv`` with ``x,y`` or
+    ``row,col`` columns (:func:`read_point_table`), or a ``.npy`` (N, 2) (row, col) array.
+
+    Raises:
+        ValueError: one line naming the file.
+    """
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise ValueError(f"{p}: points file does not exist")
+    suf = Path(p).suffix.lower()
+    if suf == ".csv":
+        return read_point_table(p)["points"]
+    try:
+        if suf in (".h5", ".hdf5"):
+            return read_bcdata_points(p)[:, ::-1].astype(np.float64)
+        if suf == ".npy":
+            a = np.load(p, allow_pickle=False).astype(np.float64)
+            return a.reshape(-1, 2)
+    except ValueError as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(p) or p in msg else f"{p}: {msg}") from None
+    except Exception as e:
+        raise ValueError(f"{p}: cannot read points ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+    raise ValueError(f"{p}: unsupported points format {suf!r} (use .h5, .csv or .npy)")

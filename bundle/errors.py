@@ -16,7 +16,11 @@ import os
 import sys
 from pathlib import Path
 
+__all__ = ["ERROR_FILE_ENV", "exception_chain", "root_cause", "error_line", "install_excepthook"]
+
 ERROR_FILE_ENV = "BUNDLE_ERROR_FILE"
+
+
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 

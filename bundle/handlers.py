@@ -9,57 +9,18 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Events
 
-from .io import atomic_path, read_state_dict, write_json
+from bundle.checkpoints import SETTINGS_NAME, atomic_torch_save, training_settings
+from bundle.io import write_json
 
 logger = logging.getLogger(__name__)
 
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save through :func:`bundle.io.atomic_path`: a kill never leaves a half-written checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_location="cpu") -> torch.nn.Module:
-    """Load a state dict into ``network`` (strict).
-
-    Raises:
-        FileNotFoundError / ValueError: one line naming the file: missing, unreadable, or not matching the network.
-    """
-    sd = read_state_dict(path, "checkpoint", map_location, hint=" (train first, or pass --ckpt_path)")
-    try:
-        network.load_state_dict(sd, strict=True)
-    except Exception as e:
-        first = str(e).replace("\n", " ")[:300]
-        raise ValueError(f"{os.fspath(path)}: checkpoint does not match the configured network ({first})") from None
-    return network
-
-
-def resunet_checkpoint_dims(path: str | os.PathLike) -> tuple[int, int]:
-    """``(out_channels, base_channels)`` of a saved :class:`bundle.networks.ResUNet34`, read from its 1x1 head
-    (weight shape (out_channels, base_channels, 1, 1)). One-line errors as :func:`load_network_weights`."""
-    sd = read_state_dict(path, "checkpoint")
-    if "head.weight" not in sd:
-        raise ValueError(f"{os.fspath(path)}: not a ResUNet-34 checkpoint (no 'head.weight')")
-    out_ch, width = sd["head.weight"].shape[:2]
-    return int(out_ch), int(width)
-
-
-def resunet_input_channels(path: str | os.PathLike, default: int = 3) -> int:
-    """Input channels of a saved :class:`bundle.networks.ResUNet34` (3 = RGB, 4 = RGB + haematoxylin channel), from
-    its stem convolution; ``default`` when the file does not exist yet (the runner then reports it missing)."""
-    if not os.path.exists(path):
-        return default
-    sd = read_state_dict(path, "checkpoint")
-    w = sd.get("encoder.conv1.weight")
-    return int(w.shape[1]) if w is not None else default
+__all__ = ["CheckpointResume", "centre_tiles", "PseudoAgreement"]
 
 
 class CheckpointResume:
@@ -139,60 +100,12 @@ class CheckpointResume:
             write_json(self.ckpt_dir / SETTINGS_NAME, self.settings)
 
 
-SETTINGS_NAME = "settings.json"
-
-
-def training_settings(ckpt_dir) -> dict | None:
-    """The ``settings.json`` that :class:`CheckpointResume` writes into ``ckpt_dir``, or None when there is none
-    (checkpoints written before bundle 0.8.0). An unreadable file is a one-line error."""
-    import json
-
-    path = Path(ckpt_dir) / SETTINGS_NAME
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path}: cannot read the training settings ({e})") from None
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path}: cannot read the training settings (not a JSON object)")
-    return saved
-
-
-def trained_mpp(ckpt_path, mpp: float | None = None,
-                hint: str = "pass --network_mpp 0.25 if it was trained at 40x") -> float | None:
-    """The pixel size (um/px) the network at ``ckpt_path`` was trained at: ``mpp`` of the :func:`training_settings`
-    beside it. None when there is no such file (checkpoints written before bundle 0.8.0): the runners then do not
-    resize, as before, and when the tiles' ``mpp`` is not 40x (beyond the 10 % that resizing ignores,
-    :func:`bundle.postprocess.resample_factor`) a one-line warning ends with ``hint``, what the caller's user can
-    do about it (the inference configs' ``--network_mpp`` by default)."""
-    from .postprocess import REFERENCE_MPP, resample_factor, size_scale
-
-    if not ckpt_path:
-        return None
-    saved = training_settings(Path(ckpt_path).parent)
-    if saved is None:
-        if mpp is not None and resample_factor(size_scale(mpp), REFERENCE_MPP) != 1.0:
-            logger.warning(f"{ckpt_path}: no {SETTINGS_NAME} beside it, so the pixel size it was trained at is unknown "
-                           f"and tiles at {float(mpp):.3g} um/px are not resized; {hint}")
-        return None
-    path = Path(ckpt_path).parent / SETTINGS_NAME
-    try:
-        value = saved.get("mpp")
-        value = None if value is None else float(value)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: cannot read the training settings ({e})") from None
-    if value is not None and not value > 0:
-        raise ValueError(f"{path}: mpp must be > 0, got {value}")
-    return value
-
-
 def centre_tiles(images, labels=None, max_size: int = 384, limit: int = 4) -> list:
     """``[(rgb, label)]`` centre crops (at most ``max_size`` a side) of the first ``limit`` images, for TensorBoard
     image handlers. ``label`` is the first channel of the matching label file (``.npy`` or image, read with
     :class:`bundle.transforms.LoadLabeld`) as an int64 array, or None."""
-    from .io import read_rgb
-    from .transforms import LoadLabeld
+    from bundle.io import read_rgb
+    from bundle.transforms import LoadLabeld
 
     labels = list(labels) if labels is not None else [None] * len(images)
     out = []
@@ -206,40 +119,6 @@ def centre_tiles(images, labels=None, max_size: int = 384, limit: int = 4) -> li
                                                                                        l: l + max_size]
         out.append((img[t: t + max_size, l: l + max_size], lab))
     return out
-
-
-class PSMImageHandler:
-    """Every ``interval`` epochs, log [tile | PSM (JET) | pseudo mask] for fixed tiles to TensorBoard.
-
-    Args:
-        summary_writer: a ``SummaryWriter`` (or ``log_dir`` to make one).  images: list of image paths.
-        network, inferer (:class:`bundle.psm.PSMInferer`), scm (:class:`bundle.clustering.SCM`).
-        max_size: tiles are centre-cropped to at most this side to keep it cheap.
-    """
-
-    def __init__(self, network, inferer, scm, images, summary_writer=None, log_dir: str = "./runs",
-                 interval: int = 1, max_size: int = 384, tag: str = "psm"):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = summary_writer if summary_writer is not None else SummaryWriter(log_dir=log_dir)
-        self.network, self.inferer, self.scm = network, inferer, scm
-        self.interval, self.tag = max(1, int(interval)), tag
-        self.tiles = [rgb for rgb, _ in centre_tiles(images, None, max_size)]
-
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-
-    def __call__(self, engine) -> None:
-        from .clustering import jet
-        from .psm import psm_for_image
-
-        device = next(self.network.parameters()).device
-        for i, rgb in enumerate(self.tiles):
-            psm = psm_for_image(rgb, self.network, self.inferer, device)
-            mask = self.scm(rgb, psm)
-            panel = np.concatenate([rgb / 255.0, jet(psm), np.repeat(mask[..., None], 3, -1).astype(np.float32)], 1)
-            self.writer.add_image(f"{self.tag}/{i}", panel.astype(np.float32), engine.state.epoch, dataformats="HWC")
-        self.writer.flush()
 
 
 class PseudoAgreement:
@@ -279,53 +158,3 @@ class PseudoAgreement:
             lambda out: ([o["pred"] for o in out], [o["label"] for o in out]) if isinstance(out, list)
             else (out["pred"], out["label"]))
         return _PseudoAgreement(output_transform=ot)
-
-
-class NucleiImageHandler:
-    """Every ``interval`` epochs, log [tile | training label | P(nucleus) | instances] to TensorBoard for up to 4
-    fixed tiles (centre crops of at most ``max_size``), using the network being trained.
-
-    Args:
-        network: per-pixel classifier.  images: list of image paths.  labels: matching label files (or None).
-        mode: instance mode of :func:`bundle.detection.nuclei_from_probability`.
-    """
-
-    def __init__(self, network, images, labels=None, summary_writer=None, log_dir: str = "./runs",
-                 interval: int = 1, max_size: int = 384, tag: str = "nuclei", mode: str = "auto"):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = summary_writer if summary_writer is not None else SummaryWriter(log_dir=log_dir)
-        self.network, self.interval, self.tag, self.mode = network, max(1, int(interval)), tag, mode
-        self.tiles = centre_tiles(images, labels, max_size)
-
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-
-    def panel(self, rgb: np.ndarray, lab, prob: np.ndarray) -> np.ndarray:
-        """(h, 4w, 3) float [tile | label | P(nucleus) | instance outlines]; subclasses draw other panels."""
-        from skimage.segmentation import find_boundaries
-
-        from .detection import nuclei_from_probability
-
-        inst = nuclei_from_probability(prob, self.mode)
-        over = rgb.copy()
-        over[find_boundaries(inst, mode="inner")] = (0, 255, 0)
-        if lab is None:
-            lab_img = np.zeros(rgb.shape[:2], np.float32)
-        else:
-            lab_img = np.where(lab == 255, 0.5, lab / max(1, lab[lab != 255].max(initial=1)))
-        fg = 1.0 - prob[0]
-        return np.concatenate([rgb / 255.0, np.repeat(lab_img[..., None], 3, -1), np.repeat(fg[..., None], 3, -1),
-                               over / 255.0], 1)
-
-    def __call__(self, engine) -> None:
-        from .detection import predict_probability
-
-        device = next(self.network.parameters()).device
-        was_training = self.network.training
-        for i, (rgb, lab) in enumerate(self.tiles):
-            prob = predict_probability(self.network, rgb, device, tta=False)
-            panel = self.panel(rgb, lab, prob)
-            self.writer.add_image(f"{self.tag}/{i}", panel.astype(np.float32), engine.state.epoch, dataformats="HWC")
-        self.writer.flush()
-        self.network.train(was_training)

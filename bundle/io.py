@@ -8,6 +8,7 @@ so a folder runner can report it and go on with the other images.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
@@ -16,6 +17,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
+
+__all__ = [
+    "IMAGE_SUFFIXES", "ImageError", "list_images", "read_rgb", "atomic_path", "remove_stale_parts",
+    "write_image", "write_json", "write_npy", "write_csv", "load_datalist", "read_mask", "read_rgb_or_skip",
+    "usable_items", "streamed_outputs", "write_geojson", "overlay_mask"
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -186,32 +193,6 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict], fieldnames: Sequenc
         w.writerows(rows)
 
 
-def read_state_dict(path: str | os.PathLike, what: str = "checkpoint", map_location="cpu", hint: str = "") -> dict:
-    """Read a torch state dict (raw, or nested under ``model``/``network``/``state_dict``) without unpickling code.
-
-    Raises:
-        FileNotFoundError / ValueError: one line naming the file and the problem.
-    """
-    import torch
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: {what} not found{hint}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path}: cannot read {what} ({msg})") from None
-    if isinstance(obj, dict):
-        for k in ("model", "network", "state_dict"):
-            if k in obj and isinstance(obj[k], dict):
-                obj = obj[k]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
-        raise ValueError(f"{path}: {what} is not a state dict (name -> tensor), got {type(obj).__name__}")
-    return obj
-
-
 def load_datalist(path_or_folder: str | os.PathLike, key: str = "training",
                   fallback: str | None = None) -> list[dict]:
     """Items ``[{"image": path, "label"?: path}, ...]`` from a folder of tiles or a datalist JSON.
@@ -245,6 +226,14 @@ def load_datalist(path_or_folder: str | os.PathLike, key: str = "training",
     return [{"image": f} for f in list_images(p)]
 
 
+def datalist_items(data, key: str = "training") -> list:
+    """``data`` (a folder, one image, a datalist JSON, or a list of paths / ``{"image": path}`` dicts) -> a list of
+    ``{"image": path, ...}`` dicts (datalist JSON: the items under ``key``)."""
+    if isinstance(data, (list, tuple)):
+        return [d if isinstance(d, dict) else {"image": d} for d in data]
+    return load_datalist(data, key)
+
+
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """A binary mask written as an image (e.g. a pseudo mask PNG: 0 / 255) -> (H, W) bool, True where the first
     channel is above 127. Errors as :func:`read_rgb`."""
@@ -270,7 +259,6 @@ def usable_items(items: list[dict], min_size: int = 32, key: str = "image") -> l
     Raises:
         ImageError: none is usable.
     """
-    import logging
 
     log = logging.getLogger(__name__)
     good, bad = [], []
@@ -350,3 +338,12 @@ def write_geojson(path: str | os.PathLike, polygons: Iterable, properties: Itera
              for k, poly in enumerate(polygons)]
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump({"type": "FeatureCollection", "features": feats}, f)
+
+
+def overlay_mask(rgb: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarray:
+    """(H, W, 3) uint8 image with the boundaries of ``mask`` (bool or labels) drawn in ``colour``."""
+    from skimage.segmentation import find_boundaries
+
+    out = rgb.copy()
+    out[find_boundaries(mask, mode="inner")] = colour
+    return out

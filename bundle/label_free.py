@@ -8,7 +8,7 @@ Stages (each a MONAI bundle config run as ``python -m monai.bundle run``; output
 1. ``ssl``   configs/ssl_train.json  -> models/model.pt           (self-supervised activation network)
 2. ``psm``   configs/psm_infer.json  -> eval/pseudo_masks/masks/  (PSM + SCM pseudo masks)
 3. ``det``   configs/det_train.json  -> models/det/model.pt       (detection network on the pseudo masks)
-4. ``seg``   configs/seg_train.json  -> models/seg/model.pt       (points -> Voronoi -> segmentation network)
+4. ``seg``   configs/train.json      -> models/seg/model.pt       (points -> Voronoi -> segmentation network)
 5. ``infer`` configs/inference.json  -> eval/nuclei/              (instances, points CSV, GeoJSON, overlays)
 
 A stage whose completion marker ``<bundle_root>/stages/<stage>.json`` exists is skipped (``--force psm,det``
@@ -16,13 +16,13 @@ reruns stages; ``--stages psm,det,seg`` runs a subset). A killed training stage 
 rerun. ``--override '{"det": {"epochs": 10}}'`` passes config overrides per stage (``"all"`` applies to every
 stage), ``--profile paper`` merges configs/profile_paper.json into the SSL/PSM stages, and
 ``--teacher hematoxylin`` replaces the PSM pseudo masks by haematoxylin-Otsu masks (no ``ssl`` stage), the teacher
-that measured better on MoNuSeg (docs/README.md). ``--points mask`` skips the ``det`` stage: the seg stage's Voronoi
-labels take their points from the pseudo masks' own watershed instances (``seg_train.json --point_source mask``).
+that measured better on MoNuSeg (docs/nuclei.md). ``--points mask`` skips the ``det`` stage: the seg stage's Voronoi
+labels take their points from the pseudo masks' own watershed instances (``train.json --point_source mask``).
 With ``--teacher hematoxylin`` that measured level with the detection network's points and saves the det stage's
-time (as long as the seg stage's); with PSM pseudo masks it measured worse (docs/README.md, item 21).
+time (as long as the seg stage's); with PSM pseudo masks it measured worse (docs/nuclei.md).
 ``--mpp 0.5`` tells every stage the tiles' micrometres per pixel
 (default 0.25, 40x): the pixel sizes tuned at 40x (object and hole areas, peak distances, point blur and merge
-distance, Voronoi disks) are scaled to it (:func:`bundle.postprocess.size_scale`; docs/README.md, "Magnification").
+distance, Voronoi disks) are scaled to it (:func:`bundle.scale.size_scale`; docs/nuclei.md).
 ``--force`` on a finished training stage retrains it from scratch (``--resume False``), not from its last epoch.
 
 Ki-67 IHC tiles (``--stain ihc``; docs/ki67.md): the stages are ``configs/ki67_train.json`` runs and one
@@ -45,15 +45,43 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import ERROR_FILE_ENV
+from bundle.errors import ERROR_FILE_ENV
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "STAGES", "CONFIGS", "OVERLAYS", "config_files", "config_arg", "CONFIG_DIR", "MPP_STAGES", "stage_command",
+    "bundle_command", "machine", "child_env", "run_pipeline", "TRAINING_STAGES", "run_stages", "ki67_stages",
+    "run_ki67_pipeline", "main"
+]
+
 STAGES = ("ssl", "psm", "det", "seg", "infer")
-CONFIGS = {"ssl": "ssl_train.json", "psm": "psm_infer.json", "det": "det_train.json", "seg": "seg_train.json",
+
+
+CONFIGS = {"ssl": "ssl_train.json", "psm": "psm_infer.json", "det": "det_train.json", "seg": "train.json",
            "infer": "inference.json"}
+
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
 MPP_STAGES = ("psm", "det", "seg", "infer")  # the configs with an ``mpp`` key
+
+
+OVERLAYS = {"det_train.json": "train.json", "ki67_train.json": "train.json"}  # overlay -> the base it is merged onto
+
+
+def config_files(name: str, config_dir: Path = CONFIG_DIR) -> list:
+    """The config files that make up config ``name``: an overlay (``det_train.json``, ``ki67_train.json``) comes after
+    the shared training base ``train.json`` it overrides, as MONAI merges ``--config_file`` lists left to right."""
+    names = [OVERLAYS[name], name] if name in OVERLAYS else [name]
+    return [str(Path(config_dir) / n) for n in names]
+
+
+def config_arg(names, config_dir: Path = CONFIG_DIR) -> str:
+    """``--config_file`` value for one config name or a list of them (each expanded by :func:`config_files`)."""
+    files = [f for n in ([names] if isinstance(names, str) else names) for f in config_files(n, config_dir)]
+    return files[0] if len(files) == 1 else str(files)
 
 
 def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str = "cpu", overrides: dict | None = None,
@@ -61,9 +89,8 @@ def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str =
     """The ``python -m monai.bundle run ...`` argument list of one stage."""
     if stage not in CONFIGS:
         raise ValueError(f"unknown stage {stage!r} (use {', '.join(STAGES)})")
-    cfg = str(config_dir / CONFIGS[stage])
-    if profile == "paper" and stage in ("ssl", "psm"):
-        cfg = str([cfg, str(config_dir / "profile_paper.json")])
+    names = [CONFIGS[stage]] + (["profile_paper.json"] if profile == "paper" and stage in ("ssl", "psm") else [])
+    cfg = config_arg(names, config_dir)
     return bundle_command(cfg, dataset_dir, bundle_root, overrides, config_dir)
 
 
@@ -129,7 +156,7 @@ def _overrides(x) -> dict:
 def _check_inputs(dataset_dir: str, mpp: float | None) -> None:
     """One clear error before any stage runs: a missing dataset, an ``mpp`` out of range."""
     if mpp is not None:
-        from .postprocess import size_scale
+        from bundle.scale import size_scale
 
         size_scale(mpp)
     if not os.path.exists(dataset_dir):
@@ -146,7 +173,7 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
     ``ssl`` stage (no activation network is needed); ``"psm"`` (default) is the PSM method. ``mpp`` (the tiles'
     micrometres per pixel; None = the configs' 0.25) is passed to every stage that scales pixel sizes by it.
     ``points="mask"`` drops the ``det`` stage and gives the seg stage the pseudo masks' own instance centres
-    (``seg_train.json`` ``point_source``); ``"det"`` (default) is the PSM method's detection network.
+    (``train.json`` ``point_source``); ``"det"`` (default) is the PSM method's detection network.
 
     Raises:
         RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept).
@@ -161,13 +188,13 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
             logger.warning("--points mask drops the det stage: the det named in --stages / --force is not run")
         if teacher == "psm":
             logger.warning("--points mask with PSM pseudo masks measured worse than the det stage's points on MoNuSeg "
-                           "(train AJI 0.410 vs 0.432, docs/README.md item 21); it was a tie with --teacher hematoxylin")
+                           "(train AJI 0.410 vs 0.432, docs/nuclei.md); it was a tie with --teacher hematoxylin")
         stages = [st for st in stages if st != "det"]
         override = {**override, "seg": {"point_source": "mask", **override.get("seg", {})}}
     if teacher == "hematoxylin":
         stages = [st for st in stages if st != "ssl"]
         override = {**override, "psm": {"scm#fusion": "otsu",
-                                         "scm#min_size": "$bundle.postprocess.scaled(30, @size_scale, area=True)",
+                                         "scm#min_size": "$bundle.scale.scaled(30, @size_scale, area=True)",
                                          "ckpt_path": "$None", **override.get("psm", {})}}
     if mpp is not None:
         override = {**override, **{st: {"mpp": float(mpp), **override.get(st, {})} for st in MPP_STAGES}}
@@ -213,7 +240,7 @@ def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False, jo
     Raises:
         RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept).
     """
-    from .io import write_json
+    from bundle.io import write_json
 
     done_dir = Path(bundle_root) / "stages"
     report, todo = [], []
@@ -299,7 +326,7 @@ def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds
         ov = {**({"mpp": float(mpp)} if mpp is not None else {}), **override.get("all", {}),
               **(override.get("train", {}) if trains else {}), **override.get(name, {}), **args}  # plan wins
         group = "r1_seeds" if name.startswith("ki67_r1_seed") else None  # they share ki67_r1's labels only
-        steps.append((name, bundle_command(str(CONFIG_DIR / config), dataset_dir, bundle_root, ov), trains, group))
+        steps.append((name, bundle_command(config_arg(config), dataset_dir, bundle_root, ov), trains, group))
     return run_stages(steps, bundle_root, force, dry_run, jobs)
 
 

@@ -45,16 +45,9 @@ from skimage.segmentation import relabel_sequential
 from sklearn import metrics as skmetrics
 
 __all__ = [
-    "pixel_scores",
-    "object_dice",
-    "aji",
-    "aji_plus",
-    "panoptic_quality",
-    "instance_scores",
-    "match_points",
-    "point_scores",
-    "multiclass_point_scores",
-    "clustering_scores",
+    "pixel_scores", "object_dice", "aji", "aji_plus", "panoptic_quality", "instance_scores", "match_points",
+    "point_scores", "multiclass_point_scores", "clustering_scores", "confusion_counts", "match_clusters",
+    "semantic_scores", "matching_scores"
 ]
 
 # Largest (n_gt + 1) * (n_pred + 1) for which the contingency table is built densely with bincount.
@@ -715,6 +708,3 @@ def matching_scores(counts: Any, class_names: Sequence[str] | None = None, norma
     out = semantic_scores(conf, class_names)
     out["mapping"] = [int(v) for v in mapping]
     return out
-
-
-__all__ += ["confusion_counts", "match_clusters", "semantic_scores", "matching_scores"]

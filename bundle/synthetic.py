@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["synthetic_he_tile", "write_synthetic_folder"]
+
 
 def synthetic_he_tile(size: int = 256, n_nuclei: int | None = None, seed: int = 0):
     """-> (rgb (size, size, 3) uint8, instances (size, size) uint16)."""
@@ -46,8 +48,8 @@ def write_synthetic_folder(folder, n_tiles: int = 6, size: int = 256, seed: int 
     """Write ``tile_XX.png`` (+ ``labels/tile_XX.png``) and ``datalist.json``; returns the datalist path."""
     from pathlib import Path
 
-    from .annotations import write_instance_label
-    from .io import write_image, write_json
+    from bundle.annotations import write_instance_label
+    from bundle.io import write_image, write_json
 
     folder = Path(folder)
     items = []

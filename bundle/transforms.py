@@ -12,7 +12,13 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Randomizable
 
-from .io import read_rgb
+from bundle.io import read_rgb
+from bundle.stain import hematoxylin_channel
+
+__all__ = [
+    "MEAN", "STD", "normalize_rgb", "resize_rgb", "resampled_tiles", "add_hematoxylin_channel", "network_input",
+    "LoadTiled", "LoadLabeld", "NormalizeRGBd", "RandStainJitterd"
+]
 
 MEAN, STD = 0.5, 0.25
 
@@ -49,7 +55,7 @@ def resampled_tiles(data, scale: float, out_dir, datalist_key: str = "training")
     from collections import Counter
     from pathlib import Path
 
-    from .io import load_datalist, read_rgb_or_skip, write_image, write_json
+    from bundle.io import load_datalist, read_rgb_or_skip, write_image, write_json
 
     scale = float(scale)
     if abs(scale - 1.0) < 1e-6:
@@ -85,70 +91,6 @@ def resampled_tiles(data, scale: float, out_dir, datalist_key: str = "training")
     return items
 
 
-def hematoxylin_od(rgb: np.ndarray, sigma: float = 0.0) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W) float32 haematoxylin optical density (>= 0; nuclei high).
-
-    Uses scikit-image's H&E-DAB deconvolution matrix (``rgb2hed``); for IHC it separates haematoxylin from DAB.
-    ``sigma`` > 0 smooths the result with a Gaussian (sigma=1: Otsu-mask pixel F1 0.683 -> 0.706 on MoNuSeg train,
-    docs/results/psm_benchmark.md).
-    """
-    from skimage.color import rgb2hed
-
-    h = rgb2hed(rgb)[..., 0].astype(np.float32)
-    h = np.maximum(h - h.min(), 0) if h.min() < 0 else h
-    if sigma > 0:
-        from scipy.ndimage import gaussian_filter
-
-        h = gaussian_filter(h, sigma)
-    return h
-
-
-def hematoxylin_threshold(images) -> float:
-    """Otsu threshold of the haematoxylin OD (sigma 1) pooled over one (H, W, 3) uint8 RGB image or a list of them
-    (e.g. tiles sampled over a whole slide); 0.0 when the pooled OD is flat."""
-    images = [images] if isinstance(images, np.ndarray) else list(images)
-    h = np.concatenate([hematoxylin_od(np.asarray(im).astype(np.uint8, copy=False), 1.0).ravel() for im in images])
-    return threshold_otsu_or_zero(h)
-
-
-def hematoxylin_ratio(rgb: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """(H, W, 3) RGB in [0, 255] -> (H, W) float32 ``h / t``: the haematoxylin OD (sigma 1) over a threshold ``t``,
-    the image's own Otsu threshold (:func:`hematoxylin_threshold`) unless ``threshold`` is given (a whole slide
-    passes one for all its tiles, so a tile without nuclei is not rescaled as if its darkest stroma were nuclei).
-    1 at the threshold, > 1 on nuclei; all 0 for a flat image or ``t <= 0``."""
-    h = hematoxylin_od(np.asarray(rgb).astype(np.uint8, copy=False), 1.0)
-    t = threshold_otsu_or_zero(h) if threshold is None else float(threshold)
-    return (h / t).astype(np.float32) if t > 0 else np.zeros_like(h)
-
-
-def hematoxylin_channel(rgb: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """(H, W, 3) RGB in [0, 255] -> (H, W) float32 extra network input: ``r = clip(h / t, 0, 4)``
-    (:func:`hematoxylin_ratio`, same ``threshold``), coded as ``127.5 + 63.75 (r - 1)`` so that
-    :func:`normalize_rgb` turns it into ``r - 1`` (0 at the threshold, > 0 on nuclei).
-
-    Why: with a fixed RGB normalisation a pale image's nuclei look like a dark image's cytoplasm, and the network
-    misses the pale nuclei its per-image-Otsu teacher marks (docs/README.md, item 10). This channel gives it the
-    teacher's per-image scale. A flat image (no contrast) gets ``r = 0``.
-    """
-    r = np.clip(hematoxylin_ratio(rgb, threshold), 0, 4)
-    return (127.5 + 63.75 * (r - 1.0)).astype(np.float32)
-
-
-def hematoxylin_evidence(rgb: np.ndarray, threshold: float | None = None, steepness: float = 8.0) -> np.ndarray:
-    """(H, W, 3) RGB in [0, 255] -> (H, W) float32 in [0, 1]: ``sigmoid(steepness (h / t - 1))``, a soft
-    "haematoxylin above the image's Otsu threshold" (:func:`hematoxylin_ratio`, same ``threshold``). Blended into
-    a network's nucleus probability by :func:`bundle.detection.blend_hematoxylin` (docs/README.md, item 11)."""
-    r = hematoxylin_ratio(rgb, threshold)
-    return (1.0 / (1.0 + np.exp(-float(steepness) * (r - 1.0)))).astype(np.float32)
-
-
-def threshold_otsu_or_zero(values: np.ndarray) -> float:
-    """Otsu threshold of an array, 0.0 when it is flat."""
-    from skimage.filters import threshold_otsu
-
-    return float(threshold_otsu(values)) if values.size and float(np.ptp(values)) > 0 else 0.0
-
-
 def add_hematoxylin_channel(x: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
     """(3, H, W) RGB tensor in [0, 255] -> (4, H, W): :func:`hematoxylin_channel` of the whole given image appended
     (its own Otsu threshold, or ``threshold``)."""
@@ -157,13 +99,6 @@ def add_hematoxylin_channel(x: torch.Tensor, threshold: float | None = None) -> 
     rgb = x.detach().cpu().numpy().transpose(1, 2, 0).clip(0, 255).round().astype(np.uint8)
     h = torch.from_numpy(hematoxylin_channel(rgb, threshold)).to(x.device, x.dtype)
     return torch.cat([x, h[None]], 0)
-
-
-def dab_od(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W) float32 DAB optical density (brown IHC stain)."""
-    from skimage.color import rgb2hed
-
-    return np.maximum(rgb2hed(rgb)[..., 2].astype(np.float32), 0)
 
 
 def network_input(rgb: np.ndarray, scale: float = 1.0, hematoxylin: bool = False,
@@ -225,7 +160,7 @@ class LoadLabeld(MapTransform):
                 if path.endswith(".npy"):
                     arr = np.load(path, allow_pickle=False)
                 else:
-                    from .annotations import read_instance_label
+                    from bundle.annotations import read_instance_label
 
                     arr = read_instance_label(path)
             except Exception as e:  # noqa: BLE001

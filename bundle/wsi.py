@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SLIDE_SUFFIXES", "is_wsi", "slide_mpp", "tissue_mask", "SlideTiles", "write_pyramid_tiff"]
+__all__ = [
+    "SLIDE_SUFFIXES", "THUMBNAIL_STRIP_BYTES", "is_wsi", "slide_mpp", "write_pyramid_tiff", "tissue_mask",
+    "SlideTiles"
+]
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+
+
 THUMBNAIL_STRIP_BYTES = 64e6  # the thumbnail is read in strips of at most this many bytes
 
 
@@ -54,7 +60,7 @@ def slide_mpp(data, level: int | None = 0, mpp: float | None = None, backend: st
     tiles, whose pixel size is unknown (one-line warnings: run them separately, or pass --mpp; each slide is then
     checked on its own by :meth:`SlideTiles.check_mpp`). The inference configs take it as their ``mpp``, so a 20x
     slide gets 20x sizes without ``--mpp``."""
-    from .io import IMAGE_SUFFIXES, ImageError, load_datalist
+    from bundle.io import IMAGE_SUFFIXES, ImageError, load_datalist
 
     p = Path(str(data)) if data is not None else None
     if p is None or not p.exists():
@@ -313,10 +319,10 @@ class SlideTiles:
         return list(self._core)
 
     def hematoxylin_threshold(self, max_tiles: int = 16) -> float:
-        """One haematoxylin OD threshold for the whole slide (:func:`bundle.transforms.hematoxylin_threshold` pooled
+        """One haematoxylin OD threshold for the whole slide (:func:`bundle.stain.hematoxylin_threshold` pooled
         over up to ``max_tiles`` core tiles spread evenly over the tissue, preferring tiles at least half tissue), so
         every tile's haematoxylin input channel has the same scale; 0.0 without tissue."""
-        from .transforms import hematoxylin_threshold
+        from bundle.stain import hematoxylin_threshold
 
         tiles = self.core_tiles()
         H, W, t = self.size[0], self.size[1], self.tile_size
@@ -335,3 +341,55 @@ class SlideTiles:
             r1, c1 = min(H, r + t + m), min(W, c + t + m)
             self.last_offset = (r - r0, c - c0)
             yield r, c, self.read(r0, c0, r1 - r0, c1 - c0)
+
+
+@dataclass
+class SlideOptions:
+    """How a runner reads a whole slide (the ``wsi`` group of the inference configs, ``--wsi#mpp 0.5`` on the command
+    line): ``level`` or ``mpp`` (microns per pixel; wins over ``level``), the core ``tile`` side in px, the reader
+    ``backend`` (``"tifffile"`` or ``"openslide"``) and ``min_tissue``, the least fraction of tissue a tile needs to be
+    processed (:class:`SlideTiles`)."""
+
+    level: int | None = 0
+    mpp: float | None = None
+    tile: int = 1024
+    backend: str = "tifffile"
+    min_tissue: float = 0.001
+
+    def __post_init__(self):
+        self.tile, self.min_tissue = int(self.tile), float(self.min_tissue)
+        if not 0.0 <= self.min_tissue <= 1.0:
+            raise ValueError(f"wsi min_tissue must be in [0, 1], got {self.min_tissue}")
+
+    def open(self, path, margin: int = 64, tissue: str = "saturation") -> "SlideTiles":
+        """:class:`SlideTiles` of ``path`` with these options, ``margin`` px of context around each core tile."""
+        return SlideTiles(path, backend=self.backend, level=self.level, mpp=self.mpp, tile_size=self.tile,
+                          margin=margin, min_tissue=self.min_tissue, tissue=tissue)
+
+
+def input_items(data, datalist_key: str = "testing") -> list:
+    """A runner's inputs as ``[{"image": path, ...}]``: a list (of paths or dicts), one image or slide file, a datalist
+    JSON (its ``datalist_key`` items, else ``training``), or a folder (its images plus any slide files).
+
+    Raises:
+        ImageError: one line naming ``data`` when it does not exist or holds no images or slides.
+    """
+    from bundle.io import ImageError, load_datalist
+
+    if isinstance(data, (list, tuple)):
+        return [d if isinstance(d, dict) else {"image": d} for d in data]
+    p = Path(data)
+    if p.is_file() and p.suffix.lower() == ".json":
+        return load_datalist(p, datalist_key, fallback="training")
+    if p.is_file():
+        return [{"image": str(p)}]
+    if not p.is_dir():
+        raise ImageError(f"{p}: no such file or folder")
+    items = [{"image": str(f)} for f in sorted(p.iterdir()) if f.suffix.lower() in SLIDE_SUFFIXES]
+    try:
+        items = load_datalist(p) + items
+    except ImageError:
+        pass
+    if not items:
+        raise ImageError(f"{p}: folder has no images or slides")
+    return items

@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Classical nuclei baseline on MoNuSeg: parameters tuned on TRAIN by mean AJI, scores reported on TEST.
 
-Method: :func:`bundle.postprocess.classical_nuclei` (haematoxylin OD -> Otsu x threshold_scale -> clean-up ->
+Method: :func:`bundle.nuclei.postprocess.classical_nuclei` (haematoxylin OD -> Otsu x threshold_scale -> clean-up ->
 smoothed distance transform -> peak markers -> watershed). Labels are used only to score. The grid (default
 3 x 2 x 2 = 12 combinations of threshold_scale x min_distance x sigma, min_size fixed) is searched on the 30
 train images; the combination with the highest mean per-image AJI is then run once on the 14 test images.
@@ -16,7 +15,7 @@ Test scores (means over images of :func:`bundle.metrics.instance_scores`) are re
 
 The prediction is always computed on the full image and then cropped, so only the scoring differs.
 
-    python scripts/benchmark_classical.py --monuseg /work/shared/data/monuseg --out docs/results/classical_baseline
+    python -m scripts.benchmark_classical --monuseg /work/shared/data/monuseg --out docs/results/classical_baseline
 
 Writes ``<out>.json`` (grid, selection, per-image test rows, means, timings, command) and ``<out>.md``.
 """
@@ -33,12 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.annotations import read_instance_label  # noqa: E402
-from bundle.io import read_rgb, write_json  # noqa: E402
-from bundle.metrics import instance_scores  # noqa: E402
-from bundle.postprocess import classical_foreground, classical_nuclei, instances_by_watershed  # noqa: E402
+from bundle.annotations import read_instance_label
+from bundle.io import read_rgb, write_json
+from bundle.metrics import instance_scores
+from bundle.nuclei.postprocess import classical_foreground, classical_nuclei, instances_by_watershed
 
 KEYS = ("pixel_f1", "object_dice", "aji", "aji_plus", "pq", "dq", "sq", "pixel_iou")
 PROTOCOLS = ("full", "crop512", "crop512_cc")
@@ -81,7 +78,8 @@ def main(argv=None):
     ap.add_argument("--hole_size", type=int, default=64)
     ap.add_argument("--crop", type=int, default=512)
     a = ap.parse_args(argv)
-    command = " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv])
+    command = " ".join(shlex.quote(x) for x in [Path(sys.executable).name, "-m", "scripts.benchmark_classical",
+                                                *sys.argv[1:]])
     t_start = time.perf_counter()
 
     train = load_split(a.monuseg, "train", a.limit)
@@ -136,7 +134,7 @@ def main(argv=None):
     total = time.perf_counter() - t_start
     result = {
         "command": command,
-        "method": "bundle.postprocess.classical_nuclei: haematoxylin OD (rgb2hed) > threshold_scale * Otsu, "
+        "method": "bundle.nuclei.postprocess.classical_nuclei: haematoxylin OD (rgb2hed) > threshold_scale * Otsu, "
                   "clean_mask(min_size, hole_size), Gaussian-smoothed EDT, peak_local_max(min_distance) markers, "
                   "watershed(-EDT) in the mask, instances < min_size removed",
         "selection": "grid on MoNuSeg train (labels used only to score), max mean per-image AJI (full images, "

@@ -4,11 +4,11 @@
 For each backbone (own SSL Res2Net, random-init Res2Net floor, optionally ResNet-50 with local weights): features of
 every patch (native size, one pass), a concept bank fitted on the same unlabelled patches (GAP of random windows),
 then for each k variants A and B scored by matching, normalised matching and the linear probe
-(:class:`bundle.fseg.FSegEvaluator`). Floor without a network: per-pixel colour K-Means with the same k and the same
-matching. Speed: one 1024x1024 tile, 1 CPU thread: features, variant A, variant B, and the NNLS of variant B
+(:class:`bundle.fseg.evaluate.FSegEvaluator`). Floor without a network: per-pixel colour K-Means with the same k and
+the same matching. Speed: one 1024x1024 tile, 1 CPU thread: features, variant A, variant B, and the NNLS of variant B
 (``bpp`` and ``cd``) against scikit-learn's ``non_negative_factorization(update_H=False)`` on identical inputs.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/benchmark_fseg.py --data ../shared/data/wsss4luad_val \\
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.benchmark_fseg --data ../shared/data/wsss4luad_val \\
         --ssl_ckpt /tmp/fseg_ssl/models/model.pt
 
 Writes docs/results/fseg_benchmark.json and .md and docs/figures/fseg_examples.png.
@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bundle import fseg
+from bundle.io import write_image, write_json
+from bundle.metrics import confusion_counts, matching_scores
 
-from bundle import fseg  # noqa: E402
-from bundle.io import write_image, write_json  # noqa: E402
-from bundle.metrics import confusion_counts, matching_scores  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CLASSES = ["tumour", "stroma", "normal", "background"]
 CLASS_COLOURS = np.array([[200, 30, 40], [240, 150, 200], [40, 160, 60], [245, 245, 245]], np.uint8)
@@ -245,8 +244,9 @@ def main(argv=None):
     if a.resnet50_weights:
         extractors["ResNet-50 (local weights)"] = fseg.build_extractor("resnet50", a.resnet50_weights)
     ev = fseg.FSegEvaluator(extractors["own SSL Res2Net"], None, data / "img", "/tmp/unused",
-                            label_dir=data / "mask", ks=a.ks, class_names=CLASSES, n_components=a.n_components,
-                            probe_folds=a.probe_folds, seed=a.seed)
+                            label_dir=data / "mask", ks=a.ks, class_names=CLASSES,
+                            factor=fseg.Factorisation(n_components=a.n_components, seed=a.seed),
+                            probe_folds=a.probe_folds)
     pairs, skipped = ev.load()
     print(f"{len(pairs)} patches ({sum(g.size for _, _, g in pairs) / 1e6:.2f} Mpx), skipped {skipped}", flush=True)
 
@@ -290,7 +290,8 @@ def main(argv=None):
     figure(pairs, panels, a.figure, idx)
 
     res = {"machine": machine(), "date": a.date, "python": platform.python_version(),
-           "command": "OMP_NUM_THREADS=1 .venv/bin/python scripts/benchmark_fseg.py " + " ".join(argv or sys.argv[1:]),
+           "command": " ".join(["OMP_NUM_THREADS=1 .venv/bin/python -m scripts.benchmark_fseg",
+                                *(argv or sys.argv[1:])]),
            "data": {"path": str(data), "n_patches": len(pairs), "megapixels": sum(g.size for _, _, g in pairs) / 1e6,
                     "classes": CLASSES},
            "settings": {"ks": a.ks, "window_px": a.window, "windows_per_image": a.windows_per_image,

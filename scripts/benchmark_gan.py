@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Benchmark of the cell-level InfoGAN (issue 6): docs/results/gan_benchmark.{json,md}, docs/figures/gan_*.png.
 
@@ -14,7 +13,7 @@
 
 Run (from the repository root; one thread, as the numbers in docs/gan.md):
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/benchmark_gan.py --work /tmp/gan_bench
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.benchmark_gan --work /tmp/gan_bench
 
 Reruns reuse finished training runs (the bundle resumes and stops at the configured epoch).
 """
@@ -31,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def cpu_name() -> str:
@@ -105,7 +103,7 @@ def labelled_grid(rows, labels, scale=3, label_w=110):
 
 def chance_matched_accuracy(y, k, n=2000, seed=0):
     """Mean one-to-one-matched accuracy of uniformly random cluster labels (k clusters) against ``y``."""
-    from bundle.gan import cluster_accuracy
+    from bundle.gan.classify import cluster_accuracy
 
     rng = np.random.default_rng(seed)
     return float(np.mean([cluster_accuracy(rng.integers(0, k, len(y)), y) for _ in range(n)]))
@@ -113,8 +111,10 @@ def chance_matched_accuracy(y, k, n=2000, seed=0):
 
 # ------------------------------------------------------------------------------------------------------------------
 def bcdata_cells(data: Path, out: Path, radius: float):
-    from bundle.cells import crop_at_points, lab_stats, read_points, reinhard_normalize
+    from bundle.annotations import read_points
+    from bundle.gan.cells import crop_at_points
     from bundle.io import atomic_path, read_rgb, write_csv
+    from bundle.stain import lab_stats, reinhard_normalize
 
     imgs = sorted((data / "images").glob("*.png"), key=lambda p: int(p.stem) if p.stem.isdigit() else p.stem)
     rgbs = {p.stem: read_rgb(p) for p in imgs}
@@ -142,8 +142,9 @@ def bcdata_cells(data: Path, out: Path, radius: float):
 def cell_level(args, results, figs):
     import torch
 
-    from bundle.cells import montage
-    from bundle.gan import assign_categories, generated_grid, trunk_features
+    from bundle.gan.cells import montage
+    from bundle.gan.classify import assign_categories, trunk_features
+    from bundle.gan.train import generated_grid
     from bundle.metrics import clustering_scores
     from bundle.networks.infogan import InfoGANCritic
 
@@ -211,9 +212,16 @@ def cell_level(args, results, figs):
 
 
 def image_level(args, results, figs):
-    from bundle.cells import load_cells
-    from bundle.gan import assign_categories, category_proportions, classify_images, generated_grid, \
-        plot_proportions, read_image_labels, trunk_features
+    from bundle.gan.cells import load_cells
+    from bundle.gan.classify import (
+        assign_categories,
+        category_proportions,
+        classify_images,
+        plot_proportions,
+        read_image_labels,
+        trunk_features,
+    )
+    from bundle.gan.train import generated_grid
     from bundle.io import write_image
 
     work = Path(args.work) / "monuseg"
@@ -345,7 +353,7 @@ def main():
     res_dir = ROOT / "docs" / "results"
     out_json = res_dir / "gan_benchmark.json"
     results = json.loads(out_json.read_text()) if (args.only and out_json.is_file()) else {}
-    cmd = "OMP_NUM_THREADS=1 .venv/bin/python " + " ".join([f"scripts/{Path(sys.argv[0]).name}"] + sys.argv[1:])
+    cmd = " ".join(["OMP_NUM_THREADS=1 .venv/bin/python -m scripts.benchmark_gan", *sys.argv[1:]])
     part = args.only or "all"
     if "command" in results and "commands" not in results:  # older single-command format
         results["commands"] = {"cell" if "--only cell" in results["command"] else "all": results["command"]}

@@ -1,6 +1,5 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
-"""Cross-check our Grad-CAM (``bundle.psm.PSMInferer``) against the PyPI library ``grad-cam`` (pytorch-grad-cam).
+"""Cross-check our Grad-CAM (``bundle.nuclei.psm.PSMInferer``) against the PyPI library ``grad-cam`` (pytorch-grad-cam).
 
 Both run on the SAME seeded, randomly initialised Res2Net (eval mode) and the SAME inputs in one process:
 
@@ -40,8 +39,8 @@ Needs torchvision (grad-cam imports it), so it runs in a separate venv, e.g.::
     python3 -m venv /work/venv-gc
     /work/venv-gc/bin/pip install torch==2.14.1 torchvision==0.29.1 grad-cam monai==1.6.1 scikit-image scipy ...
     /work/venv-gc/bin/pip install --no-deps -e .
-    nice -n 10 /work/venv-gc/bin/python scripts/benchmark_gradcam.py --out docs/results/gradcam_comparison.json
-    nice -n 10 /work/venv-gc/bin/python scripts/benchmark_gradcam.py --depth 101 --base_channels 64 --n_synthetic 1 \
+    nice -n 10 /work/venv-gc/bin/python -m scripts.benchmark_gradcam --out docs/results/gradcam_comparison.json
+    nice -n 10 /work/venv-gc/bin/python -m scripts.benchmark_gradcam --depth 101 --base_channels 64 --n_synthetic 1 \
         --out docs/results/gradcam_comparison.json --append
 """
 
@@ -51,18 +50,15 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.networks import Res2Net  # noqa: E402
-from bundle.psm import PSMInferer  # noqa: E402
-from bundle.transforms import normalize_rgb  # noqa: E402
+from bundle.networks import Res2Net
+from bundle.nuclei.psm import PSMInferer
+from bundle.transforms import normalize_rgb
 
 MONUSEG_TEST = Path("/work/shared/data/monuseg/test/images")
 

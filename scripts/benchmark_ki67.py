@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """BCData benchmark of label-free Ki-67 positive / negative cell detection (issue 4).
 
@@ -16,15 +15,15 @@ radius; TP / FP / FN summed over images = micro average) at radius 6 and 10 px:
   (``skimage.feature.blob_log``, sigmas from the nucleus diameter, default threshold), class by mean DAB vs H;
   ``classical_log_per_stain`` — the same per stain (DAB blobs positive, haematoxylin blobs negative);
 * ``alt_*`` — pseudo-label alternatives tried while designing (see docs/ki67.md);
-* ``pseudo_labels`` — :class:`bundle.ki67.Ki67PseudoLabeler` alone (``Ki67Runner(method="classical")``);
-* ``network`` — the trained 3-class ResUNet-34 through :class:`bundle.ki67.Ki67Runner` (flip TTA), and
+* ``pseudo_labels`` — :class:`bundle.ki67.pseudo_labels.Ki67PseudoLabeler` alone (``Ki67Runner(method="classical")``);
+* ``network`` — the trained 3-class ResUNet-34 through :class:`bundle.ki67.runner.Ki67Runner` (flip TTA), and
   ``network_no_tta``; ``--point_mode`` places its points at the centroid of each cell's region (the default) or at
   the probability peak (``both``: each, the peak rows marked ``, peak``).
 
 Also per method: counting MAE per class (mean over images of |#pred - #gt|), Ki-67 index error (mean over images of
 |index_pred - index_gt|, and the folder-level index error), seconds per 640x640 image on this CPU (1 thread).
 
-    OMP_NUM_THREADS=1 python scripts/benchmark_ki67.py --data ../shared/data/bcdata_sample \
+    OMP_NUM_THREADS=1 python -m scripts.benchmark_ki67 --data ../shared/data/bcdata_sample \
         --ckpt network=/tmp/ki67bench/root/models/ki67/model.pt \
         --ckpt network_round2=/tmp/ki67bench/root/models/ki67_r2/model.pt \
         --he_dir ../shared/data/monuseg/test/images --work /tmp/ki67bench/bench --out docs/results/ki67_benchmark
@@ -46,14 +45,22 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.cells import read_point_table  # noqa: E402
-from bundle.handlers import resunet_checkpoint_dims, resunet_input_channels  # noqa: E402
-from bundle.io import read_rgb  # noqa: E402
-from bundle.ki67 import (NEGATIVE, POINT_MODES, POSITIVE, Ki67PseudoLabeler, Ki67Runner, _blob_points,  # noqa: E402
-                         _hd_of_od, dab_fraction, optical_density, read_bcdata_item)
-from bundle.metrics import multiclass_point_scores  # noqa: E402
+from bundle.annotations import read_point_table
+from bundle.checkpoints import resunet_checkpoint_dims, resunet_input_channels
+from bundle.inferers import TilePredictor
+from bundle.io import read_rgb
+from bundle.ki67.data import read_bcdata_item
+from bundle.ki67.points import POINT_MODES, Ki67Cells
+from bundle.ki67.pseudo_labels import (
+    NEGATIVE,
+    POSITIVE,
+    Ki67PseudoLabeler,
+    blob_points,  # the alt_* variants find blobs exactly as Ki67PseudoLabeler does
+    dab_fraction,
+)
+from bundle.ki67.runner import Ki67Runner
+from bundle.metrics import multiclass_point_scores
+from bundle.stain import hd_from_od, optical_density
 
 RADII = (6, 10)
 CURVE_RADII = (6, 8, 10, 12, 15, 20)  # overall F1 vs radius: how much of the score is localisation
@@ -63,7 +70,7 @@ NAMES = {POSITIVE: "positive", NEGATIVE: "negative", "overall": "overall"}
 
 # --------------------------------------------------------------------------------------------- classical methods
 def _hd(rgb, sigma=1.5):
-    hd = np.maximum(_hd_of_od(optical_density(rgb, sigma)), 0)
+    hd = np.maximum(hd_from_od(optical_density(rgb, sigma)), 0)
     return hd[..., 0], hd[..., 1]
 
 
@@ -139,7 +146,7 @@ def alt_kmeans_only(rgbs, d, labeler):
     out = []
     for rgb in rgbs:
         mp, _ = labeler.masks(rgb)
-        a = _blob_points(mp, labeler.min_distance, labeler.min_area)
+        a = blob_points(mp, labeler.min_distance, labeler.min_area)
         out.append((a, np.full(len(a), POSITIVE, np.uint8)))
     return out
 
@@ -157,8 +164,8 @@ def alt_blue_ratio(rgbs, d, labeler):
     for rgb, o in zip(rgbs, bl):
         mp, _ = labeler.masks(rgb)
         mn = ndi.binary_opening(((o[..., 0] - o[..., 2]) > t) & ~ndi.binary_dilation(mp, iterations=2))
-        a = _blob_points(mp, labeler.min_distance, labeler.min_area)
-        b = _blob_points(mn, labeler.min_distance, labeler.min_area)
+        a = blob_points(mp, labeler.min_distance, labeler.min_area)
+        b = blob_points(mn, labeler.min_distance, labeler.min_area)
         out.append((np.concatenate([a, b]).reshape(-1, 2), np.r_[np.full(len(a), POSITIVE), np.full(len(b), NEGATIVE)]))
     return out
 
@@ -169,12 +176,12 @@ def alt_union_ratio(rgbs, d, labeler):
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
 
-    from bundle.labels import merge_close_points
+    from bundle.points import merge_close_points
 
     cands = []
     for rgb in rgbs:
         mp, mn = labeler.masks(rgb)
-        pts = _blob_points(mp | mn, labeler.min_distance, labeler.min_area)
+        pts = blob_points(mp | mn, labeler.min_distance, labeler.min_area)
         if len(pts) > 1:
             pts = pts[np.sort(merge_close_points(pts, np.ones(len(pts)), labeler.merge_distance, p=2))]
         h, dab = _hd(rgb)
@@ -349,11 +356,12 @@ def run_network(data_dir, ckpt, work, stems, d, tta, base_channels, threshold, s
                     base_channels=base_channels or resunet_checkpoint_dims(ckpt)[1])
     suffix = "" if point_mode == "centroid" else f"_{point_mode}"
     out = Path(work) / (("network" if tta else "network_no_tta") + suffix)
-    from bundle.handlers import trained_mpp
+    from bundle.checkpoints import trained_mpp
 
     mpp = trained_mpp(ckpt) if network_mpp == "auto" else float(network_mpp)
-    summ = Ki67Runner(net, str(Path(data_dir) / "images"), out, ckpt_path=ckpt, tta=tta, nucleus_diameter=d,
-                      threshold=threshold, size_scale=scale, network_mpp=mpp, point_mode=point_mode).run()
+    summ = Ki67Runner(net, str(Path(data_dir) / "images"), out, ckpt_path=ckpt,
+                      predictor=TilePredictor(tta=tta, size_scale=scale, network_mpp=mpp),
+                      cells=Ki67Cells(threshold=threshold, nucleus_diameter=d, point_mode=point_mode)).run()
     return _runner_points(out, stems), summ["seconds_per_image"]
 
 
@@ -362,7 +370,7 @@ def make_figure(path, rgbs, gts, columns, stems, pick=("0", "5"), crop=320):
     from PIL import Image, ImageDraw
 
     from bundle.io import write_image
-    from bundle.ki67 import overlay_points
+    from bundle.ki67.points import overlay_points
 
     rows = []
     for st in pick:
@@ -473,8 +481,9 @@ def main(argv=None):
     ap.add_argument("--nucleus_diameter", type=float, default=None, help="px (default 20 at 40x, scaled by --mpp)")
     ap.add_argument("--mpp", type=float, default=0.25,
                     help="um per pixel of the tiles (0.25 = BCData at 40x; 0.5 for a 20x copy made by "
-                         "scripts/make_lowres.py --bcdata): scales the nucleus diameter as ki67_infer.json --mpp does, "
-                         "and points are scored in 40x pixels, so the 6 / 10 px radii keep their size in um")
+                         "python -m scripts.make_lowres --bcdata): scales the nucleus diameter as ki67_infer.json "
+                         "--mpp does, and points are scored in 40x pixels, so the 6 / 10 px radii keep their size "
+                         "in um")
     ap.add_argument("--network_mpp", default="auto",
                     help="pixel size the networks were trained at: 'auto' = their settings.json (else 0.25), as "
                          "ki67_infer.json does; tiles at another mpp are resized to it. A number overrides (the "
@@ -489,16 +498,16 @@ def main(argv=None):
     ap.add_argument("--tta", choices=("both", "on", "off"), default="both",
                     help="score networks with / without flip TTA")
     ap.add_argument("--point_mode", choices=(*POINT_MODES, "both"), default="centroid",
-                    help="where a network's cell points go (bundle.ki67.ki67_points): the centroid of the cell's "
-                         "region (ki67_infer's default since 2026-11-24) or the probability peak (before); 'both' "
-                         "scores each, the peak rows marked ', peak'")
+                    help="where a network's cell points go (bundle.ki67.points.ki67_points): the centroid of the "
+                         "cell's region (ki67_infer's default since 2026-11-24) or the probability peak (before); "
+                         "'both' scores each, the peak rows marked ', peak'")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    from bundle.postprocess import scaled, size_scale
+    from bundle.scale import scaled, size_scale
 
     scale = size_scale(a.mpp)
     d = a.nucleus_diameter or scaled(20, scale)
@@ -531,7 +540,7 @@ def main(argv=None):
     preds, t = _timed(lambda: [tile_labeler.points(r) for r in rgbs])
     methods["alt_tile_negative_threshold"] = score_split(to40x(preds), gts, halves, t / n, shapes)
     out = Path(a.work) / "pseudo_labels"
-    summ = Ki67Runner(None, str(img_dir), out, method="classical", nucleus_diameter=d).run()
+    summ = Ki67Runner(None, str(img_dir), out, method="classical", cells=Ki67Cells(nucleus_diameter=d)).run()
     pseudo = _runner_points(out, stems)
     fig_cols["pseudo labels"] = pseudo
     methods["pseudo_labels (Ki67PseudoLabeler)"] = score_split(to40x(pseudo), gts, halves, summ["seconds_per_image"], shapes)
@@ -568,13 +577,14 @@ def main(argv=None):
             name, _, path = a.ckpt[-1].rpartition("=")
             width = a.base_channels or resunet_checkpoint_dims(path)[1]
             sm = Ki67Runner(ResUNet34(resunet_input_channels(path), 3, base_channels=width), a.he_dir,
-                            Path(a.work) / "he_in_ihc_mode", ckpt_path=path, tta=False, nucleus_diameter=d).run()
+                            Path(a.work) / "he_in_ihc_mode", ckpt_path=path, predictor=TilePredictor(tta=False),
+                            cells=Ki67Cells(nucleus_diameter=d)).run()
             dab.update({"he_network": name or "network", "he_n_positive": sm["n_positive"],
                         "he_n_negative": sm["n_negative"]})
     gtc = {"positive": int(sum((g[1] == POSITIVE).sum() for g in gts)),
            "negative": int(sum((g[1] == NEGATIVE).sum() for g in gts))}
     report = {"date": datetime.date.today().isoformat(), "machine": a.machine, "platform": platform.platform(),
-              "command": "OMP_NUM_THREADS=1 python scripts/benchmark_ki67.py " + " ".join(shlex.quote(x) for x in
+              "command": "OMP_NUM_THREADS=1 python -m scripts.benchmark_ki67 " + " ".join(shlex.quote(x) for x in
                                                                                          (argv or sys.argv[1:])),
               "n_images": n, "radii_px": list(RADII), "nucleus_diameter_px": d, "mpp": a.mpp, "gt_counts": gtc,
               "gt_folder_index": round(gtc["positive"] / max(1, sum(gtc.values())), 4), "fit_seconds": round(fit_s, 2),

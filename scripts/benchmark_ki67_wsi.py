@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
-"""Ki-67 on a whole slide (issue 4): does the slide mode of ``configs/ki67_infer.json`` find the same cells as the
-tile mode, and what does it cost?
+"""Ki-67 on a whole slide (issue 4): the slide mode of ``configs/ki67_infer.json`` against its tile mode.
 
-Builds a pyramidal TIFF "slide" (:func:`bundle.wsi.write_pyramid_tiff`, 0.25 um/px, 3 levels) from the BCData tiles
-laid side by side (``--cols`` per row, ``--gap`` px of glass between them) inside a glass border (RGB 242), so the
-slide's 1024-px analysis tiles cut across the BCData tiles. With ``--gap 0`` a cell at a BCData tile's edge sees an
+Does the slide mode find the same cells as the tile mode, and what does it cost? Builds a pyramidal TIFF "slide"
+(:func:`bundle.wsi.write_pyramid_tiff`, 0.25 um/px, 3 levels) from the BCData tiles laid side by side (``--cols``
+per row, ``--gap`` px of glass between them) inside a glass border (RGB 242), so the slide's 1024-px analysis tiles
+cut across the BCData tiles. With ``--gap 0`` a cell at a BCData tile's edge sees an
 unrelated image beside it, a seam real slides do not have. Then runs, each in its own process under
 ``/usr/bin/time -v``:
 
@@ -13,9 +12,9 @@ unrelated image beside it, a seam real slides do not have. Then runs, each in it
     python -m monai.bundle run --config_file configs/ki67_infer.json --dataset_dir BCDATA/images --bundle_root ROOT ...
 
 and scores both against the BCData annotations (moved into slide pixels for the slide) with the same metric code as
-``scripts/benchmark_ki67.py`` (one-to-one matching within 10 px, per tile, summed). Labels only score.
+``scripts.benchmark_ki67`` (one-to-one matching within 10 px, per tile, summed). Labels only score.
 
-    python scripts/benchmark_ki67_wsi.py --data ../shared/data/bcdata_sample --root /tmp/krecipe --round 2 \
+    python -m scripts.benchmark_ki67_wsi --data ../shared/data/bcdata_sample --root /tmp/krecipe --round 2 \
         --out docs/results/ki67_wsi
 
 Writes ``<out>.json`` and ``<out>.md``; the slide and outputs go to ``--work`` (deleted unless ``--keep``).
@@ -35,19 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from benchmark_ki67 import tile_stems  # noqa: E402
-from benchmark_wsi import run_inference  # noqa: E402
-
-from bundle.cells import read_point_table  # noqa: E402
-from bundle.io import read_rgb, write_json  # noqa: E402
-from bundle.ki67 import NEGATIVE, POSITIVE, read_bcdata_item  # noqa: E402
-from bundle.label_free import child_env  # noqa: E402
-from bundle.metrics import multiclass_point_scores  # noqa: E402
-from bundle.wsi import write_pyramid_tiff  # noqa: E402
+from bundle.annotations import read_point_table
+from bundle.io import read_rgb, write_json
+from bundle.ki67.data import read_bcdata_item
+from bundle.ki67.pseudo_labels import NEGATIVE, POSITIVE
+from bundle.label_free import child_env
+from bundle.metrics import multiclass_point_scores
+from bundle.wsi import write_pyramid_tiff
+from scripts.benchmark_ki67 import tile_stems
+from scripts.benchmark_wsi import run_inference
 
 BORDER = 256
 INNER = 20  # px: the band along each BCData tile's edge left out of the "inner" scores
@@ -70,8 +65,8 @@ def make_mosaic(path: Path, tiles: list, cols: int, gap: int = 0) -> list:
 
 def score(pred: dict, gts: list, boxes: list, inner: int = 0) -> dict:
     """Summed TP / FP / FN over tiles (predictions assigned to the tile whose box holds them) -> P / R / F1 overall and
-    per class, at 10 px. ``pred``: a :func:`bundle.cells.read_point_table` table in the boxes' frame. ``inner`` > 0
-    scores only the points (predicted and annotated) at least that far inside their box."""
+    per class, at 10 px. ``pred``: a :func:`bundle.annotations.read_point_table` table in the boxes' frame.
+    ``inner`` > 0 scores only the points (predicted and annotated) at least that far inside their box."""
     c = {k: np.zeros(3, np.int64) for k in ("overall", POSITIVE, NEGATIVE)}
     yx, cls = pred["points"], np.where(pred["class"] == "Positive", POSITIVE, NEGATIVE)
     for (gxy, gcls), (r0, c0, r1, c1) in zip(gts, boxes):
@@ -154,7 +149,8 @@ def main(argv=None):
     slide = a.work / "bcdata_mosaic.tif"
     offsets = make_mosaic(slide, tiles, a.cols, a.gap)
     h, w = tiles[0].shape[:2]
-    res = {"command": " ".join(shlex.quote(x) for x in ["python", *sys.argv]), "threads": a.threads,
+    command = ["python", "-m", "scripts.benchmark_ki67_wsi", *sys.argv[1:]]
+    res = {"command": " ".join(shlex.quote(x) for x in command), "threads": a.threads,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "date": time.strftime("%Y-%m-%d"),
            "ckpt": str(ckpt), "hotspot_min_cells": a.hotspot_min_cells,
            "gt_index": float(np.mean(np.concatenate([c for _, c in gts]) == POSITIVE))}

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """MoNuSeg benchmark of the trained detection / segmentation networks (issue 3), next to the classical baseline.
 
@@ -14,7 +13,7 @@ true instances), ``crop512_cc`` (centre crop vs connected components of the bina
 The classical baseline (parameters from ``docs/results/classical_baseline.json``, chosen on train) is scored by
 the same code.
 
-    python scripts/benchmark_nuclei.py --monuseg ../shared/data/monuseg --runs psm=runs/pipe/monuseg \
+    python -m scripts.benchmark_nuclei --monuseg ../shared/data/monuseg --runs psm=runs/pipe/monuseg \
         --out docs/results/nuclei_benchmark
 
 Writes ``<out>.json`` (per-image rows, means, selection, timings, command) and ``<out>.md``.
@@ -33,19 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from benchmark_classical import PROTOCOLS, centre_crop, load_split, mean_rows  # noqa: E402
-
-from bundle.detection import (blend_hematoxylin, detection_points, instance_settings, nuclei_from_probability,  # noqa: E402
-                              predict_probability)
-from bundle.handlers import load_network_weights, resunet_checkpoint_dims, resunet_input_channels  # noqa: E402
-from bundle.io import write_json  # noqa: E402
-from bundle.metrics import instance_scores  # noqa: E402
-from bundle.networks import ResUNet34  # noqa: E402
-from bundle.labels import point_settings  # noqa: E402
-from bundle.postprocess import classical_nuclei, scaled, size_scale  # noqa: E402
+from bundle.checkpoints import load_network_weights, resunet_checkpoint_dims, resunet_input_channels
+from bundle.inferers import predict_probability
+from bundle.io import write_json
+from bundle.metrics import instance_scores
+from bundle.networks import ResUNet34
+from bundle.nuclei.detection import blend_hematoxylin, detection_points, instance_settings, nuclei_from_probability
+from bundle.nuclei.postprocess import classical_nuclei
+from bundle.points import point_settings
+from bundle.scale import scaled, size_scale
+from scripts.benchmark_classical import PROTOCOLS, centre_crop, load_split, mean_rows
 
 KEYS = ("pixel_f1", "pixel_iou", "object_dice", "aji", "aji_plus", "pq")
 MODES = ("cc", "watershed", "points")
@@ -54,10 +50,10 @@ MODES = ("cc", "watershed", "points")
 def instances(prob, mode, min_size, threshold=0.5, min_distance=None, rgb=None, scale=1.0):
     """``mode`` is ``cc`` / ``watershed`` / ``points``, optionally suffixed ``@threshold``, ``/min_distance``,
     ``+grow`` (px the instances are grown by), ``~weight`` (the image's haematoxylin evidence blended into
-    P(nucleus) first, :func:`bundle.detection.blend_hematoxylin`; needs ``rgb``) and ``>min_score`` (instances
+    P(nucleus) first, :func:`bundle.nuclei.detection.blend_hematoxylin`; needs ``rgb``) and ``>min_score`` (instances
     whose mean P(nucleus) is below it dropped), in that order (``points@0.4+1~0.35>0.6``). ``scale`` (pixel
-    density relative to 40x, :func:`bundle.postprocess.size_scale`) sets the default peak distance, the point
-    extraction and the fixed-px sizes of :func:`bundle.detection.instance_settings` (filled holes, distance
+    density relative to 40x, :func:`bundle.scale.size_scale`) sets the default peak distance, the point
+    extraction and the fixed-px sizes of :func:`bundle.nuclei.detection.instance_settings` (filled holes, distance
     smoothing, three-class seeds), as ``inference.json --mpp`` does."""
     grow, min_score = 0, 0.0
     min_distance = scaled(6, scale) if min_distance is None else min_distance
@@ -94,7 +90,7 @@ def score(pred, gt, crop):
 
 
 def predict_ensemble(nets, rgb, tta: bool, scales=(1.0,)):
-    """(C, H, W) class probabilities of ``rgb``: :func:`bundle.detection.predict_probability` averaged over
+    """(C, H, W) class probabilities of ``rgb``: :func:`bundle.inferers.predict_probability` averaged over
     ``nets`` and over ``scales`` (the image resized bilinearly by each factor, its prediction resized back)."""
     return np.mean([predict_probability(n, rgb, tta=tta, scale=s) for s in scales for n in nets], axis=0)
 
@@ -126,8 +122,8 @@ def main(argv=None):
                          "post-processing sizes as inference.json --mpp does")
     ap.add_argument("--classical", type=Path, default=Path(__file__).resolve().parents[1]
                     / "docs/results/classical_baseline.json",
-                    help="the classical baseline's results JSON (benchmark_classical.py) whose selected parameters "
-                         "are scored")
+                    help="the classical baseline's results JSON (scripts.benchmark_classical) whose selected "
+                         "parameters are scored")
     ap.add_argument("--crop", type=int, default=512)
     ap.add_argument("--limit", type=int, default=None, help="images per split (smoke tests only)")
     ap.add_argument("--threads", type=int, default=1)
@@ -136,7 +132,8 @@ def main(argv=None):
                     help="PNG: two test crops with GT, classical and each network's selected-mode instances")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    command = " ".join(shlex.quote(x) for x in [Path(sys.executable).name, *sys.argv])
+    command = " ".join(shlex.quote(x) for x in [Path(sys.executable).name, "-m", "scripts.benchmark_nuclei",
+                                                *sys.argv[1:]])
     t_start = time.perf_counter()
     train, test = load_split(a.monuseg, "train", a.limit), load_split(a.monuseg, "test", a.limit)
     modes = [m for m in a.modes.split(",") if m]
@@ -217,10 +214,8 @@ def main(argv=None):
 
 def make_figure(a, test, results, params, size=320):
     """Rows = two test images (centre crops); columns = image, GT, classical, each network (selected mode)."""
-    from make_figures import labelled
-
-    from bundle.io import write_image
-    from bundle.pipeline import overlay_mask
+    from bundle.io import overlay_mask, write_image
+    from scripts.make_figures import labelled
 
     nets = [(k, v["selected_mode"]) for k, v in results.items() if k != "classical"]
     rows = []
@@ -240,7 +235,8 @@ def make_figure(a, test, results, params, size=320):
 
 
 def render_md(r) -> str:
-    lines = ["# Nuclei instances on MoNuSeg test (networks trained on the 30 train images: label-free, except the diagnostic ceilings of scripts/oracle_teacher.py)", "",
+    lines = ["# Nuclei instances on MoNuSeg test (networks trained on the 30 train images: label-free, except "
+             "diagnostic ceilings trained on annotation labels)", "",
              f"Command: `{r['command']}` ({r['date']}, {r['machine']['cpus']} CPUs, {r['threads']} torch thread(s)).",
              "", "Mode selected per network by **train** AJI (labels only score). Means over the 14 test images.", ""]
     if r["limit"]:

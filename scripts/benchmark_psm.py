@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Pseudo-mask benchmark on MoNuSeg: PSM -> SCM against colour baselines, with ablations and timings.
 
 Labels are used only for scoring. Selection of a configuration must be done on the train rows; test rows are
 reported. Example (the command behind docs/README.md's tables):
 
-    python scripts/benchmark_psm.py --monuseg ../shared/data/monuseg \
+    python -m scripts.benchmark_psm --monuseg ../shared/data/monuseg \
         --net random=random:head --net contrastive=runs/contrastive/models/model.pt:feature_norm \
         --out docs/results/psm_benchmark
 
@@ -25,15 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.annotations import read_instance_label  # noqa: E402
-from bundle.clustering import hematoxylin_otsu, semantic_clustering  # noqa: E402
-from bundle.handlers import load_network_weights  # noqa: E402
-from bundle.io import read_rgb, write_json  # noqa: E402
-from bundle.networks import Res2Net  # noqa: E402
-from bundle.pipeline import score_pseudo_mask  # noqa: E402
-from bundle.psm import PSMInferer, psm_for_image  # noqa: E402
+from bundle.annotations import read_instance_label
+from bundle.checkpoints import load_network_weights
+from bundle.io import read_rgb, write_json
+from bundle.networks import Res2Net
+from bundle.nuclei.pseudo_masks import score_pseudo_mask
+from bundle.nuclei.psm import PSMInferer, psm_for_image
+from bundle.nuclei.scm import hematoxylin_otsu, semantic_clustering
 
 KEYS = ("pixel_f1", "pixel_precision", "pixel_recall", "object_dice", "aji")
 
@@ -128,7 +125,8 @@ def main(argv=None):
 
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     meta = {"torch_threads": torch.get_num_threads(), "peak_rss_gb": peak_gb, "psm_s_per_img": timings,
-            "depth": str(depth), "base_channels": a.base_channels, "nets": a.net, "cmd": " ".join(sys.argv)}
+            "depth": str(depth), "base_channels": a.base_channels, "nets": a.net,
+            "cmd": " ".join(["python", "-m", "scripts.benchmark_psm", *sys.argv[1:]])}
     write_json(a.out.with_suffix(".json"), {"meta": meta, "rows": rows})
     write_md(rows, meta, a.out.with_suffix(".md"))
 

@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Speed and memory of the PSM stages on this machine (run it on an otherwise idle machine).
 
-    python scripts/benchmark_speed.py --out docs/results/speed
+    python -m scripts.benchmark_speed --out docs/results/speed
 
 Measures, with torch's default thread count: one SSL optimiser step per pretext for the CPU profile
 (2 images x 4 crops of 256^2 = batch 8) and the paper profile (Res2Net-101, one 512^2 crop); PSM seconds per
@@ -19,6 +18,7 @@ the paper-profile step: cuDNN autotuning (``torch.backends.cudnn.benchmark``) an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -27,21 +27,17 @@ import sys
 import time
 from pathlib import Path
 
-import contextlib
-
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.clustering import hematoxylin_otsu, semantic_clustering  # noqa: E402
-import bundle.networks.res2net  # noqa: E402
-import bundle.networks.resunet  # noqa: E402
-import bundle.psm  # noqa: E402
-from bundle.networks import Res2Net, ResUNet34  # noqa: E402
-from bundle.psm import PSMInferer, psm_for_image  # noqa: E402
-from bundle.ssl import PRETEXTS, pretext_loss  # noqa: E402
-from bundle.synthetic import synthetic_he_tile  # noqa: E402
+import bundle.networks.res2net
+import bundle.networks.resunet
+import bundle.nuclei.psm
+from bundle.networks import Res2Net, ResUNet34
+from bundle.nuclei.psm import PSMInferer, psm_for_image
+from bundle.nuclei.scm import hematoxylin_otsu, semantic_clustering
+from bundle.nuclei.ssl import PRETEXTS, pretext_loss
+from bundle.synthetic import synthetic_he_tile
 
 
 def timeit(fn, repeats, device="cpu"):
@@ -60,7 +56,7 @@ def timeit(fn, repeats, device="cpu"):
 @contextlib.contextmanager
 def nchw():
     """Bypass :func:`bundle.networks.memory.cpu_channels_last` (eager networks only): the default NCHW layout."""
-    mods = (bundle.networks.res2net, bundle.networks.resunet, bundle.psm)
+    mods = (bundle.networks.res2net, bundle.networks.resunet, bundle.nuclei.psm)
     saved = [m.cpu_channels_last for m in mods]
     for m in mods:
         m.cpu_channels_last = lambda x: x
@@ -162,7 +158,7 @@ def main(argv=None):
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     if dev.type == "cuda":
         res["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 1024**3
-    res["cmd"] = " ".join(sys.argv)
+    res["cmd"] = " ".join(["python", "-m", "scripts.benchmark_speed", *sys.argv[1:]])
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))

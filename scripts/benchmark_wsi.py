@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Whole-slide inference: wall time and peak memory of ``configs/inference.json`` on slides of growing size (issue 3).
 
@@ -15,7 +14,7 @@ stays about flat as the slide grows. For the first (smallest) slide it also runs
 it holds, as tiles, and compares the two modes' nuclei (``agreement``): points matched one to one within 3 px, and
 the detection F1 of each mode against the centroids of the ground-truth instances within 6 px (labels only score).
 
-    python scripts/benchmark_wsi.py --monuseg ../shared/data/monuseg --run runs/pipe/default_hx --grids 4,8 \
+    python -m scripts.benchmark_wsi --monuseg ../shared/data/monuseg --run runs/pipe/default_hx --grids 4,8 \
         --out docs/results/wsi_benchmark
 
 Writes ``<out>.json`` and ``<out>.md``; the slides and outputs go to ``--work`` (deleted unless ``--keep``).
@@ -37,12 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bundle.io import read_rgb, write_json
+from bundle.label_free import child_env
+from bundle.wsi import write_pyramid_tiff
 
-from bundle.io import read_rgb, write_json  # noqa: E402
-from bundle.label_free import child_env  # noqa: E402
-from bundle.wsi import write_pyramid_tiff  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CELL = 1000
 
@@ -68,7 +66,7 @@ def agreement(slide_csv: Path, tile_dir: Path, names: list, gts: list, placed: l
     detection F1 against the GT instance centroids (within 6 px), summed over the slide's tissue cells."""
     from skimage.measure import regionprops
 
-    from bundle.cells import read_point_table
+    from bundle.annotations import read_point_table
     from bundle.metrics import match_points
 
     sl = read_point_table(slide_csv)["points"]
@@ -155,7 +153,7 @@ def main(argv=None):
         slide = a.work / f"slide_{n * CELL}.tif"
         tissue, placed = make_slide(slide, tiles, n)
         out = a.work / f"out_{n * CELL}"
-        extra = () if a.wsi_min_tissue is None else ("--wsi_min_tissue", str(a.wsi_min_tissue))
+        extra = () if a.wsi_min_tissue is None else ("--wsi#min_tissue", str(a.wsi_min_tissue))
         wall, rss, summary = run_inference(slide, a.run, out, env, extra)
         row = {"side_px": n * CELL, "megapixels": (n * CELL) ** 2 / 1e6, "tissue_fraction": tissue,
                "slide_mb": slide.stat().st_size / 1e6, "wall_s": wall, "peak_rss_gb": rss,
@@ -175,7 +173,8 @@ def main(argv=None):
                                 "tiles_wall_s": tw, "tiles_peak_rss_gb": trss}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    res = {"command": " ".join(shlex.quote(x) for x in ["python", *sys.argv]), "threads": a.threads,
+    command = ["python", "-m", "scripts.benchmark_wsi", *sys.argv[1:]]
+    res = {"command": " ".join(shlex.quote(x) for x in command), "threads": a.threads,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "date": time.strftime("%Y-%m-%d"),
            "rows": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)

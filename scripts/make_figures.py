@@ -1,30 +1,25 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Figures for docs/: per test image, [tile | PSM (JET) | pseudo mask overlay | ground truth] for each network.
 
-    python scripts/make_figures.py --monuseg ../shared/data/monuseg --net random=random:head \
+    python -m scripts.make_figures --monuseg ../shared/data/monuseg --net random=random:head \
         --net contrastive=runs/contrastive/models/model.pt:feature_norm --out docs/figures/psm_examples.png
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.annotations import read_instance_label  # noqa: E402
-from bundle.clustering import hematoxylin_otsu, jet, semantic_clustering  # noqa: E402
-from bundle.handlers import load_network_weights  # noqa: E402
-from bundle.io import read_rgb, write_image  # noqa: E402
-from bundle.networks import Res2Net  # noqa: E402
-from bundle.pipeline import overlay_mask  # noqa: E402
-from bundle.psm import PSMInferer, psm_for_image  # noqa: E402
+from bundle.annotations import read_instance_label
+from bundle.checkpoints import load_network_weights
+from bundle.io import overlay_mask, read_rgb, write_image
+from bundle.networks import Res2Net
+from bundle.nuclei.psm import PSMInferer, psm_for_image
+from bundle.nuclei.scm import hematoxylin_otsu, jet, semantic_clustering
 
 
 def labelled(img: np.ndarray, text: str) -> np.ndarray:

@@ -1,10 +1,8 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
-"""A lower-magnification copy of a prepared MoNuSeg folder or a BCData folder, to measure the pipelines on
-20x-like tiles.
+"""A lower-magnification (20x-like) copy of a prepared MoNuSeg folder or a BCData folder.
 
-MoNuSeg and BCData are scanned at 40x (about 0.25 um/px). ``--factor 2`` writes a 20x-like copy (0.5 um/px): every
-image box-averaged over 2 x 2 pixels (``PIL.Image.BOX``).
+To measure the pipelines on 20x-like tiles: MoNuSeg and BCData are scanned at 40x (about 0.25 um/px), and
+``--factor 2`` writes a 20x-like copy (0.5 um/px): every image box-averaged over 2 x 2 pixels (``PIL.Image.BOX``).
 - MoNuSeg (``--monuseg``): every instance label map subsampled (``label[::2, ::2]``, so instances keep their ids and
   never blend). Layout in and out: ``<split>/images/*.png`` and ``<split>/labels/*.png`` (uint16) for each split
   found (``train``, ``test``).
@@ -13,8 +11,8 @@ image box-averaged over 2 x 2 pixels (``PIL.Image.BOX``).
 
 Used by docs/README.md, "Magnification", and docs/ki67.md:
 
-    python scripts/make_lowres.py --monuseg ../shared/data/monuseg --factor 2 --out /tmp/m20/monuseg
-    python scripts/make_lowres.py --bcdata ../shared/data/bcdata_sample --factor 2 --out /tmp/b20
+    python -m scripts.make_lowres --monuseg ../shared/data/monuseg --factor 2 --out /tmp/m20/monuseg
+    python -m scripts.make_lowres --bcdata ../shared/data/bcdata_sample --factor 2 --out /tmp/b20
 """
 
 from __future__ import annotations
@@ -26,11 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
-
-from bundle.io import write_image  # noqa: E402
+from bundle.io import write_image
 
 
 def _downscale_images(src: Path, dst: Path, factor: int, restore: bool = False) -> list:
@@ -83,7 +77,7 @@ def downscale_split(src: Path, dst: Path, factor: int, restore: bool = False) ->
         if lab_path.is_file():
             with Image.open(lab_path) as im:
                 lab = np.asarray(im)
-            h, w = small.height * factor // step, small.width * factor // step
+            h, w = small.height * step, small.width * step  # the source pixels the written image covers
             write_image(dst / "labels" / p.name, lab[:h:step, :w:step].astype(np.uint16))
     return len(images)
 

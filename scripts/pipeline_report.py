@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Stage times and pseudo-mask scores of finished ``python -m bundle.label_free`` runs, as one table.
 
@@ -6,7 +5,7 @@ Reads, for every ``--runs NAME=BUNDLE_ROOT``: ``stages/<stage>.json`` (seconds a
 pipeline when a stage finishes) and ``eval/pseudo_masks/summary.json`` (pseudo-mask scores, present when the PSM
 stage was given a datalist whose items carry ``label`` instance maps; labels only score).
 
-    python scripts/pipeline_report.py --runs gpu_default=runs/gpu/default --note "1x H100" \
+    python -m scripts.pipeline_report --runs gpu_default=runs/gpu/default --note "1x H100" \
         --out docs/results/pipeline_gpu_h100
 
 Writes ``<out>.json`` and ``<out>.md``.
@@ -20,10 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.io import write_json  # noqa: E402
-from bundle.label_free import STAGES  # noqa: E402
+from bundle.io import write_json
+from bundle.label_free import STAGES
 
 SCORES = ("pixel_f1", "object_dice", "aji", "pq", "foreground_fraction", "psm_s", "scm_s")
 
@@ -71,7 +68,8 @@ def main(argv=None):
         if not Path(root).is_dir():
             raise SystemExit(f"{root}: bundle root not found")
         runs[name] = read_run(Path(root))
-    out = {"command": " ".join(shlex.quote(x) for x in ["python", *sys.argv]), "note": a.note, "runs": runs}
+    command = ["python", "-m", "scripts.pipeline_report", *sys.argv[1:]]
+    out = {"command": " ".join(shlex.quote(x) for x in command), "note": a.note, "runs": runs}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(a.out.with_suffix(".json"), out)
     a.out.with_suffix(".md").write_text(render_md(out))

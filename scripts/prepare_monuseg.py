@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Build a MONAI datalist (and, where needed, instance-label PNGs) from a MoNuSeg folder.
 
@@ -19,7 +18,7 @@ Output: ``<output>/datalist.json`` = ``{"<split_key>": [{"image": ..., "label": 
 
 Example::
 
-    python scripts/prepare_monuseg.py --input /data/monuseg/test --output /tmp/monuseg_prep
+    python -m scripts.prepare_monuseg --input /data/monuseg/test --output /tmp/monuseg_prep
 """
 
 from __future__ import annotations
@@ -29,13 +28,8 @@ import os
 import sys
 from pathlib import Path
 
-# Make ``bundle`` importable without installation: the repository root is the parent of scripts/.
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
-
-from bundle.annotations import read_aperio_xml, write_instance_label  # noqa: E402
-from bundle.io import write_json  # noqa: E402
+from bundle.annotations import read_aperio_xml, write_instance_label
+from bundle.io import write_json
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")

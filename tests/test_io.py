@@ -1,4 +1,6 @@
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Tests bundle.io: reading images and datalists, atomic and streamed writers."""
+
 import json
 
 import numpy as np
@@ -102,3 +104,16 @@ def test_streamed_outputs_match_the_one_shot_writers_and_are_atomic(tmp_path):
             raise RuntimeError("killed mid-slide")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "a.geojson", "b.csv", "b.geojson", "e.csv",
                                                           "e.geojson"]
+
+
+def test_write_geojson_feature_collection(tmp_path):
+    from bundle.io import write_geojson
+
+    write_geojson(tmp_path / "a.geojson", [np.array([[0, 0], [4, 0], [4, 4], [0, 4]])],
+                  [{"classification": {"name": "Nucleus"}}])
+    gj = json.loads((tmp_path / "a.geojson").read_text())
+    f = gj["features"][0]
+    assert gj["type"] == "FeatureCollection" and f["geometry"]["type"] == "Polygon"
+    ring = f["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) == 5
+    assert f["properties"]["objectType"] == "detection" and f["properties"]["classification"]["name"] == "Nucleus"

@@ -1,26 +1,25 @@
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Tests for bundle.metrics against hand-computed cases and brute-force reference implementations."""
 
-import os
-import sys
-
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bundle.metrics import (  # noqa: E402
+from bundle.metrics import (
     aji,
     aji_plus,
     clustering_scores,
+    confusion_counts,
     instance_scores,
+    match_clusters,
     match_points,
+    matching_scores,
     multiclass_point_scores,
     object_dice,
     panoptic_quality,
     pixel_scores,
     point_scores,
+    semantic_scores,
 )
 
 INSTANCE_KEYS = {
@@ -532,3 +531,20 @@ def test_clustering_single_class_and_errors():
         clustering_scores([0, 1], [0])
     with pytest.raises(ValueError):
         clustering_scores([], [])
+
+
+# ----------------------------------------------------------------------------------------------
+# semantic segmentation: clusters matched to classes
+# ----------------------------------------------------------------------------------------------
+def test_matching_and_semantic_scores():
+    counts = np.array([[90, 10, 0], [80, 0, 5], [0, 50, 0], [0, 0, 0]])  # 4 clusters x 3 classes
+    np.testing.assert_array_equal(match_clusters(counts), [0, 0, 1, -1])
+    np.testing.assert_array_equal(match_clusters(counts, normalize=True), [0, 2, 1, -1])  # rare class 2 wins
+    s = matching_scores(counts, ["a", "b", "c"])
+    assert s["mapping"] == [0, 0, 1, -1]
+    assert s["iou"]["a"] == pytest.approx(170 / 185) and s["iou"]["c"] == 0.0
+    assert s["f1"]["b"] == pytest.approx(2 * 50 / (2 * 50 + 10))
+    s = semantic_scores(np.array([[5, 0, 0], [0, 5, 0], [0, 0, 0]]))
+    assert np.isnan(s["iou"]["2"]) and s["miou"] == 1.0 and s["pixel_accuracy"] == 1.0
+    c = confusion_counts(np.array([[0, 1], [1, 1]]), np.array([[0, 255], [1, 0]]), 2, 2, ignore_index=255)
+    np.testing.assert_array_equal(c, [[1, 0], [1, 1]])

@@ -175,7 +175,7 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> nn.Module:
     ``encoder.`` prefixes; drops keys that belong to a classification head (``fc.*``) or to a ResUNet decoder
     (``up*.``/``head.``). Errors are one line naming the file.
     """
-    from ..io import read_state_dict
+    from ..checkpoints import read_state_dict
 
     path = os.fspath(path)
     obj = read_state_dict(path, "encoder weights file")

@@ -1,0 +1,101 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Tests bundle.nuclei.runner: the NucleiRunner on tiles and slides, and the inference run end to end."""
+
+import json
+
+import numpy as np
+import pytest
+from monai.bundle import ConfigWorkflow
+
+from bundle.wsi import SlideOptions, write_pyramid_tiff
+
+
+def test_nuclei_runner_outputs_and_bad_file(synthetic_dir, tmp_path, nuclei_runner):
+    from bundle.annotations import read_instance_label
+
+    data = tmp_path / "tiles"
+    data.mkdir()
+    for f in sorted((synthetic_dir / "images").glob("tile_0[01].png")):
+        (data / f.name).write_bytes(f.read_bytes())
+    (data / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    summary = nuclei_runner(data, out, mode="watershed", write_masks=True).run()
+    assert summary["n_images"] == 2 and summary["n_skipped"] == 1 and "broken.png" in summary["skipped"][0]
+    lab = read_instance_label(out / "labels" / "tile_00.png")
+    assert lab.dtype == np.uint16 and lab.shape == (256, 256)
+    header = (out / "points" / "tile_00.csv").read_text().splitlines()[0]
+    assert header == "image,x,y,class,score"
+    gj = json.loads((out / "geojson" / "tile_00.geojson").read_text())
+    n_rows = len((out / "points" / "tile_00.csv").read_text().splitlines()) - 1
+    assert len(gj["features"]) == n_rows == int(lab.max())
+    assert (out / "overlays" / "tile_00.png").is_file() and (out / "summary.csv").is_file()
+    from bundle.io import read_rgb
+
+    mask = read_rgb(out / "masks" / "tile_00.png")[..., 0]  # pseudo-mask format for a self-training round
+    assert set(np.unique(mask)) <= {0, 255} and ((mask > 0) == (lab > 0)).all()
+    assert not list(out.rglob("*.part*"))  # nothing half-written
+
+
+def test_nuclei_runner_slide_and_blank_slide(tmp_path, nuclei_runner):
+    from bundle.synthetic import synthetic_he_tile
+
+    img = np.full((400, 500, 3), 240, np.uint8)
+    img[40:296, 50:306] = synthetic_he_tile(256, seed=2)[0]
+    write_pyramid_tiff(tmp_path / "slide.tif", img)
+    write_pyramid_tiff(tmp_path / "blank.tif", np.full((300, 300, 3), 245, np.uint8))
+    out = tmp_path / "out"
+    (out / "points").mkdir(parents=True)  # a temporary left by a killed earlier run of this slide
+    (out / "points" / ".slide.csv.abc123.part.csv").write_text("half-written")
+    summary = nuclei_runner(tmp_path / "slide.tif", out, wsi=SlideOptions(tile=128)).run()
+    assert summary["n_images"] == 1 and summary["tiles"] >= 1
+    assert sorted(p.name for p in (out / "points").iterdir()) == ["slide.csv"]
+    pts = (out / "points" / "slide.csv").read_text().splitlines()
+    assert pts[0] == "image,x,y,class,score"
+    xs = [float(r.split(",")[1]) for r in pts[1:]]
+    assert all(0 <= x < 500 for x in xs)
+    strict = nuclei_runner(tmp_path / "slide.tif", tmp_path / "out3", wsi=SlideOptions(tile=128, min_tissue=0.99)).run()
+    assert strict["tiles"] < summary["tiles"]  # edge tiles with a part of tissue are skipped at 0.99, kept at 0.05
+    with pytest.raises(ValueError, match="min_tissue"):
+        SlideOptions(min_tissue=5)
+    empty = nuclei_runner(tmp_path / "blank.tif", tmp_path / "out2", wsi=SlideOptions(tile=128)).run()
+    assert empty["n_nuclei"] == 0 and empty["tiles"] == 0
+    assert json.loads((tmp_path / "out2" / "geojson" / "blank.geojson").read_text())["features"] == []
+
+
+def test_det_seg_infer_evaluate_end_to_end(root, synthetic_dir, pseudo_root, workflow, FAST):
+    data = synthetic_dir / "datalist.json"
+    det = workflow(root, "det_train.json", pseudo_root, data, **FAST)
+    assert det.check_properties() in ([], None)
+    det.run()
+    det.finalize()
+    d = pseudo_root / "models" / "det"
+    assert (d / "model.pt").is_file() and (d / "last_checkpoint.pt").is_file() and (d / "best_model.pt").is_file()
+    assert len(list((pseudo_root / "eval" / "det_labels").glob("*.npy"))) == 6
+    assert list((pseudo_root / "eval" / "det").glob("events.out.tfevents.*"))  # TensorBoard scalars + images
+
+    seg = workflow(root, "train.json", pseudo_root, data, **FAST)
+    seg.run()
+    seg.finalize()
+    assert (pseudo_root / "models" / "seg" / "model.pt").is_file()
+    lab = np.load(sorted((pseudo_root / "eval" / "seg_labels").glob("*.npy"))[0])
+    assert lab.shape[0] == 2 and set(np.unique(lab[0])) == {0, 1}  # pseudo foreground kept by default
+    # the reference's choice (pseudo foreground ignored) rewrites the cached labels instead of reusing them
+    workflow(root, "train.json", pseudo_root, data, **{**FAST, "keep_foreground": False}).run()
+    lab = np.load(sorted((pseudo_root / "eval" / "seg_labels").glob("*.npy"))[0])
+    assert set(np.unique(lab[0])) == {0, 255}
+    assert (pseudo_root / "eval" / "seg_labels" / "points").is_dir()
+
+    inf = workflow(root, "inference.json", pseudo_root, data, wtype="infer", base_channels=8, tta=False)
+    assert inf.check_properties() in ([], None)
+    summary = inf.run()[0]
+    assert summary["n_images"] == 6 and "aji" in summary  # the datalist has labels, so it is scored
+    out = pseudo_root / "eval" / "nuclei"
+    ev = ConfigWorkflow(config_file=str(root / "configs" / "evaluate.json"), workflow_type="infer",
+                        meta_file=str(root / "configs" / "metadata.json"),
+                        logging_file=str(root / "configs" / "logging.conf"),
+                        bundle_root=str(pseudo_root), dataset_dir=str(synthetic_dir / "labels"))
+    ev.initialize()
+    res = ev.run()[0]
+    assert res["n_images"] == 6
+    assert res["mean"]["aji"] == pytest.approx(summary["aji"], abs=1e-6)
+    assert json.loads((out / "evaluation" / "metrics.json").read_text())["n_images"] == 6

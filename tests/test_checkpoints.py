@@ -1,0 +1,84 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Tests bundle.checkpoints: what a checkpoint says about its network and the pixel size it was trained at."""
+
+import pytest
+import torch
+
+from bundle.networks import ResUNet34
+
+
+def test_network_mpp_from_training_settings(root, tmp_path, caplog):
+    """Training writes the pixel size beside the weights; inference resizes tiles of another pixel size to it."""
+    import json
+
+    from monai.bundle import ConfigParser
+
+    from bundle.checkpoints import trained_mpp
+    from bundle.handlers import CheckpointResume
+    from bundle.nuclei.runner import NucleiRunner
+
+    net = torch.nn.Conv2d(3, 2, 1)
+    CheckpointResume(tmp_path / "m", {"network": net}, settings={"mpp": 0.5}).save(None)
+    assert json.loads((tmp_path / "m" / "settings.json").read_text()) == {"mpp": 0.5}
+    assert trained_mpp(tmp_path / "m" / "model.pt") == 0.5
+    with caplog.at_level("WARNING"):
+        assert trained_mpp(tmp_path / "old" / "model.pt", 0.5) is None  # written before the option: not resized
+        assert trained_mpp(tmp_path / "old" / "model.pt", 0.5, hint="copy its settings") is None
+    warned = [r.getMessage() for r in caplog.records if "no settings.json" in r.getMessage()]
+    assert len(warned) == 2 and warned[0].endswith("pass --network_mpp 0.25 if it was trained at 40x")
+    assert warned[1].endswith("not resized; copy its settings")  # the caller's hint (a Ki-67 teacher's)
+    assert trained_mpp(None) is None
+    # resuming checks the recorded settings: another mpp is an error, a checkpoint without them gets none written
+    with pytest.raises(ValueError, match="trained with mpp 0.5"):
+        CheckpointResume(tmp_path / "m", {"network": net}, settings={"mpp": 0.25}).load(None)
+    CheckpointResume(tmp_path / "m", {"network": net}, settings={"mpp": 0.5})._check_settings(tmp_path / "m")
+    old = CheckpointResume(tmp_path / "old", {"network": net})
+    old.save(None)
+    old = CheckpointResume(tmp_path / "old", {"network": net}, settings={"mpp": 0.25})
+    old._check_settings(tmp_path / "old" / "last_checkpoint.pt")
+    old.save(None)
+    assert old.settings is None and not (tmp_path / "old" / "settings.json").exists()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "settings.json").write_text("{not json")
+    with pytest.raises(ValueError, match="settings.json"):
+        trained_mpp(tmp_path / "bad" / "model.pt")
+
+    p = ConfigParser()
+    p.read_config(str(root / "configs" / "inference.json"))
+    p.update({"ckpt_path": str(tmp_path / "m" / "model.pt")})
+    assert p.get_parsed_content("network_mpp") == 0.5
+    # 20x tiles (size_scale 0.5) and a network trained at 40x: tiles are shown to it twice as large
+    from bundle.inferers import TilePredictor
+
+    at = lambda scale, mpp: NucleiRunner(net, [], tmp_path, predictor=TilePredictor(size_scale=scale, network_mpp=mpp))  # noqa: E731
+    assert at(0.5, 0.25).resample == 2.0
+    assert at(0.5, 0.5).resample == 1.0
+    assert NucleiRunner(net, [], tmp_path).resample == 1.0
+    assert at(0.25 / 0.2527, 0.25).resample == 1.0  # Aperio 40x
+    from bundle.ki67.runner import Ki67Runner
+
+    assert Ki67Runner(net, [], tmp_path, predictor=TilePredictor(size_scale=0.5, network_mpp=0.25)).resample == 2.0
+    p = ConfigParser()
+    p.read_config(str(root / "configs" / "ki67_infer.json"))
+    p.update({"ckpt_path": str(tmp_path / "m" / "model.pt"), "mpp": 0.5, "stain": "he", "network_mpp": 0.25})
+    assert p.get_parsed_content("runner").resample == 2.0  # the H&E runner of ki67_infer.json gets the same resizing
+    p = ConfigParser()
+    p.read_config(str(root / "configs" / "ki67_infer.json"))
+    p.update({"ckpt_path": str(tmp_path / "m" / "model.pt"), "mpp": 0.25})
+    assert p.get_parsed_content("network_mpp") == 0.5 and p.get_parsed_content("runner").resample == 0.5
+    with pytest.raises(ValueError, match="network_mpp"):
+        TilePredictor(network_mpp=0)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resunet_checkpoint_dims_reads_head(tmp_path):
+    from bundle.checkpoints import resunet_checkpoint_dims
+
+    path = tmp_path / "m.pt"
+    torch.save(ResUNet34(out_channels=3, base_channels=8).state_dict(), path)
+    assert resunet_checkpoint_dims(path) == (3, 8)
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a ResUNet-34"):
+        resunet_checkpoint_dims(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        resunet_checkpoint_dims(tmp_path / "missing.pt")
