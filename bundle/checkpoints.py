@@ -16,9 +16,24 @@ from bundle.io import atomic_path
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "read_state_dict", "atomic_torch_save", "load_network_weights", "resunet_checkpoint_dims",
+    "stage_checkpoint",
+    "read_state_dict", "shipped_hint", "atomic_torch_save", "load_network_weights", "resunet_checkpoint_dims",
     "resunet_input_channels", "SETTINGS_NAME", "training_settings", "trained_mpp"
 ]
+
+
+def shipped_hint(path: str | os.PathLike) -> str:
+    """`` (a shipped file: ...)`` when ``path`` is one of the weights a bundle's ``large_files.yml`` lists, else ``""``:
+    how to restore it."""
+    p = Path(path).resolve()
+    for root in p.parents[:3]:
+        listing = root / "large_files.yml"
+        if listing.is_file():
+            rel = p.relative_to(root).as_posix()
+            if f'"{rel}"' in listing.read_text():
+                return f" (a shipped file of this bundle: restore it with `git checkout -- {rel}`; large_files.yml " \
+                       "has its sha256)"
+    return ""
 
 
 def read_state_dict(path: str | os.PathLike, what: str = "checkpoint", map_location="cpu", hint: str = "") -> dict:
@@ -31,12 +46,12 @@ def read_state_dict(path: str | os.PathLike, what: str = "checkpoint", map_locat
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: {what} not found{hint}")
+        raise FileNotFoundError(f"{path}: {what} not found{shipped_hint(path) or hint}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path}: cannot read {what} ({msg})") from None
+        raise ValueError(f"{path}: cannot read {what} ({msg}){shipped_hint(path)}") from None
     if isinstance(obj, dict):
         for k in ("model", "network", "state_dict"):
             if k in obj and isinstance(obj[k], dict):
@@ -64,7 +79,8 @@ def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_
         network.load_state_dict(sd, strict=True)
     except Exception as e:
         first = str(e).replace("\n", " ")[:300]
-        raise ValueError(f"{os.fspath(path)}: checkpoint does not match the configured network ({first})") from None
+        raise ValueError(f"{os.fspath(path)}: checkpoint does not match the configured network ({first})"
+                         f"{shipped_hint(path)}") from None
     return network
 
 
@@ -133,3 +149,18 @@ def trained_mpp(ckpt_path, mpp: float | None = None,
     if value is not None and not value > 0:
         raise ValueError(f"{path}: mpp must be > 0, got {value}")
     return value
+
+
+def stage_checkpoint(bundle_root, stage: str) -> Path:
+    """The weights the label-free pipeline's ``stage`` wrote under ``bundle_root``: ``seg`` -> ``models/model.pt`` (the
+    bundle's main network, what ``configs/inference.json`` loads), ``ssl`` / ``det`` -> ``models/<stage>/model.pt``.
+    Roots written before 0.9.0 kept the seg network in ``models/seg/`` and the SSL network in ``models/``; their
+    files are found too."""
+    models = Path(bundle_root) / "models"
+    if stage == "seg":
+        old = models / "seg" / "model.pt"
+        return old if old.is_file() else models / "model.pt"
+    new = models / stage / "model.pt"
+    if stage == "ssl" and not new.is_file() and (models / "model.pt").is_file():
+        return models / "model.pt"
+    return new

@@ -5,10 +5,10 @@
 
 Stages (each a MONAI bundle config run as ``python -m monai.bundle run``; outputs under ``bundle_root``):
 
-1. ``ssl``   configs/ssl_train.json  -> models/model.pt           (self-supervised activation network)
+1. ``ssl``   configs/ssl_train.json  -> models/ssl/model.pt       (self-supervised activation network)
 2. ``psm``   configs/psm_infer.json  -> eval/pseudo_masks/masks/  (PSM + SCM pseudo masks)
 3. ``det``   configs/det_train.json  -> models/det/model.pt       (detection network on the pseudo masks)
-4. ``seg``   configs/train.json      -> models/seg/model.pt       (points -> Voronoi -> segmentation network)
+4. ``seg``   configs/train.json      -> models/model.pt           (points -> Voronoi -> segmentation network)
 5. ``infer`` configs/inference.json  -> eval/nuclei/              (instances, points CSV, GeoJSON, overlays)
 
 A stage whose completion marker ``<bundle_root>/stages/<stage>.json`` exists is skipped (``--force psm,det``

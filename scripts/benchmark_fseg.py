@@ -9,7 +9,7 @@ the same matching. Speed: one 1024x1024 tile, 1 CPU thread: features, variant A,
 (``bpp`` and ``cd``) against scikit-learn's ``non_negative_factorization(update_H=False)`` on identical inputs.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m scripts.benchmark_fseg --data ../shared/data/wsss4luad_val \\
-        --ssl_ckpt /tmp/fseg_ssl/models/model.pt
+        --ssl_ckpt /tmp/fseg_ssl/models/ssl/model.pt
 
 Writes docs/results/fseg_benchmark.json and .md and docs/figures/fseg_examples.png.
 """
@@ -218,7 +218,7 @@ def markdown(res) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "wsss4luad_val"))
-    ap.add_argument("--ssl_ckpt", required=True, help="models/model.pt of configs/ssl_train.json")
+    ap.add_argument("--ssl_ckpt", required=True, help="models/ssl/model.pt of configs/ssl_train.json")
     ap.add_argument("--resnet50_weights", default=None, help="optional local ResNet-50 state dict")
     ap.add_argument("--ssl_layer2", action="store_true", help="also the own SSL network's layer2 (stride 8)")
     ap.add_argument("--ks", type=int, nargs="+", default=[8, 16, 32, 64])

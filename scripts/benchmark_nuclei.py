@@ -4,7 +4,7 @@
 Each ``--runs NAME=BUNDLE_ROOT`` is a bundle root produced by ``python -m bundle.label_free`` on the 30 MoNuSeg
 *train* images (no labels); ``NAME=ROOT_A+ROOT_B+...`` scores the ensemble of those roots' networks (their flip-TTA
 probabilities averaged); ``--scales 0.8,1,1.25`` adds scale test-time augmentation. For every network
-(``models/det``, ``models/seg``) and instance mode (``cc`` = connected components, the reference; ``watershed`` =
+(``models/det/model.pt``, ``models/model.pt``) and instance mode (``cc`` = connected components, the reference; ``watershed`` =
 distance-transform watershed; ``points`` = watershed seeded by the detected points) the script predicts train and
 test images once (flip TTA), scores
 instances with :func:`bundle.metrics.instance_scores`, selects the mode by **train** AJI (labels used only to
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.checkpoints import load_network_weights, resunet_checkpoint_dims, resunet_input_channels
+from bundle.checkpoints import load_network_weights, resunet_checkpoint_dims, resunet_input_channels, stage_checkpoint
 from bundle.inferers import predict_probability
 from bundle.io import write_json
 from bundle.metrics import instance_scores
@@ -96,9 +96,9 @@ def predict_ensemble(nets, rgb, tta: bool, scales=(1.0,)):
 
 
 def load_net(root: Path, stage: str):
-    """The ResUNet-34 of ``<root>/models/<stage>/model.pt``; classes and width (base_channels) read from its head,
-    input channels (3, or 4 with the haematoxylin channel) from its stem."""
-    path = root / "models" / stage / "model.pt"
+    """The ResUNet-34 that ``stage`` wrote under ``root`` (:func:`bundle.checkpoints.stage_checkpoint`); classes and
+    width (base_channels) read from its head, input channels (3, or 4 with the haematoxylin channel) from its stem."""
+    path = stage_checkpoint(root, stage)
     out_ch, width = resunet_checkpoint_dims(path)
     net = ResUNet34(in_channels=resunet_input_channels(path), out_channels=out_ch, base_channels=width)
     load_network_weights(net, path)
@@ -157,7 +157,7 @@ def main(argv=None):
         name, root = spec.split("=", 1)
         for stage in [s for s in a.stages.split(",") if s]:
             roots = [Path(r) for r in root.split("+")]
-            if not all((r / "models" / stage / "model.pt").is_file() for r in roots):
+            if not all(stage_checkpoint(r, stage).is_file() for r in roots):
                 print(f"{name}/{stage}: no model, skipped", flush=True)
                 continue
             nets = [load_net(r, stage) for r in roots]

@@ -5,7 +5,7 @@ Labels are used only for scoring. Selection of a configuration must be done on t
 reported. Example (the command behind docs/README.md's tables):
 
     python -m scripts.benchmark_psm --monuseg ../shared/data/monuseg \
-        --net random=random:head --net contrastive=runs/contrastive/models/model.pt:feature_norm \
+        --net random=random:head --net contrastive=runs/contrastive/models/ssl/model.pt:feature_norm \
         --out docs/results/psm_benchmark
 
 Each ``--net NAME=CKPT:TARGET`` is a Res2Net of ``--depth``/``--base_channels`` (CKPT ``random`` = seeded init).

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bundle.checkpoints import stage_checkpoint
 from bundle.io import read_rgb, write_json
 from bundle.label_free import child_env
 from bundle.wsi import write_pyramid_tiff
@@ -132,7 +133,7 @@ def render_md(res: dict) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--monuseg", type=Path, required=True)
-    ap.add_argument("--run", type=Path, required=True, help="bundle root with models/seg/model.pt")
+    ap.add_argument("--run", type=Path, required=True, help="bundle root with a trained seg network (models/model.pt)")
     ap.add_argument("--grids", default="4,8", help="slide sides in 1000-px cells")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/wsi_benchmark"))
@@ -140,8 +141,10 @@ def main(argv=None):
     ap.add_argument("--wsi_min_tissue", type=float, default=None, help="passed to inference.json (default: its own)")
     ap.add_argument("--out", type=Path, default=Path("docs/results/wsi_benchmark"))
     a = ap.parse_args(argv)
-    if not (a.run / "models" / "seg" / "model.pt").is_file():
-        raise SystemExit(f"{a.run / 'models' / 'seg' / 'model.pt'}: no trained seg network")
+    ckpt = stage_checkpoint(a.run, "seg")
+    if not ckpt.is_file():
+        raise SystemExit(f"{ckpt}: no trained seg network")
+    ckpt_arg = ("--ckpt_path", str(ckpt))
     paths = sorted((a.monuseg / "test" / "images").glob("*.png"))
     tiles = [read_rgb(p) for p in paths]
     if not tiles:
@@ -153,7 +156,7 @@ def main(argv=None):
         slide = a.work / f"slide_{n * CELL}.tif"
         tissue, placed = make_slide(slide, tiles, n)
         out = a.work / f"out_{n * CELL}"
-        extra = () if a.wsi_min_tissue is None else ("--wsi#min_tissue", str(a.wsi_min_tissue))
+        extra = ckpt_arg + (() if a.wsi_min_tissue is None else ("--wsi#min_tissue", str(a.wsi_min_tissue)))
         wall, rss, summary = run_inference(slide, a.run, out, env, extra)
         row = {"side_px": n * CELL, "megapixels": (n * CELL) ** 2 / 1e6, "tissue_fraction": tissue,
                "slide_mb": slide.stat().st_size / 1e6, "wall_s": wall, "peak_rss_gb": rss,
@@ -166,7 +169,7 @@ def main(argv=None):
             tile_dir.mkdir(exist_ok=True)
             for k in used:
                 shutil.copy(paths[k], tile_dir / paths[k].name)
-            tw, trss, _ = run_inference(tile_dir, a.run, a.work / "out_tiles", env)
+            tw, trss, _ = run_inference(tile_dir, a.run, a.work / "out_tiles", env, ckpt_arg)
             gts = {k: read_instance_label(a.monuseg / "test" / "labels" / paths[k].name) for k in used}
             row["agreement"] = {**agreement(out / "points" / f"{slide.stem}.csv", a.work / "out_tiles",
                                             [p.stem for p in paths], [gts.get(k) for k in range(len(paths))], placed),

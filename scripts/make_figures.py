@@ -2,7 +2,7 @@
 """Figures for docs/: per test image, [tile | PSM (JET) | pseudo mask overlay | ground truth] for each network.
 
     python -m scripts.make_figures --monuseg ../shared/data/monuseg --net random=random:head \
-        --net contrastive=runs/contrastive/models/model.pt:feature_norm --out docs/figures/psm_examples.png
+        --net contrastive=runs/contrastive/models/ssl/model.pt:feature_norm --out docs/figures/psm_examples.png
 """
 
 from __future__ import annotations

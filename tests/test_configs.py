@@ -62,7 +62,7 @@ def test_export_segmentation_network(root, tmp_path):
     x = torch.randn(1, 4, 100, 70)  # not a multiple of 32, not the export size
     assert torch.allclose(ts(x), net(x), atol=1e-5)
     # an RGB-only checkpoint (seg_train --hematoxylin_input False) in a bundle root: channels read from it
-    seg_dir = tmp_path / "rgb" / "models" / "seg"
+    seg_dir = tmp_path / "rgb" / "models"
     seg_dir.mkdir(parents=True)
     torch.save(ResUNet34(out_channels=2, base_channels=8).state_dict(), seg_dir / "model.pt")
     verify_net_in_out(net_id="network_def", meta_file=meta, config_file=cfg, n=2, base_channels=8,
@@ -130,19 +130,26 @@ def test_paper_profile_merges(root):
 
 @pytest.mark.usefixtures("one_thread")
 def test_gan_and_ssl_checkpoints_do_not_collide(root):
-    """gan_train / gan_classify and ssl_train under one bundle_root use disjoint checkpoint files (the GAN once
-    wrote models/model.pt and models/last_checkpoint.pt, so it could resume from or overwrite the SSL network)."""
+    """Every network has its own checkpoint folder under one bundle_root, and models/model.pt is the network that
+    inference.json loads (the Model Zoo's canonical path): the seg network. The GAN once wrote models/model.pt and
+    models/last_checkpoint.pt, so it could resume from or overwrite the SSL network, which also lived there."""
     from monai.bundle import ConfigParser
+
+    from bundle.label_free import config_files
 
     def paths(name, ids):
         p = ConfigParser()
-        p.read_config(str(root / "configs" / name))
+        p.read_config(config_files(name, root / "configs"))
         p.update({"bundle_root": "/b"})
         return {os.path.normpath(p.get_parsed_content(i)) for i in ids}
 
-    ssl = paths("ssl_train.json", ["ckpt_dir"])
+    ssl = paths("ssl_train.json", ["ckpt_dir"]) | paths("psm_infer.json", ["ckpt_path"])
     gan = paths("gan_train.json", ["ckpt_dir"]) | paths("gan_classify.json", ["ckpt_dir", "ckpt_path"])
-    assert ssl == {"/b/models"} and gan == {"/b/models/gan", "/b/models/gan/model.pt"}
+    assert ssl == {"/b/models/ssl", "/b/models/ssl/model.pt"} and gan == {"/b/models/gan", "/b/models/gan/model.pt"}
+    assert paths("det_train.json", ["ckpt_dir"]) == {"/b/models/det"}
+    assert paths("train.json", ["ckpt_dir", "det_ckpt"]) == {"/b/models", "/b/models/det/model.pt"}
+    assert paths("inference.json", ["ckpt_path"]) == {"/b/models/model.pt"}
+    assert paths("fseg_infer.json", ["weights_path"]) == {"/b/models/ssl/model.pt"}
 
 
 def test_ki67_train_resizes_tiles_to_train_mpp(root, ihc_dir, tmp_path):

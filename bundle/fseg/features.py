@@ -196,7 +196,7 @@ class Res2NetFeatures(FeatureExtractor):
     """The project's own self-supervised :class:`bundle.networks.Res2Net` (trained by ``configs/ssl_train.json``).
 
     Args:
-        weights: its ``models/model.pt`` (the projection/scalar heads are ignored), or ``"random"`` for a seeded
+        weights: its ``models/ssl/model.pt`` (the projection/scalar heads are ignored), or ``"random"`` for a seeded
             random-init network (the floor of the benchmark).
         layer: ``layer1``..``layer4`` (stride 4, 8, 16, 32); default ``layer3`` (stride 16, post-ReLU, as F-SEG).
         depth, base_channels: must match the training config (CPU profile: ``"cpu"``, 32).

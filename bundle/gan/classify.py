@@ -204,7 +204,7 @@ class ClassifyRunner:
 
     Args:
         network: the :class:`bundle.networks.infogan.InfoGANCritic`.  data: the ``cells_extract`` folder
-            (``cells.npy`` + ``cells.csv``).  ckpt_path: critic weights (``models/model.pt``).
+            (``cells.npy`` + ``cells.csv``).  ckpt_path: critic weights (``models/gan/model.pt``).
         labels_csv: optional ``image,label`` CSV; enables the leave-one-out SVM and the accuracies.
         n_clusters: K-Means clusters (default: number of label classes, else 2).
 

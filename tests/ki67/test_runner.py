@@ -98,8 +98,8 @@ def test_stain_he_delegates_to_nuclei_workflow(root, tmp_path):
 
     for i in range(2):
         write_image(tmp_path / "he" / f"h{i}.png", synthetic_he_tile(96, seed=i)[0])
-    (tmp_path / "b" / "models" / "seg").mkdir(parents=True)
-    torch.save(ResUNet34(out_channels=2, base_channels=8).state_dict(), tmp_path / "b" / "models" / "seg" / "model.pt")
+    (tmp_path / "b" / "models").mkdir(parents=True)
+    torch.save(ResUNet34(out_channels=2, base_channels=8).state_dict(), tmp_path / "b" / "models" / "model.pt")
     wf = ConfigWorkflow(config_file=str(root / "configs" / "ki67_infer.json"), workflow_type="infer",
                         meta_file=str(root / "configs" / "metadata.json"),
                         logging_file=str(root / "configs" / "logging.conf"), bundle_root=str(tmp_path / "b"),

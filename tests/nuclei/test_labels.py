@@ -67,7 +67,7 @@ def test_seg_train_needs_detection_checkpoint(root, synthetic_dir, pseudo_root, 
     assert "\n" not in str(err)
     # points from the pseudo masks themselves need no detection network
     workflow(root, "train.json", broot, synthetic_dir / "datalist.json", point_source="mask", **FAST).run()
-    assert (broot / "models" / "seg" / "model.pt").is_file() and not (broot / "models" / "det").exists()
+    assert (broot / "models" / "model.pt").is_file() and not (broot / "models" / "det").exists()
     labels = broot / "eval" / "seg_labels"
     assert json.loads((labels / "settings.json").read_text())["point_source"] == "mask"
     assert all(len((labels / "points" / f"{p.stem}.csv").read_text().splitlines()) > 1 for p in labels.glob("*.npy"))

@@ -76,7 +76,7 @@ def test_det_seg_infer_evaluate_end_to_end(root, synthetic_dir, pseudo_root, wor
     seg = workflow(root, "train.json", pseudo_root, data, **FAST)
     seg.run()
     seg.finalize()
-    assert (pseudo_root / "models" / "seg" / "model.pt").is_file()
+    assert (pseudo_root / "models" / "model.pt").is_file()
     lab = np.load(sorted((pseudo_root / "eval" / "seg_labels").glob("*.npy"))[0])
     assert lab.shape[0] == 2 and set(np.unique(lab[0])) == {0, 1}  # pseudo foreground kept by default
     # the reference's choice (pseudo foreground ignored) rewrites the cached labels instead of reusing them

@@ -52,24 +52,24 @@ def test_ssl_train_resume_and_psm_infer(root, synthetic_dir, tmp_path, infer_wor
     wf.run()
     wf.finalize()
     def saved_epoch():
-        t = torch.load(out / "models" / "last_checkpoint.pt", weights_only=False)["trainer"]
+        t = torch.load(out / "models" / "ssl" / "last_checkpoint.pt", weights_only=False)["trainer"]
         return t["iteration"] // t["epoch_length"]
 
-    assert saved_epoch() == 1 and (out / "models" / "model.pt").is_file()
+    assert saved_epoch() == 1 and (out / "models" / "ssl" / "model.pt").is_file()
     assert list((out / "eval").glob("events.out.tfevents.*"))
     # a rerun with more epochs continues from the checkpoint rather than starting over: plant a marker weight
-    ck = torch.load(out / "models" / "last_checkpoint.pt", weights_only=False)
+    ck = torch.load(out / "models" / "ssl" / "last_checkpoint.pt", weights_only=False)
     ck["network"]["fc.bias"].fill_(123.0)
-    torch.save(ck, out / "models" / "last_checkpoint.pt")
+    torch.save(ck, out / "models" / "ssl" / "last_checkpoint.pt")
     wf = ssl_workflow(root, synthetic_dir / "datalist.json", out, epochs=2)
     wf.run()
     wf.finalize()
     assert saved_epoch() == 2
-    bias = torch.load(out / "models" / "model.pt", weights_only=True)["fc.bias"]
+    bias = torch.load(out / "models" / "ssl" / "model.pt", weights_only=True)["fc.bias"]
     assert abs(float(bias) - 123.0) < 1.0  # one more epoch from the marker, not a fresh init (|bias| << 1)
 
     res = tmp_path / "pseudo"
-    wf = infer_workflow(root, synthetic_dir / "datalist.json", out, out / "models" / "model.pt",
+    wf = infer_workflow(root, synthetic_dir / "datalist.json", out, out / "models" / "ssl" / "model.pt",
                         output_dir=str(res))
     wf.run()
     wf.finalize()
@@ -90,5 +90,5 @@ def test_same_seed_same_weights(root, synthetic_dir, tmp_path):
                           device="$torch.device('cpu')")  # the same-seed guarantee is a CPU one
         wf.run()
         wf.finalize()
-        sd.append(torch.load(out / "models" / "model.pt", weights_only=True))
+        sd.append(torch.load(out / "models" / "ssl" / "model.pt", weights_only=True))
     assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0])

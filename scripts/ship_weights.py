@@ -1,0 +1,151 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Ship label-free runs' networks as the bundle's own weights: the nuclei segmentation network as ``models/model.pt``
+(+ ``settings.json``, the pixel size it was trained at) and its TorchScript export ``models/model.ts``; optionally a
+Ki-67 run's network as ``models/ki67/model.pt`` (+ ``settings.json``); ``large_files.yml`` lists each with its sha256.
+
+    python -m scripts.ship_weights --run runs/ship --data ../shared/data/monuseg/train/images \
+        --command "python -m bundle.label_free --dataset_dir ../shared/data/monuseg/train/images --bundle_root runs/ship" \
+        --ki67_run runs/ship_ki67 --ki67_data ../shared/data/bcdata_sample/images \
+        --ki67_command "python -m bundle.label_free --dataset_dir ../shared/data/bcdata_sample/images --bundle_root runs/ship_ki67 --stain ihc"
+
+``--run`` is a ``python -m bundle.label_free`` bundle root (its seg network, :func:`bundle.checkpoints.stage_checkpoint`).
+The export is MONAI's ``ckpt_export`` of ``configs/inference.json``'s ``network_def``; the script checks that the
+TorchScript output equals the eager network's (1e-5) at two input sizes before it writes anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bundle.checkpoints import (
+    SETTINGS_NAME,
+    load_network_weights,
+    resunet_checkpoint_dims,
+    resunet_input_channels,
+    stage_checkpoint,
+)
+from bundle.io import atomic_path
+from bundle.networks import ResUNet34
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = ((1, 4, 256, 256), (1, 4, 200, 328))  # two input sizes (B, C, H, W) for the TorchScript check
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def eager_network(ckpt: Path) -> torch.nn.Module:
+    out_ch, width = resunet_checkpoint_dims(ckpt)
+    net = ResUNet34(in_channels=resunet_input_channels(ckpt), out_channels=out_ch, base_channels=width)
+    load_network_weights(net, ckpt)
+    return net.eval()
+
+
+def check_export(ts_path: Path, ckpt: Path, atol: float = 1e-5) -> float:
+    """Largest |TorchScript - eager| over :data:`SIZES`; raises when above ``atol``."""
+    net, ts = eager_network(ckpt), torch.jit.load(str(ts_path)).eval()
+    channels, worst = resunet_input_channels(ckpt), 0.0
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for b, _, h, w in SIZES:
+            x = torch.randn(b, channels, h, w)
+            worst = max(worst, float((ts(x) - net(x)).abs().max()))
+    if worst > atol:
+        raise SystemExit(f"{ts_path}: TorchScript output differs from the eager network by {worst:.2e} > {atol}")
+    return worst
+
+
+def large_files_yml(bundle: Path, provenance: dict) -> str:
+    """``provenance``: {relative folder under models/ ("" or "ki67"): {key: value}} -> large_files.yml text."""
+    lines = ["# The bundle's shipped weights (in the repository; each < 25 MB). Restore a damaged file with",
+             "# `git checkout -- <path>`; check one with `sha256sum <path>`. How they were made:"]
+    entries = []
+    for sub, info in provenance.items():
+        lines.append(f"#   models/{sub + '/' if sub else ''}:")
+        lines += [f"#     {k}: {v}" for k, v in info.items()]
+        names = ("model.pt", "model.ts", SETTINGS_NAME) if not sub else ("model.pt", SETTINGS_NAME)
+        entries += [f"models/{sub + '/' if sub else ''}{n}" for n in names]
+    lines.append("large_files:")
+    for rel in entries:
+        lines += [f'  - path: "{rel}"', '    url: ""', f'    hash_val: "{sha256(bundle / rel)}"', '    hash_type: "sha256"']
+    return "\n".join(lines) + "\n"
+
+
+def network_info(ckpt: Path) -> str:
+    out_ch, width = resunet_checkpoint_dims(ckpt)
+    return f"ResUNet-34, {resunet_input_channels(ckpt)} input channels, {out_ch} classes, base_channels {width}"
+
+
+def copy_with_settings(src: Path, dst_dir: Path) -> None:
+    settings = src.parent / SETTINGS_NAME
+    for p in (src, settings):
+        if not p.is_file():
+            raise SystemExit(f"{p}: not found (a finished bundle.label_free run has it)")
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst_dir / "model.pt")
+    shutil.copyfile(settings, dst_dir / SETTINGS_NAME)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="a bundle.label_free bundle root")
+    ap.add_argument("--data", required=True, help="the images it was trained on (recorded)")
+    ap.add_argument("--command", required=True, help="the command that trained it (recorded)")
+    ap.add_argument("--ki67_run", type=Path, default=None, help="a bundle.label_free --stain ihc bundle root")
+    ap.add_argument("--ki67_data", default="", help="the IHC images it was trained on (recorded)")
+    ap.add_argument("--ki67_command", default="", help="the command that trained it (recorded)")
+    ap.add_argument("--bundle", type=Path, default=ROOT, help="the bundle folder to ship into")
+    a = ap.parse_args(argv)
+    src = stage_checkpoint(a.run, "seg")
+    models = a.bundle / "models"
+    staging = models / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    copy_with_settings(src, staging)
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(staging / "model.ts"),
+           "--ckpt_file", str(staging / "model.pt"), "--meta_file", str(a.bundle / "configs" / "metadata.json"),
+           "--config_file", str(a.bundle / "configs" / "inference.json"), "--bundle_root", str(staging.parent.parent),
+           "--ckpt_path", str(staging / "model.pt")]
+    subprocess.run(cmd, check=True, cwd=a.bundle)
+    worst = check_export(staging / "model.ts", staging / "model.pt")
+    ki67 = None
+    if a.ki67_run is not None:
+        ki67 = a.ki67_run / "models" / "ki67" / "model.pt"
+        copy_with_settings(ki67, staging / "ki67")
+    for name in ("model.pt", "model.ts", SETTINGS_NAME):
+        (staging / name).replace(models / name)
+    provenance = {"": {"command": a.command, "data": a.data, "source": str(src), "seed": 0,
+                       "mpp": json.loads((models / SETTINGS_NAME).read_text()).get("mpp"),
+                       "network": network_info(models / "model.pt"),
+                       "torchscript_max_abs_difference": f"{worst:.1e}"}}
+    if ki67 is not None:
+        (models / "ki67").mkdir(exist_ok=True)
+        for name in ("model.pt", SETTINGS_NAME):
+            (staging / "ki67" / name).replace(models / "ki67" / name)
+        (staging / "ki67").rmdir()
+        provenance["ki67"] = {"command": a.ki67_command, "data": a.ki67_data, "source": str(ki67), "seed": 0,
+                              "mpp": json.loads((models / "ki67" / SETTINGS_NAME).read_text()).get("mpp"),
+                              "network": network_info(models / "ki67" / "model.pt")}
+    staging.rmdir()
+    with atomic_path(a.bundle / "large_files.yml") as tmp:
+        Path(tmp).write_text(large_files_yml(a.bundle, provenance))
+    for rel in ("model.pt", "model.ts") + (("ki67/model.pt",) if ki67 is not None else ()):
+        p = models / rel
+        print(f"models/{rel}: {p.stat().st_size / 1e6:.2f} MB, sha256 {sha256(p)}")
+    print(f"TorchScript vs eager: max |difference| {worst:.1e} at {SIZES}")
+
+
+if __name__ == "__main__":
+    main()
