@@ -48,7 +48,7 @@ def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFI
     return files
 
 
-def _to_uint8_rgb(arr: np.ndarray, path: str) -> np.ndarray:
+def to_uint8_rgb(arr: np.ndarray, path: str) -> np.ndarray:
     """Convert grayscale/RGBA/16-bit/float arrays to (H, W, 3) uint8."""
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # channel-first TIFF
@@ -116,7 +116,7 @@ def read_rgb(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
     except Exception as e:  # PIL/tifffile raise many types for corrupt data
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageError(f"{path}: cannot read image ({msg})") from None
-    img = _to_uint8_rgb(np.asarray(arr), path)
+    img = to_uint8_rgb(np.asarray(arr), path)
     h, w = img.shape[:2]
     if min(h, w) < min_size:
         raise ImageError(f"{path}: image is {h}x{w}, smaller than the {min_size}x{min_size} minimum this step needs")

@@ -109,16 +109,24 @@ class NucleiRunner:
         write_geojson(self.output_dir / "geojson" / f"{stem}.geojson", polys, self._geojson_properties(rows))
 
     def run_image(self, item) -> dict:
-        from bundle.annotations import read_instance_label, write_instance_label
+        from bundle.annotations import read_instance_label
         from bundle.metrics import instance_scores
-        from bundle.nuclei.postprocess import instance_polygons
 
         path = item["image"]
         rgb = read_rgb(path, min_size=32)
-        stem = Path(path).stem
         t0 = time.perf_counter()
         inst, prob = self.predict(rgb)
-        sec = time.perf_counter() - t0
+        row = self.write_outputs(Path(path).stem, rgb, inst, prob, time.perf_counter() - t0)
+        if item.get("label"):
+            row.update(instance_scores(inst, read_instance_label(item["label"])))
+        return row
+
+    def write_outputs(self, stem: str, rgb: np.ndarray, inst: np.ndarray, prob: np.ndarray, seconds: float) -> dict:
+        """The files of one tile (instance map, points CSV, GeoJSON, overlay, optional mask) -> its summary row.
+        Also used by the MONAI Deploy application (:mod:`bundle.deploy`) on tiles it got as arrays."""
+        from bundle.annotations import write_instance_label
+        from bundle.nuclei.postprocess import instance_polygons
+
         suffix = ".tif" if self.label_format in ("tif", "tiff") else ".png"
         write_instance_label(self.output_dir / "labels" / f"{stem}{suffix}", inst)
         rows = self._rows(stem, inst, prob)
@@ -128,11 +136,8 @@ class NucleiRunner:
             write_image(self.output_dir / "overlays" / f"{stem}.png", overlay_mask(rgb, inst))
         if self.write_masks:  # 0/255 foreground, the pseudo-mask format: lets a trained network teach a new round
             write_image(self.output_dir / "masks" / f"{stem}.png", (inst > 0).astype(np.uint8) * 255)
-        row = {"image": stem, "n_nuclei": int(inst.max()), "seconds": sec, "height": rgb.shape[0],
-               "width": rgb.shape[1]}
-        if item.get("label"):
-            row.update(instance_scores(inst, read_instance_label(item["label"])))
-        return row
+        return {"image": stem, "n_nuclei": int(inst.max()), "seconds": seconds, "height": rgb.shape[0],
+                "width": rgb.shape[1]}
 
     def run_slide(self, item) -> dict:
         path = item["image"]
@@ -193,15 +198,20 @@ class NucleiRunner:
         return {"image": stem, "n_nuclei": n_nuclei, "seconds": time.perf_counter() - t0, "tiles": n_tiles,
                 "height": slide.level_sizes[0][0], "width": slide.level_sizes[0][1]}
 
-    def run(self) -> dict:
-
+    def prepare(self) -> "NucleiRunner":
+        """Load ``ckpt_path`` into the network (one-line error when missing or mismatched) and set it to eval."""
         from bundle.checkpoints import load_network_weights
-        from bundle.wsi import is_wsi
 
-        items = self.items()
         if self.ckpt_path:
             load_network_weights(self.network, self.ckpt_path, map_location=self.device)
         self.network.to(self.device).eval()
+        return self
+
+    def run(self) -> dict:
+        from bundle.wsi import is_wsi
+
+        items = self.items()
+        self.prepare()
         rows, skipped = run_items(items, lambda it: self.run_slide(it) if is_wsi(it["image"]) else self.run_image(it),
                                   "nuclei")
         summary = write_summary(self.output_dir, rows, skipped, self.data, csv_name="summary.csv")
