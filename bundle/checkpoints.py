@@ -16,7 +16,7 @@ from bundle.io import atomic_path
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "stage_checkpoint",
+    "stage_checkpoint", "init_from",
     "read_state_dict", "shipped_hint", "atomic_torch_save", "load_network_weights", "resunet_checkpoint_dims",
     "resunet_input_channels", "SETTINGS_NAME", "training_settings", "trained_mpp"
 ]
@@ -164,3 +164,34 @@ def stage_checkpoint(bundle_root, stage: str) -> Path:
     if stage == "ssl" and not new.is_file() and (models / "model.pt").is_file():
         return models / "model.pt"
     return new
+
+
+def init_from(network: torch.nn.Module, path: str | os.PathLike | None) -> torch.nn.Module:
+    """Start ``network`` from the weights of another network of the same family (``path``, e.g. the bundle's shipped
+    ``models/model.pt``) instead of its random initialisation; ``path`` None returns it unchanged.
+
+    Every tensor whose name and shape match is copied. A convolution whose input channels differ (an RGB detection
+    network from the RGB + haematoxylin segmentation network) gets the channels both have; any other mismatch (a
+    3-class head from a 2-class one) keeps its own initialisation. Logs how many tensors came over. A training run
+    that resumes loads its own checkpoint afterwards, which wins.
+    """
+    if path is None or str(path) in ("", "None"):
+        return network
+    sd = read_state_dict(path, "initial weights", hint=" (--init_ckpt / label_free --init)")
+    own = network.state_dict()
+    copied = adapted = 0
+    with torch.no_grad():
+        for name, t in own.items():
+            src = sd.get(name)
+            if src is None or src.dtype != t.dtype:
+                continue
+            if src.shape == t.shape:
+                t.copy_(src)
+                copied += 1
+            elif src.dim() == 4 and t.dim() == 4 and src.shape[0] == t.shape[0] and src.shape[2:] == t.shape[2:]:
+                c = min(src.shape[1], t.shape[1])
+                t[:, :c].copy_(src[:, :c])
+                adapted += 1
+    logger.info(f"{os.fspath(path)}: initial weights for {copied + adapted} of {len(own)} tensors "
+                f"({adapted} with fewer input channels); the rest keep their random initialisation")
+    return network

@@ -24,6 +24,8 @@ time (as long as the seg stage's); with PSM pseudo masks it measured worse (docs
 (default 0.25, 40x): the pixel sizes tuned at 40x (object and hole areas, peak distances, point blur and merge
 distance, Voronoi disks) are scaled to it (:func:`bundle.scale.size_scale`; docs/nuclei.md).
 ``--force`` on a finished training stage retrains it from scratch (``--resume False``), not from its last epoch.
+``--init models`` starts the det / seg (Ki-67: every training round) networks from the bundle's shipped weights
+instead of a random initialisation (``train.json`` ``init_ckpt``; a folder or a checkpoint file works too).
 
 Ki-67 IHC tiles (``--stain ihc``; docs/ki67.md): the stages are ``configs/ki67_train.json`` runs and one
 ``configs/ki67_infer.json`` run: ``ki67_r1`` (round 1, seed 0), ``ki67_r1_seed1`` ... (``--seeds N``: N round-1
@@ -165,9 +167,12 @@ def _check_inputs(dataset_dir: str, mpp: float | None) -> None:
 
 def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES, force: str | list = (),
                  profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False,
-                 teacher: str = "psm", mpp: float | None = None, points: str = "det") -> list:
+                 teacher: str = "psm", mpp: float | None = None, points: str = "det", init: str | None = None) -> list:
     """Run the stages in order, skipping completed ones (:func:`run_stages`). Returns
     ``[(stage, "ran" | "skipped" | "dry-run", seconds)]``.
+
+    ``init`` (a folder with a ``model.pt``, e.g. the bundle's ``models``) starts the det and seg networks from those
+    weights instead of from scratch (:func:`bundle.checkpoints.init_from`).
 
     ``teacher="hematoxylin"`` makes the pseudo masks by haematoxylin Otsu (``--scm#fusion otsu``) and skips the
     ``ssl`` stage (no activation network is needed); ``"psm"`` (default) is the PSM method. ``mpp`` (the tiles'
@@ -198,6 +203,9 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
                                          "ckpt_path": "$None", **override.get("psm", {})}}
     if mpp is not None:
         override = {**override, **{st: {"mpp": float(mpp), **override.get(st, {})} for st in MPP_STAGES}}
+    if init:
+        ckpt = init_checkpoint(init)
+        override = {**override, **{st: {"init_ckpt": ckpt, **override.get(st, {})} for st in ("det", "seg")}}
     for s in list(stages) + list(force):
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r} (use {', '.join(STAGES)})")
@@ -209,6 +217,16 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
 
 
 TRAINING_STAGES = ("ssl", "det", "seg")  # their configs resume from a checkpoint (``resume``)
+
+
+def init_checkpoint(init: str, name: str = "model.pt") -> str:
+    """``--init``: ``models`` (this bundle's shipped weights), a folder holding ``name``, or a checkpoint file ->
+    the checkpoint's absolute path; one-line error when it does not exist."""
+    p = CONFIG_DIR.parent / "models" if str(init) == "models" else Path(init)
+    p = p / name if p.is_dir() else p
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: --init checkpoint not found (use 'models' for the bundle's shipped weights)")
+    return str(p.resolve())
 
 
 def _settings_changed(marker: Path, cmd: list) -> bool:
@@ -307,7 +325,7 @@ def ki67_stages(seeds: int = 1, rounds: int = 1) -> list:
 
 def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds: int = 1, stages=None, force=(),
                       override: str | dict | None = None, dry_run: bool = False, mpp: float | None = None,
-                      jobs: int = 1) -> list:
+                      jobs: int = 1, init: str | None = None) -> list:
     """Train and run the Ki-67 positive / negative detector on a folder of IHC tiles (docs/ki67.md), stage by stage
     as :func:`run_pipeline` does. ``stages`` (None = all) and ``force`` take the names of :func:`ki67_stages`;
     ``jobs`` 2 trains round-1 seeds 1, 2, ... two at a time (after ``ki67_r1``, which writes their labels)."""
@@ -323,7 +341,9 @@ def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds
         if name not in stages:
             continue
         trains = config == "ki67_train.json"
-        ov = {**({"mpp": float(mpp)} if mpp is not None else {}), **override.get("all", {}),
+        ov = {**({"mpp": float(mpp)} if mpp is not None else {}),
+              **({"init_ckpt": init_checkpoint(init, "ki67/model.pt")} if init and trains else {}),
+              **override.get("all", {}),
               **(override.get("train", {}) if trains else {}), **override.get(name, {}), **args}  # plan wins
         group = "r1_seeds" if name.startswith("ki67_r1_seed") else None  # they share ki67_r1's labels only
         steps.append((name, bundle_command(config_arg(config), dataset_dir, bundle_root, ov), trains, group))
@@ -333,7 +353,7 @@ def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds
 def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = "", force: str = "",
          profile: str = "cpu", override: str = "", dry_run: bool = False, teacher: str = "psm",
          mpp: float | None = None, stain: str = "he", seeds: int = 1, rounds: int = 1, jobs: int = 1,
-         points: str = "det") -> None:
+         points: str = "det", init: str = "") -> None:
     """Command-line entry (Python Fire): see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
@@ -344,10 +364,10 @@ def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = ""
             logger.warning(f"--{k} does nothing with --stain {stain}")
         if stain == "ihc":
             report = run_ki67_pipeline(dataset_dir, bundle_root, seeds, rounds, stages, force, override or None,
-                                       dry_run, mpp, jobs)
+                                       dry_run, mpp, jobs, init or None)
         elif stain == "he":
             report = run_pipeline(dataset_dir, bundle_root, stages or STAGES, force, profile, override or None,
-                                  dry_run, teacher, mpp, points)
+                                  dry_run, teacher, mpp, points, init or None)
         else:
             raise ValueError(f"unknown stain {stain!r} (use 'he' or 'ihc')")
     except (RuntimeError, ValueError, FileNotFoundError) as e:

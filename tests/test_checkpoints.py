@@ -82,3 +82,28 @@ def test_resunet_checkpoint_dims_reads_head(tmp_path):
         resunet_checkpoint_dims(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         resunet_checkpoint_dims(tmp_path / "missing.pt")
+
+
+def test_init_from_copies_what_fits(tmp_path):
+    """init_from: matching tensors copied, a stem with fewer input channels gets the shared ones, a head with another
+    class count keeps its own initialisation; None changes nothing."""
+    import torch
+
+    from bundle.checkpoints import init_from
+    from bundle.networks import ResUNet34
+
+    torch.manual_seed(0)
+    src = ResUNet34(in_channels=4, out_channels=2, base_channels=8)
+    torch.save(src.state_dict(), tmp_path / "model.pt")
+    torch.manual_seed(1)
+    det = ResUNet34(in_channels=3, out_channels=3, base_channels=8)
+    before = {k: v.clone() for k, v in det.state_dict().items()}
+    init_from(det, tmp_path / "model.pt")
+    a, b = src.state_dict(), det.state_dict()
+    same = [k for k in b if a[k].shape == b[k].shape]
+    assert len(same) > 0.9 * len(b) and all(torch.equal(a[k], b[k]) for k in same)
+    stem = [k for k in b if a[k].dim() == 4 and a[k].shape[1] == 4 and b[k].shape[1] == 3]
+    assert stem and all(torch.equal(a[k][:, :3], b[k]) for k in stem)
+    head = [k for k in b if a[k].shape != b[k].shape and k not in stem]
+    assert head and all(torch.equal(before[k], b[k]) for k in head)
+    assert init_from(det, None) is det

@@ -216,3 +216,19 @@ def test_child_env_keeps_the_callers_pythonpath(root, monkeypatch):
     assert env["OMP_NUM_THREADS"] == "1" and env["PATH"] == os.environ["PATH"]
     monkeypatch.delenv("PYTHONPATH")
     assert child_env()["PYTHONPATH"] == str(root)
+
+
+def test_init_passes_the_shipped_weights_to_the_training_stages(root, tmp_path, synthetic_dir, monkeypatch):
+    import bundle.label_free as lf
+
+    calls = []
+    monkeypatch.setattr(lf.subprocess, "Popen", fake_popen(calls))
+    lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), init="models")
+    ckpt = str((root / "models" / "model.pt").resolve())
+    init = {c[c.index("--config_file") + 1].split("/")[-1].rstrip("']"): c[c.index("--init_ckpt") + 1]
+            if "--init_ckpt" in c else None for c in calls}
+    assert init == {"ssl_train.json": None, "psm_infer.json": None, "det_train.json": ckpt, "train.json": ckpt,
+                    "inference.json": None}
+    assert lf.init_checkpoint("models", "ki67/model.pt") == str((root / "models" / "ki67" / "model.pt").resolve())
+    with pytest.raises(FileNotFoundError, match="--init checkpoint not found"):
+        lf.init_checkpoint(str(tmp_path / "nothing"))
