@@ -1,7 +1,8 @@
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Ship label-free runs' networks as the bundle's own weights: the nuclei segmentation network as ``models/model.pt``
 (+ ``settings.json``, the pixel size it was trained at) and its TorchScript export ``models/model.ts``; optionally a
-Ki-67 run's network as ``models/ki67/model.pt`` (+ ``settings.json``); ``large_files.yml`` lists each with its sha256.
+Ki-67 run's network as ``models/ki67/model.pt`` (+ ``settings.json``, ``model.ts``); ``large_files.yml`` lists each
+with its sha256.
 
     python -m scripts.ship_weights --run runs/ship --data ../shared/data/monuseg/train/images \
         --command "python -m bundle.label_free --dataset_dir ../shared/data/monuseg/train/images --bundle_root runs/ship" \
@@ -36,7 +37,7 @@ from bundle.io import atomic_path
 from bundle.networks import ResUNet34
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZES = ((1, 4, 256, 256), (1, 4, 200, 328))  # two input sizes (B, C, H, W) for the TorchScript check
+SIZES = ((1, 4, 256, 256), (1, 4, 200, 328))  # two input sizes (B, C, H, W; C from the checkpoint) for the check
 
 
 def sha256(path: Path) -> str:
@@ -68,6 +69,17 @@ def check_export(ts_path: Path, ckpt: Path, atol: float = 1e-5) -> float:
     return worst
 
 
+def export(bundle: Path, config: str, folder: Path) -> float:
+    """MONAI's ``ckpt_export`` of ``configs/<config>``'s ``network_def`` with ``folder/model.pt`` -> ``folder/model.ts``;
+    returns the largest |TorchScript - eager| (:func:`check_export`)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(folder / "model.ts"),
+           "--ckpt_file", str(folder / "model.pt"), "--meta_file", str(bundle / "configs" / "metadata.json"),
+           "--config_file", str(bundle / "configs" / config), "--bundle_root", str(bundle),
+           "--ckpt_path", str(folder / "model.pt")]
+    subprocess.run(cmd, check=True, cwd=bundle)
+    return check_export(folder / "model.ts", folder / "model.pt")
+
+
 def large_files_yml(bundle: Path, provenance: dict) -> str:
     """``provenance``: {relative folder under models/ ("" or "ki67"): {key: value}} -> large_files.yml text."""
     lines = ["# The bundle's shipped weights (in the repository; each < 25 MB). Restore a damaged file with",
@@ -76,7 +88,7 @@ def large_files_yml(bundle: Path, provenance: dict) -> str:
     for sub, info in provenance.items():
         lines.append(f"#   models/{sub + '/' if sub else ''}:")
         lines += [f"#     {k}: {v}" for k, v in info.items()]
-        names = ("model.pt", "model.ts", SETTINGS_NAME) if not sub else ("model.pt", SETTINGS_NAME)
+        names = ("model.pt", "model.ts", SETTINGS_NAME)
         entries += [f"models/{sub + '/' if sub else ''}{n}" for n in names]
     lines.append("large_files:")
     for rel in entries:
@@ -114,16 +126,12 @@ def main(argv=None):
     staging = models / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     copy_with_settings(src, staging)
-    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(staging / "model.ts"),
-           "--ckpt_file", str(staging / "model.pt"), "--meta_file", str(a.bundle / "configs" / "metadata.json"),
-           "--config_file", str(a.bundle / "configs" / "inference.json"), "--bundle_root", str(staging.parent.parent),
-           "--ckpt_path", str(staging / "model.pt")]
-    subprocess.run(cmd, check=True, cwd=a.bundle)
-    worst = check_export(staging / "model.ts", staging / "model.pt")
+    worst = export(a.bundle, "inference.json", staging)
     ki67 = None
     if a.ki67_run is not None:
         ki67 = a.ki67_run / "models" / "ki67" / "model.pt"
         copy_with_settings(ki67, staging / "ki67")
+        ki67_worst = export(a.bundle, "ki67_infer.json", staging / "ki67")
     for name in ("model.pt", "model.ts", SETTINGS_NAME):
         (staging / name).replace(models / name)
     provenance = {"": {"command": a.command, "data": a.data, "source": str(src), "seed": 0,
@@ -132,16 +140,17 @@ def main(argv=None):
                        "torchscript_max_abs_difference": f"{worst:.1e}"}}
     if ki67 is not None:
         (models / "ki67").mkdir(exist_ok=True)
-        for name in ("model.pt", SETTINGS_NAME):
+        for name in ("model.pt", "model.ts", SETTINGS_NAME):
             (staging / "ki67" / name).replace(models / "ki67" / name)
         (staging / "ki67").rmdir()
         provenance["ki67"] = {"command": a.ki67_command, "data": a.ki67_data, "source": str(ki67), "seed": 0,
                               "mpp": json.loads((models / "ki67" / SETTINGS_NAME).read_text()).get("mpp"),
-                              "network": network_info(models / "ki67" / "model.pt")}
+                              "network": network_info(models / "ki67" / "model.pt"),
+                              "torchscript_max_abs_difference": f"{ki67_worst:.1e}"}
     staging.rmdir()
     with atomic_path(a.bundle / "large_files.yml") as tmp:
         Path(tmp).write_text(large_files_yml(a.bundle, provenance))
-    for rel in ("model.pt", "model.ts") + (("ki67/model.pt",) if ki67 is not None else ()):
+    for rel in ("model.pt", "model.ts") + (("ki67/model.pt", "ki67/model.ts") if ki67 is not None else ()):
         p = models / rel
         print(f"models/{rel}: {p.stat().st_size / 1e6:.2f} MB, sha256 {sha256(p)}")
     print(f"TorchScript vs eager: max |difference| {worst:.1e} at {SIZES}")

@@ -29,8 +29,8 @@ def test_shipped_files_match_large_files_yml(root):
     from scripts.ship_weights import sha256
 
     entries = large_files(root)
-    assert {p for p, _ in entries} == {"models/model.pt", "models/model.ts", "models/settings.json",
-                                       "models/ki67/model.pt", "models/ki67/settings.json"}
+    assert {p for p, _ in entries} == {f"models/{sub}{name}" for sub in ("", "ki67/")
+                                       for name in ("model.pt", "model.ts", "settings.json")}
     for path, digest in entries:
         f = root / path
         assert f.is_file() and f.stat().st_size < ZOO_LIMIT, path
@@ -40,13 +40,15 @@ def test_shipped_files_match_large_files_yml(root):
 
 
 def test_shipped_torchscript_equals_eager_network(root):
-    """models/model.ts (ckpt_export of inference.json's network_def) gives the eager network's output (1e-5) at two
-    input sizes, and loads as a plain state dict into the configured network."""
+    """models/model.ts and models/ki67/model.ts (ckpt_export of inference.json's / ki67_infer.json's network_def)
+    give the eager networks' outputs (1e-5) at two input sizes; model.pt loads as a plain state dict into the
+    configured network."""
     from monai.bundle import ConfigParser
 
     from scripts.ship_weights import check_export
 
-    assert check_export(root / "models" / "model.ts", root / "models" / "model.pt") <= 1e-5
+    for sub in ("", "ki67"):
+        assert check_export(root / "models" / sub / "model.ts", root / "models" / sub / "model.pt") <= 1e-5
     p = ConfigParser()
     p.read_config(str(root / "configs" / "inference.json"))
     p.update({"bundle_root": str(root), "device": "$torch.device('cpu')"})
