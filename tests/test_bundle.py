@@ -196,6 +196,7 @@ def test_metadata_verifies_against_the_local_schema(root, tmp_path):
     bad = {"deprecated key": {**meta, "optional_packages_version": {"timm": "0.9"}},
            "version range": {**meta, "required_packages_version": {"scipy": ">=1.10"}},
            "long changelog": {**meta, "changelog": {"0.9.0": "x" * 101}},
+           "display name": {**meta, "name": "Label-free cell recognition"},
            "two outputs": {**meta, "network_data_format": {**meta["network_data_format"], "outputs": {
                "pred": meta["network_data_format"]["outputs"]["pred"], "aux": meta["network_data_format"]["outputs"]["pred"]}}}}
     for case, content in bad.items():
@@ -215,5 +216,5 @@ def test_one_version_and_one_set_of_requirements(root):
     project = re.search(r'^version = "([^"]+)"$', (root / "pyproject.toml").read_text(), re.M).group(1)
     assert meta["version"] == gan["version"] == project == bundle.__version__
     assert next(iter(meta["changelog"])) == meta["version"]
-    for k in ("monai_version", "pytorch_version", "numpy_version", "required_packages_version", "changelog"):
+    for k in ("name", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "changelog"):
         assert gan[k] == meta[k], k
