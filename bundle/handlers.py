@@ -57,10 +57,12 @@ class CheckpointResume:
             return
         if self.settings is not None:
             self._check_settings(path)
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:  # weights_only: a received checkpoint is data, never code (trainer / optimiser states are plain)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"{path}: cannot read checkpoint to resume from ({e}); delete it to start over") from None
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"{path}: cannot read checkpoint to resume from as plain data ({msg[:200]}); delete it "
+                             "to start over, or pass --resume False") from None
         max_epochs = engine.state.max_epochs
         if "trainer" in obj:  # ignite stores iteration + epoch_length; allow a larger max_epochs on rerun
             t = obj["trainer"]

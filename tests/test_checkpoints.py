@@ -107,3 +107,32 @@ def test_init_from_copies_what_fits(tmp_path):
     head = [k for k in b if a[k].shape != b[k].shape and k not in stem]
     assert head and all(torch.equal(before[k], b[k]) for k in head)
     assert init_from(det, None) is det
+
+
+def test_resume_checkpoint_never_runs_code(tmp_path):
+    """A crafted last_checkpoint.pt (a pickle whose loading would run code) is refused with one line naming it; the
+    code does not run. Training states written by the bundle itself load (see the resume tests of each workflow)."""
+    import pickle
+
+    import torch
+
+    from bundle.handlers import CheckpointResume
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"network": {}, "trainer": Evil()}, tmp_path / "last_checkpoint.pt", pickle_module=pickle)
+    net = torch.nn.Linear(2, 2)
+    h = CheckpointResume(ckpt_dir=tmp_path, save_dict={"network": net}, resume=True)
+
+    class Engine:
+        class state:
+            max_epochs = 1
+
+    with pytest.raises(ValueError) as e:
+        h.load(Engine())
+    assert str(e.value).startswith(str(tmp_path / "last_checkpoint.pt")) and "\n" not in str(e.value)
+    assert "as plain data" in str(e.value) and not marker.exists()
