@@ -20,7 +20,7 @@ from PIL import Image
 
 __all__ = [
     "IMAGE_SUFFIXES", "ImageError", "list_images", "read_rgb", "atomic_path", "remove_stale_parts",
-    "write_image", "write_json", "write_npy", "write_csv", "load_datalist", "read_mask", "read_rgb_or_skip",
+    "write_image", "write_json", "write_npy", "write_csv", "spreadsheet_safe", "load_datalist", "read_mask", "read_rgb_or_skip",
     "usable_items", "streamed_outputs", "write_geojson", "overlay_mask"
 ]
 
@@ -178,9 +178,20 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         np.save(f, np.asarray(array), allow_pickle=False)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
+
+
+def spreadsheet_safe(row: dict) -> dict:
+    """``row`` with every text value that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``,
+    ``@``, tab or carriage return, e.g. a file named ``=HYPERLINK(...).png``) prefixed by ``'``, as OWASP advises for
+    CSV exports; numbers are kept as they are."""
+    return {k: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v for k, v in row.items()}
+
+
 def write_csv(path: str | os.PathLike, rows: Iterable[dict], fieldnames: Sequence[str] = ()) -> None:
-    """Write a list of dicts as CSV atomically. Header: ``fieldnames`` first, then the other keys of the rows in
-    first-seen order (so an empty ``rows`` with ``fieldnames`` still gives a header line)."""
+    """Write a list of dicts as CSV atomically (text cells made :func:`spreadsheet_safe`). Header: ``fieldnames``
+    first, then the other keys of the rows in first-seen order (so an empty ``rows`` with ``fieldnames`` still gives a
+    header line)."""
     import csv
 
     rows = list(rows)
@@ -190,7 +201,7 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict], fieldnames: Sequenc
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(spreadsheet_safe(r) for r in rows)
 
 
 def load_datalist(path_or_folder: str | os.PathLike, key: str = "training",
@@ -310,7 +321,7 @@ def streamed_outputs(csv_path: str | os.PathLike, fieldnames: Sequence[str], geo
         count = [0]
 
         def add(rows, polygons, properties=None):
-            w.writerows(rows)
+            w.writerows(spreadsheet_safe(r) for r in rows)
             props = list(properties) if properties is not None else None
             for i, poly in enumerate(polygons):
                 feat = _geojson_feature(count[0], poly, props[i] if props is not None else None, object_type)

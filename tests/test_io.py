@@ -117,3 +117,21 @@ def test_write_geojson_feature_collection(tmp_path):
     ring = f["geometry"]["coordinates"][0]
     assert ring[0] == ring[-1] and len(ring) == 5
     assert f["properties"]["objectType"] == "detection" and f["properties"]["classification"]["name"] == "Nucleus"
+
+
+def test_csv_cells_never_run_as_spreadsheet_formulas(tmp_path):
+    """A file named like a formula (=HYPERLINK(...)) reaches every CSV writer prefixed by ', numbers stay numbers."""
+    import csv
+
+    import numpy as np
+
+    from bundle.io import streamed_outputs, write_csv
+
+    row = {"image": '=HYPERLINK("http://x","y")', "x": -3, "note": "@SUM(1)", "plain": "tile_1", "neg": "-1+2"}
+    write_csv(tmp_path / "a.csv", [row])
+    with streamed_outputs(tmp_path / "b.csv", list(row), tmp_path / "b.geojson") as add:
+        add([row], [np.array([[0, 0], [0, 2], [2, 2], [2, 0]], float)])
+    for name in ("a.csv", "b.csv"):
+        with open(tmp_path / name, newline="") as f:
+            got = next(csv.DictReader(f))
+        assert got == {"image": "'" + row["image"], "x": "-3", "note": "'@SUM(1)", "plain": "tile_1", "neg": "'-1+2"}
