@@ -5,7 +5,8 @@ The shared layer (knows no workflow): ``io`` (image folders, datalists, atomic w
 formats), ``errors`` (uncaught errors end with one line naming the cause; installed on import), ``wsi`` (slides),
 ``metrics``, ``stain`` (optical density, colour deconvolution), ``scale`` (pixel size and the sizes derived from it),
 ``checkpoints`` (weights and training settings), ``runs`` (stage bookkeeping, summaries), ``transforms``,
-``inferers``, ``losses``, ``points``, ``handlers`` (Ignite handlers), ``networks``, ``synthetic`` (demo data).
+``inferers``, ``losses``, ``points``, ``handlers`` (Ignite handlers), ``networks``, ``synthetic`` (demo data),
+``overrides`` (command-line overrides checked before a config runs).
 
 One subpackage per workflow: ``nuclei`` (the PSM pipeline), ``ki67``, ``fseg``, ``gan``; ``label_free`` is the
 one-command CLI over the configs.
@@ -13,13 +14,13 @@ one-command CLI over the configs.
 
 from .errors import install_excepthook as _install_excepthook
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 _install_excepthook()
 
 _SUBMODULES = {"io", "annotations", "errors", "wsi", "metrics", "stain", "scale", "checkpoints", "runs", "transforms",
                "inferers", "losses", "points", "handlers", "networks", "synthetic", "nuclei", "ki67", "fseg", "gan",
-               "label_free"}
+               "label_free", "overrides"}
 
 
 def __getattr__(name):

@@ -12,6 +12,7 @@ its own error, so a failed stage says why in the last line of the whole run.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -44,10 +45,17 @@ def _raised_in_package(exc: BaseException) -> bool:
     return str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE_DIR + os.sep)
 
 
+_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def root_cause(exc: BaseException) -> BaseException:
-    """The exception a user should read: the innermost one of the chain raised by this package's code (its messages
-    name the file and the problem), else the innermost of all (e.g. a typo in a config override)."""
+    """The exception a user should read: a full disk, read-only or failing file system anywhere in the chain (the
+    outermost such OSError: the one that names the file), else the innermost one raised by this package's code (its
+    messages name the file and the problem), else the innermost of all (e.g. a typo in a config override)."""
     chain = exception_chain(exc)
+    disk = [e for e in chain if isinstance(e, OSError) and e.errno in _RESOURCE_ERRNOS]
+    if disk:
+        return disk[0]
     ours = [e for e in chain if _raised_in_package(e)]
     return (ours or chain)[-1]
 

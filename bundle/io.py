@@ -20,8 +20,9 @@ from PIL import Image
 
 __all__ = [
     "IMAGE_SUFFIXES", "ImageError", "list_images", "read_rgb", "atomic_path", "remove_stale_parts",
-    "write_image", "write_json", "write_npy", "write_csv", "spreadsheet_safe", "load_datalist", "read_mask", "read_rgb_or_skip",
-    "usable_items", "streamed_outputs", "write_geojson", "overlay_mask"
+    "write_image", "write_json", "write_npy", "write_csv", "spreadsheet_safe", "load_datalist", "read_mask",
+    "read_rgb_or_skip", "usable_items", "streamed_outputs", "write_geojson", "overlay_mask", "datalist_items",
+    "unique_names", "with_names", "item_name"
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -139,6 +140,15 @@ def atomic_path(path: str | os.PathLike):
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except Exception as e:
+        # a full disk can surface as another library's error (PIL: "'_idat' object has no attribute 'fileno'") raised
+        # while it handles the OSError: report the OSError, naming the file
+        from bundle.errors import exception_chain
+
+        err = next((x for x in exception_chain(e) if isinstance(x, OSError) and x.errno), None)
+        if err is not None and str(path) not in str(err):
+            raise OSError(err.errno, f"{err.strerror or err}: cannot write {path}") from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -226,22 +236,66 @@ def load_datalist(path_or_folder: str | os.PathLike, key: str = "training",
         items = data.get(key) if isinstance(data, dict) else data
         if not items:
             raise ImageError(f"{p}: datalist has no '{key}' items")
-        out = []
-        for it in items:
-            it = {"image": it} if isinstance(it, str) else dict(it)
+        if not isinstance(items, list):
+            raise ImageError(f"{p}: '{key}' must be a list of items, got {type(items).__name__}")
+        out, bad = [], 0
+        for i, it in enumerate(items):
+            it = {"image": it} if isinstance(it, str) else dict(it) if isinstance(it, dict) else None
+            if it is None or not isinstance(it.get("image"), str) or not it["image"].strip():
+                logging.getLogger(__name__).warning(
+                    f"skipped {p}: '{key}' item {i} has no 'image' path ({json.dumps(items[i])[:120]})")
+                bad += 1
+                continue
             for k in ("image", "label", "mask", "points"):
                 if isinstance(it.get(k), str) and not os.path.isabs(it[k]):
                     it[k] = str(p.parent / it[k])
             out.append(it)
-        return out
-    return [{"image": f} for f in list_images(p)]
+        if not out:
+            raise ImageError(f"{p}: none of the {len(items)} '{key}' items has an 'image' path")
+        return with_names(out)
+    return with_names([{"image": f} for f in list_images(p)])
+
+
+def unique_names(paths: Sequence) -> list[str]:
+    """Output names (no extension) for input files, distinct whatever the inputs, so two inputs never write one set
+    of outputs: the file's stem; for a stem several inputs share (``dup.png`` and ``dup.jpg``) the stem and the
+    extension (``dup_png``); where that is still shared (one name in two folders) also a hash of the full path
+    (``dup_png_1a2b3c4d``); the same file listed twice gets ``_2``, ``_3`` ..."""
+    import hashlib
+    from collections import Counter
+
+    ps = [Path(str(p)) for p in paths]
+    stems = Counter(p.stem for p in ps)
+    names = [p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in ps]
+    counts = Counter(names)
+    names = [n if counts[n] == 1 else f"{n}_{hashlib.sha1(os.path.abspath(p).encode()).hexdigest()[:8]}"
+             for n, p in zip(names, ps)]
+    seen, out = Counter(), []
+    for n in names:
+        seen[n] += 1
+        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    while len(set(out)) < len(out):  # a derived name equal to another input's own stem
+        c = Counter(out)
+        out = [n if c[n] == 1 or i == out.index(n) else f"{n}_{i}" for i, n in enumerate(out)]
+    return out
+
+
+def with_names(items: list[dict]) -> list[dict]:
+    """``items`` (``{"image": path, ...}``) each with a ``name``: its own if it has one, else :func:`unique_names`."""
+    names = unique_names([it["image"] for it in items])
+    return [it if it.get("name") else {**it, "name": n} for it, n in zip(items, names)]
+
+
+def item_name(item: dict) -> str:
+    """The output name of an input item: its ``name`` (:func:`with_names`), else its file's stem."""
+    return str(item.get("name") or Path(str(item["image"])).stem)
 
 
 def datalist_items(data, key: str = "training") -> list:
     """``data`` (a folder, one image, a datalist JSON, or a list of paths / ``{"image": path}`` dicts) -> a list of
     ``{"image": path, ...}`` dicts (datalist JSON: the items under ``key``)."""
     if isinstance(data, (list, tuple)):
-        return [d if isinstance(d, dict) else {"image": d} for d in data]
+        return with_names([d if isinstance(d, dict) else {"image": d} for d in data])
     return load_datalist(data, key)
 
 

@@ -32,12 +32,14 @@ Ki-67 IHC tiles (``--stain ihc``; docs/ki67.md): the stages are ``configs/ki67_t
 seeds in all), ``ki67_r2`` ... (``--rounds R``: self-training rounds, each taught by all seeds of the round
 before) and ``ki67_infer`` (with the last round's weights). ``--seeds 4 --rounds 2`` is docs/ki67.md's robust
 recipe; the defaults (one seed, one round) the cheap single run. ``--jobs 2`` trains round-1 seeds 1, 2, ... two
-at a time (one thread each on a 2-core machine). ``--override`` keys: a stage name, ``"train"``
+at a time (one thread each on a 2-core machine). ``--dab_threshold 0.4`` sets the Ki-67 positivity threshold (mean
+nucleus DAB OD, default 0.3) of the training labels and the inference. ``--override`` keys: a stage name, ``"train"``
 (every training stage) or ``"all"``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -53,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "STAGES", "CONFIGS", "OVERLAYS", "config_files", "config_arg", "CONFIG_DIR", "MPP_STAGES", "stage_command",
+    "config_literal",
     "bundle_command", "machine", "child_env", "run_pipeline", "TRAINING_STAGES", "run_stages", "ki67_stages",
     "run_ki67_pipeline", "main"
 ]
@@ -96,12 +99,26 @@ def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str =
     return bundle_command(cfg, dataset_dir, bundle_root, overrides, config_dir)
 
 
+def config_literal(value) -> str:
+    """A user-given string (a folder, a file) as a ``monai.bundle run`` argument that reaches the config as exactly
+    that string. Fire would turn ``2024`` into a number and ``a,b`` into a tuple, and MONAI would evaluate a leading
+    ``$``, resolve ``@name`` and expand ``%macro``; such a value is passed as ``$bytes.fromhex('...').decode()``, an
+    expression of hex digits only (nothing in it can be a reference) that evaluates to the original string. Plain
+    values are passed as they are, so commands stay readable."""
+    from fire.parser import DefaultParseValue
+
+    s = str(value)
+    plain = s != "" and s[0] not in "$@%" and "::" not in s and DefaultParseValue(s) == s
+    return s if plain else f"$bytes.fromhex('{s.encode().hex()}').decode()"
+
+
 def bundle_command(cfg: str, dataset_dir: str, bundle_root: str, overrides: dict | None = None,
                    config_dir: Path = CONFIG_DIR) -> list:
     """``python -m monai.bundle run --config_file cfg ...`` with this bundle's metadata and logging files and
-    ``overrides`` as ``--key value`` arguments."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cfg, "--dataset_dir", str(dataset_dir),
-           "--bundle_root", str(bundle_root), "--meta_file", str(config_dir / "metadata.json"),
+    ``overrides`` as ``--key value`` arguments (``dataset_dir`` and ``bundle_root`` as :func:`config_literal`)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cfg, "--dataset_dir",
+           config_literal(dataset_dir), "--bundle_root", config_literal(bundle_root),
+           "--meta_file", str(config_dir / "metadata.json"),
            "--logging_file", str(config_dir / "logging.conf")]
     for k, v in (overrides or {}).items():
         # Fire reads "True"/"False" as booleans (JSON's true/false would stay strings, and "false" is truthy);
@@ -221,12 +238,12 @@ TRAINING_STAGES = ("ssl", "det", "seg")  # their configs resume from a checkpoin
 
 def init_checkpoint(init: str, name: str = "model.pt") -> str:
     """``--init``: ``models`` (this bundle's shipped weights), a folder holding ``name``, or a checkpoint file ->
-    the checkpoint's absolute path; one-line error when it does not exist."""
+    the checkpoint's absolute path (:func:`config_literal`); one-line error when it does not exist."""
     p = CONFIG_DIR.parent / "models" if str(init) == "models" else Path(init)
     p = p / name if p.is_dir() else p
     if not p.is_file():
         raise FileNotFoundError(f"{p}: --init checkpoint not found (use 'models' for the bundle's shipped weights)")
-    return str(p.resolve())
+    return config_literal(p.resolve())
 
 
 def _settings_changed(marker: Path, cmd: list) -> bool:
@@ -256,10 +273,9 @@ def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False, jo
     ``OMP_NUM_THREADS`` = CPUs / jobs. Returns ``[(name, "ran" | "skipped" | "dry-run", seconds)]``.
 
     Raises:
-        RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept).
+        RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept), or another
+            live run holds ``bundle_root`` (:class:`bundle.runs.FolderLock`, one line naming it).
     """
-    from bundle.io import write_json
-
     done_dir = Path(bundle_root) / "stages"
     report, todo = [], []
     for stage, cmd, trains, *group in plan:
@@ -279,6 +295,58 @@ def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False, jo
             report.append((stage, "dry-run", 0.0))
             continue
         todo.append((stage, cmd, marker, group[0] if group else None))
+    if not todo:
+        return report
+    from bundle.runs import FolderLock
+
+    with FolderLock(bundle_root, what="label-free run"), _forward_signals() as children:
+        return _run_batches(todo, report, jobs, children)
+
+
+@contextlib.contextmanager
+def _forward_signals():
+    """SIGTERM / SIGINT (and SIGHUP) to this process end its stage processes too: each is asked to stop (SIGTERM),
+    given 30 s, then killed, and only then does this process exit (with 128 + the signal number). Without this a
+    killed pipeline left its training stage running, racing the rerun on the same checkpoints. Yields the list the
+    caller appends its child processes to."""
+    import signal
+
+    children: list = []
+
+    def stop(signum, _frame):
+        raise _Stopped(signum)
+
+    sigs = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None]
+    old = {s: signal.signal(s, stop) for s in sigs}
+    try:
+        yield children
+    except (_Stopped, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        live = [p for p in children if p.poll() is None]
+        for p in live:
+            p.terminate()
+        for p in live:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        logger.error(f"stopped by signal {signal.Signals(signum).name}; {len(live)} running stage(s) stopped too; "
+                     "rerun the same command to resume")
+        raise SystemExit(128 + int(signum)) from None
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class _Stopped(Exception):
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _run_batches(todo: list, report: list, jobs: int, children: list) -> list:
+    from bundle.io import write_json
+
     while todo:
         batch = [todo.pop(0)]
         while todo and int(jobs) > len(batch) and batch[0][3] is not None and todo[0][3] == batch[0][3]:
@@ -292,6 +360,7 @@ def run_stages(plan: list, bundle_root: str, force=(), dry_run: bool = False, jo
             os.close(fd)
             error_files.append(Path(error_file))
             procs.append(subprocess.Popen(cmd, env={**env, ERROR_FILE_ENV: error_file}))
+            children.append(procs[-1])
         failed = []
         for (stage, cmd, marker, _), proc, error_file in zip(batch, procs, error_files):
             rc = proc.wait()
@@ -325,10 +394,12 @@ def ki67_stages(seeds: int = 1, rounds: int = 1) -> list:
 
 def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds: int = 1, stages=None, force=(),
                       override: str | dict | None = None, dry_run: bool = False, mpp: float | None = None,
-                      jobs: int = 1, init: str | None = None) -> list:
+                      jobs: int = 1, init: str | None = None, dab_threshold: float | None = None) -> list:
     """Train and run the Ki-67 positive / negative detector on a folder of IHC tiles (docs/ki67.md), stage by stage
     as :func:`run_pipeline` does. ``stages`` (None = all) and ``force`` take the names of :func:`ki67_stages`;
-    ``jobs`` 2 trains round-1 seeds 1, 2, ... two at a time (after ``ki67_r1``, which writes their labels)."""
+    ``jobs`` 2 trains round-1 seeds 1, 2, ... two at a time (after ``ki67_r1``, which writes their labels).
+    ``dab_threshold`` (mean nucleus DAB OD; default the configs' 0.3) reaches every stage: the training labels'
+    positive class and the inference."""
     plan = ki67_stages(seeds, rounds)
     names = [p[0] for p in plan]
     stages, force, override = _names(stages) or names, _names(force), _overrides(override)
@@ -342,6 +413,7 @@ def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds
             continue
         trains = config == "ki67_train.json"
         ov = {**({"mpp": float(mpp)} if mpp is not None else {}),
+              **({"dab_threshold": float(dab_threshold)} if dab_threshold is not None else {}),
               **({"init_ckpt": init_checkpoint(init, "ki67/model.pt")} if init and trains else {}),
               **override.get("all", {}),
               **(override.get("train", {}) if trains else {}), **override.get(name, {}), **args}  # plan wins
@@ -353,18 +425,21 @@ def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds
 def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = "", force: str = "",
          profile: str = "cpu", override: str = "", dry_run: bool = False, teacher: str = "psm",
          mpp: float | None = None, stain: str = "he", seeds: int = 1, rounds: int = 1, jobs: int = 1,
-         points: str = "det", init: str = "") -> None:
+         points: str = "det", init: str = "", dab_threshold: float | None = None) -> None:
     """Command-line entry (Python Fire): see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
+        if not isinstance(dry_run, bool):  # Fire hands over --dry_run Flase as the (true) string "Flase"
+            raise ValueError(f"--dry_run {dry_run!r}: not a boolean; use True or False")
         ignored = ({"profile": profile != "cpu", "teacher": teacher != "psm", "points": points != "det"}
                    if stain == "ihc" else
-                   {"seeds": int(seeds) != 1, "rounds": int(rounds) != 1, "jobs": int(jobs) != 1})
+                   {"seeds": int(seeds) != 1, "rounds": int(rounds) != 1, "jobs": int(jobs) != 1,
+                    "dab_threshold": dab_threshold is not None})
         for k in (k for k, v in ignored.items() if v):
             logger.warning(f"--{k} does nothing with --stain {stain}")
         if stain == "ihc":
             report = run_ki67_pipeline(dataset_dir, bundle_root, seeds, rounds, stages, force, override or None,
-                                       dry_run, mpp, jobs, init or None)
+                                       dry_run, mpp, jobs, init or None, dab_threshold)
         elif stain == "he":
             report = run_pipeline(dataset_dir, bundle_root, stages or STAGES, force, profile, override or None,
                                   dry_run, teacher, mpp, points, init or None)

@@ -4,8 +4,12 @@ validation splits, and whether a label folder is stale or was made with other se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,10 @@ from bundle.io import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["POINT_FIELDS", "write_summary", "split_items", "is_stale", "settings_changed", "run_items"]
+__all__ = [
+    "POINT_FIELDS", "write_summary", "split_items", "is_stale", "settings_changed", "run_items", "FolderBusy",
+    "FolderLock", "output_run"
+]
 
 POINT_FIELDS = ("image", "x", "y", "class", "score")  # columns of every points CSV
 
@@ -88,3 +95,112 @@ def run_items(items, run_one, desc: str, skipped: list | None = None) -> tuple[l
             logger.warning(f"skipped {e}")
             skipped.append(str(e))
     return rows, skipped
+
+
+# ------------------------------------------------------------------------------------------------ one run per folder
+class FolderBusy(RuntimeError):
+    """Another live run holds the folder's lock."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or a number we cannot check: assume it is alive
+    return True
+
+
+class FolderLock:
+    """Make ``folder`` exclusive to this process while the block runs: ``<folder>/.lock`` (JSON: pid, host, started,
+    command) is created atomically; a second run stops with one line naming the holder and what to do (or waits up
+    to ``wait`` seconds for it). A lock left by a process that is gone (same host, PID not running, or an unreadable
+    lock file) is stale and taken over with a one-line note. Reentrant within one process (a runner inside
+    ``label_free`` locks other folders; the same folder twice is allowed)."""
+
+    NAME = ".lock"
+    _held: set = set()
+
+    def __init__(self, folder, wait: float = 0.0, what: str = "run"):
+        self.folder, self.wait, self.what = Path(folder), float(wait), what
+        self.path = self.folder / self.NAME
+        self.mine = False
+
+    def holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _stale(self, h: dict | None) -> bool:
+        if not isinstance(h, dict) or "pid" not in h:
+            return True
+        return h.get("host") == socket.gethostname() and not _alive(h["pid"])
+
+    def acquire(self) -> "FolderLock":
+        key = str(self.path.resolve())
+        if key in FolderLock._held:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        import sys
+
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": " ".join(sys.argv)[:300]}
+        deadline = time.time() + self.wait
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+                FolderLock._held.add(key)
+                self.mine = True
+                return self
+            except FileExistsError:
+                h = self.holder()
+                if self._stale(h):
+                    why = "unreadable" if h is None else f"PID {h.get('pid')} on {h.get('host')} is gone"
+                    logger.warning(f"{self.folder}: taking over a stale lock ({self.path}: {why})")
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()
+                    continue
+                if time.time() >= deadline:
+                    raise FolderBusy(f"{self.folder}: in use by another {self.what} (PID {h.get('pid')} on "
+                                     f"{h.get('host')} since {h.get('started')}); wait for it to finish, use another "
+                                     f"folder, or delete {self.path} if that run is gone") from None
+                time.sleep(min(2.0, max(0.1, deadline - time.time())))
+
+    def release(self) -> None:
+        if self.mine:
+            FolderLock._held.discard(str(self.path.resolve()))
+            with contextlib.suppress(FileNotFoundError):
+                if (self.holder() or {}).get("pid") == os.getpid():
+                    self.path.unlink()
+            self.mine = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+@contextlib.contextmanager
+def output_run(output_dir, summaries=("summary.csv", "summary.json"), what: str = "run"):
+    """The start of a runner's run over ``output_dir``: take its :class:`FolderLock`, delete the temporaries a killed
+    earlier run left anywhere in it (``.*.part*``, see :func:`bundle.io.atomic_path`) and its old ``summaries`` (they
+    are rewritten at the end from this run's outputs, so a killed run never leaves the previous summary beside new
+    outputs). The lock is released when the block ends."""
+    out = Path(output_dir)
+    with FolderLock(out, what=what):
+        n = 0
+        for part in out.rglob(".*.part*"):
+            if part.is_file():
+                part.unlink(missing_ok=True)
+                n += 1
+        if n:
+            logger.info(f"{out}: removed {n} temporary file(s) left by a killed earlier run")
+        for name in summaries:
+            (out / name).unlink(missing_ok=True)
+        yield out

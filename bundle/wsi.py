@@ -374,15 +374,15 @@ def input_items(data, datalist_key: str = "testing") -> list:
     Raises:
         ImageError: one line naming ``data`` when it does not exist or holds no images or slides.
     """
-    from bundle.io import ImageError, load_datalist
+    from bundle.io import ImageError, datalist_items, load_datalist, with_names
 
     if isinstance(data, (list, tuple)):
-        return [d if isinstance(d, dict) else {"image": d} for d in data]
+        return datalist_items(data)
     p = Path(data)
     if p.is_file() and p.suffix.lower() == ".json":
         return load_datalist(p, datalist_key, fallback="training")
     if p.is_file():
-        return [{"image": str(p)}]
+        return with_names([{"image": str(p)}])
     if not p.is_dir():
         raise ImageError(f"{p}: no such file or folder")
     items = [{"image": str(f)} for f in sorted(p.iterdir()) if f.suffix.lower() in SLIDE_SUFFIXES]
@@ -392,4 +392,4 @@ def input_items(data, datalist_key: str = "testing") -> list:
         pass
     if not items:
         raise ImageError(f"{p}: folder has no images or slides")
-    return items
+    return with_names([{k: v for k, v in it.items() if k != "name"} for it in items])

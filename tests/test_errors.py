@@ -32,3 +32,33 @@ def test_error_line_falls_back_to_the_innermost_error():
     err = _wrapped(fail)
     assert error_line(err) == "ValueError: bad override value"  # first line only
     assert error_line(RuntimeError()) == "RuntimeError"
+
+
+def test_a_full_disk_says_so_and_names_the_file(tmp_path, monkeypatch):
+    """Issue 33, item 8: PIL turns ENOSPC into "'_idat' object has no attribute 'fileno'"; the last line must say
+    "No space left on device" and the path."""
+    import errno
+
+    import numpy as np
+    from PIL import Image
+
+    from bundle.errors import error_line
+    from bundle.io import write_image
+
+    def full_disk_save(self, fp, *a, **kw):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise AttributeError("'_idat' object has no attribute 'fileno'")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk_save)
+    target = tmp_path / "out" / "overlay.png"
+    try:
+        try:
+            write_image(target, np.zeros((8, 8, 3), np.uint8))
+        except Exception as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression: $@runner.run()") from e  # as monai.bundle wraps it
+    except RuntimeError as wrapped:
+        line = error_line(wrapped)
+    assert line.startswith("OSError: ") and "No space left on device" in line and str(target) in line
+    assert not target.exists() and not list(target.parent.glob("*.part*"))  # nothing half-written

@@ -135,3 +135,40 @@ def test_csv_cells_never_run_as_spreadsheet_formulas(tmp_path):
         with open(tmp_path / name, newline="") as f:
             got = next(csv.DictReader(f))
         assert got == {"image": "'" + row["image"], "x": "-3", "note": "'@SUM(1)", "plain": "tile_1", "neg": "'-1+2"}
+
+
+def test_bad_datalist_items_are_skipped_with_one_line(tmp_path, caplog):
+    """Issue 33, item 3: an item without an image path is skipped and named, not a KeyError while the config reads."""
+    import json
+    import logging
+
+    from bundle.io import load_datalist, write_image
+
+    write_image(tmp_path / "a.png", np.zeros((40, 40, 3), np.uint8))
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"testing": [{"img": "a.png"}, {"image": None}, "a.png", 7, {"image": "a.png"}]}))
+    with caplog.at_level(logging.WARNING, logger="bundle.io"):
+        items = load_datalist(dl, "testing")
+    assert [it["image"] for it in items] == [str(tmp_path / "a.png")] * 2
+    msgs = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(msgs) == 3 and all("\n" not in m and "dl.json" in m for m in msgs) and "item 0" in msgs[0]
+    assert len({it["name"] for it in items}) == 2  # the same file listed twice still writes two sets of outputs
+    dl.write_text(json.dumps({"testing": [{"img": "a.png"}]}))
+    with pytest.raises(ImageError, match="none of the 1 'testing' items"):
+        load_datalist(dl, "testing")
+
+
+def test_two_inputs_never_share_an_output_name(tmp_path):
+    """Issue 33, item 4: dup.png and dup.jpg, or one name in two folders, get distinct output names."""
+    from bundle.io import unique_names
+    from bundle.wsi import input_items
+
+    assert unique_names(["x/a.png", "x/b.png"]) == ["a", "b"]  # unique stems stay as they were
+    names = unique_names(["x/dup.png", "x/dup.jpg", "y/dup.png", "x/dup_png.png"])
+    assert len(set(names)) == 4 and names[1] == "dup_jpg"
+    from bundle.io import write_image
+
+    for n in ("dup.png", "dup.jpg", "solo.png"):
+        write_image(tmp_path / n, np.full((40, 40, 3), 200, np.uint8))
+    got = sorted(it["name"] for it in input_items(str(tmp_path)))
+    assert got == ["dup_jpg", "dup_png", "solo"]

@@ -232,3 +232,72 @@ def test_init_passes_the_shipped_weights_to_the_training_stages(root, tmp_path, 
     assert lf.init_checkpoint("models", "ki67/model.pt") == str((root / "models" / "ki67" / "model.pt").resolve())
     with pytest.raises(FileNotFoundError, match="--init checkpoint not found"):
         lf.init_checkpoint(str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("path", ["/data/$HOME/tiles", "$(touch x)", "@network_def", "%configs/train.json#x", "2024",
+                                  "a,b", "True", "/a/b::c", "/plain/path with space", "/data/user@host/x"])
+def test_user_paths_reach_the_config_as_literal_strings(path, tmp_path):
+    """Issue 33, item 2: a folder name must never be evaluated, resolved, expanded or turned into a number."""
+    from fire.parser import DefaultParseValue
+    from monai.bundle import ConfigParser
+
+    from bundle.label_free import bundle_command, config_literal
+
+    cmd = bundle_command("configs/inference.json", path, path)
+    arg = cmd[cmd.index("--dataset_dir") + 1]
+    assert arg == config_literal(path) and cmd[cmd.index("--bundle_root") + 1] == arg
+    parsed = ConfigParser({"dataset_dir": DefaultParseValue(arg), "network_def": 1})  # as monai.bundle run reads it
+    assert parsed.get_parsed_content("dataset_dir") == path
+    if path.startswith("/plain") or path == "/data/user@host/x":
+        assert arg == path  # plain paths stay readable in the logged command
+
+
+def test_killing_the_pipeline_stops_its_stage_and_the_folder_is_exclusive(tmp_path):
+    """Issue 33, items 5-6: SIGTERM to label_free stops the running stage too (it used to keep training and race the
+    rerun); a second run into a held bundle_root stops with one line; a dead holder's lock is taken over."""
+    import signal
+    import textwrap
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    script = textwrap.dedent(f"""
+        import sys
+        from bundle.label_free import run_stages
+        code = "import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+        child = [sys.executable, "-c", code]
+        run_stages([("slow", child, False)], {str(tmp_path / 'root')!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=child_env(), stderr=subprocess.PIPE, text=True)
+    for _ in range(300):
+        if pid_file.is_file() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    lock = json.loads((tmp_path / "root" / ".lock").read_text())
+    assert lock["pid"] == proc.pid
+    # a second run into the same bundle_root: one line naming the holder
+    busy = subprocess.run([sys.executable, "-m", "bundle.label_free", "--dataset_dir", str(tmp_path),
+                           "--bundle_root", str(tmp_path / "root"), "--stages", "psm"], env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+    last = [ln for ln in busy.stderr.splitlines() if ln.strip()][-1]
+    assert busy.returncode == 1 and "in use by another label-free run" in last and f"PID {proc.pid}" in last
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 128 + signal.SIGTERM
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the stage is gone with its parent
+    assert "stopped by signal SIGTERM" in proc.stderr.read()
+    assert not (tmp_path / "root" / ".lock").exists()  # released on the way out
+    # a lock whose holder is gone is stale: taken over
+    from bundle.runs import FolderLock, output_run
+
+    (tmp_path / "root" / ".lock").write_text(json.dumps({"pid": child, "host": __import__("socket").gethostname()}))
+    with FolderLock(tmp_path / "root") as lk:
+        assert json.loads(lk.path.read_text())["pid"] == os.getpid()
+    # a runner's output folder: temporaries of a killed run and its old summary are cleared at the start
+    out = tmp_path / "out"
+    (out / "points").mkdir(parents=True)
+    (out / "points" / ".a.csv.x1.part.csv").write_text("half")
+    (out / "summary.csv").write_text("old")
+    with output_run(out):
+        assert not list(out.rglob("*.part*")) and not (out / "summary.csv").exists()

@@ -14,6 +14,7 @@ from bundle.fseg.bank import ConceptBank, image_features
 from bundle.fseg.features import FeatureExtractor
 from bundle.fseg.segmentation import Factorisation, area_fractions, colour_overlay, palette
 from bundle.io import (
+    item_name,
     ImageError,
     datalist_items,
     read_rgb_or_skip,
@@ -75,7 +76,7 @@ class FSegRunner:
         res["feature_s"], res["factor_s"] = t1 - t0, time.perf_counter() - t1
         return res
 
-    def run_slide(self, path, centres: np.ndarray) -> dict:
+    def run_slide(self, path, centres: np.ndarray, name: str | None = None) -> dict:
         """Segment a whole-slide image tile by tile; writes its downsampled label map and overlay, returns its row."""
         from bundle.wsi import SlideTiles
 
@@ -105,7 +106,7 @@ class FSegRunner:
             level, downsample = slide.level, slide.downsample
         finally:
             slide.close()
-        stem = Path(path).stem
+        stem = name or Path(path).stem
         write_image(self.output_dir / "labels" / f"{stem}.png", lab_ds)
         if self.write_overlays:
             tissue = lab_ds != none
@@ -124,6 +125,15 @@ class FSegRunner:
         return row
 
     def run(self) -> dict:
+        """Process every input (see the class docstring) with ``output_dir`` locked to this run
+        (:func:`bundle.runs.output_run`: a second run into it stops with one line; a killed run's temporaries and
+        old summaries are cleared first). Returns the folder summary."""
+        from bundle.runs import output_run
+
+        with output_run(self.output_dir):
+            return self._run()
+
+    def _run(self) -> dict:
         from tqdm import tqdm
 
         centres = self.load_bank()  # a wrong bank stops before any image is read
@@ -136,7 +146,7 @@ class FSegRunner:
             path = it["image"]
             if is_wsi(path):
                 try:
-                    rows.append(self.run_slide(path, centres))
+                    rows.append(self.run_slide(path, centres, item_name(it)))
                 except (ValueError, FileNotFoundError) as e:
                     logger.warning(f"skipped {e}")
                     skipped.append(str(e))
@@ -144,7 +154,7 @@ class FSegRunner:
             rgb = read_rgb_or_skip(path, skipped, self.min_size)
             if rgb is None:
                 continue
-            stem = Path(path).stem
+            stem = item_name(it)
             res = self.segment_rgb(rgb, centres)
             labels = res["labels"].cpu().numpy()
             write_image(self.output_dir / "labels" / f"{stem}.png", labels.astype(np.uint8 if k <= 256 else np.uint16))

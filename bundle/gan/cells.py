@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from bundle.annotations import read_points
-from bundle.io import ImageError, datalist_items, read_rgb, write_csv, write_image, write_json, write_npy
+from bundle.io import ImageError, datalist_items, item_name, read_rgb, write_csv, write_image, write_json, write_npy
 from bundle.stain import (
     hematoxylin_concentration,
     lab_stats,
@@ -357,7 +357,7 @@ class CellExtractor:
             if self.max_cells and len(rows) > self.max_cells:
                 keep = np.sort(rng.choice(len(rows), self.max_cells, replace=False))
                 crops, rows = crops[keep], [rows[i] for i in keep]
-            stem = Path(path).stem
+            stem = item_name(it)
             for r in rows:
                 table.append({"index": len(table), "image": str(Path(path).resolve()), "image_name": stem, **r})
             all_crops.append(crops)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.io import ImageError, load_datalist, read_rgb, usable_items, write_csv, write_npy
+from bundle.io import ImageError, item_name, load_datalist, read_rgb, usable_items, write_csv, write_npy
 from bundle.ki67.points import ki67_points
-from bundle.ki67.pseudo_labels import CLASS_NAMES, IGNORE, NEGATIVE, Ki67PseudoLabeler, dab_fraction
+from bundle.ki67.positivity import DAB_THRESHOLD
+from bundle.ki67.pseudo_labels import CLASS_NAMES, IGNORE, NEGATIVE, Ki67PseudoLabeler, looks_like_he
 from bundle.runs import is_stale, settings_changed, split_items
 from bundle.scale import resample_factor
 
@@ -92,18 +93,22 @@ def label_radii(nucleus_diameter: float, disk_radius: float | None = None,
 
 def label_settings(nucleus_diameter: float, min_thickness: float = 0.0, disk_radius: float | None = None,
                    negative_threshold: str = "folder", label_seed: int = 0, ignore_radius: float | None = None,
-                   threshold: float = 0.5, teachers=(), teacher_point_mode: str = "peak") -> dict:
+                   threshold: float = 0.5, teachers=(), teacher_point_mode: str = "peak",
+                   dab_threshold: float | None = None) -> dict:
     """The record (``<label_dir>/settings.json``) of what :func:`prepare_ki67_labels` made a label folder with; a
     different record rebuilds the labels. Arguments as there (``teachers``: :func:`teacher_list`); settings that do
     not apply (the colour labeller's for a self-training round, the teachers' threshold for round 1) are None.
     ``teacher_point_mode`` is recorded only when it is not the default ``"peak"``, so folders written before it existed
-    stay valid."""
+    stay valid; ``dab_threshold`` (the absolute positivity rule, None = the folder-relative colour clusters before
+    2026-12-04) likewise only when set."""
     out = {"nucleus_diameter": float(nucleus_diameter), "min_thickness": float(min_thickness),
            "disk_radius": disk_radius, "negative_threshold": None if teachers else negative_threshold,
            "label_seed": None if teachers else int(label_seed), "ignore_radius": ignore_radius,
            "threshold": float(threshold) if teachers else None}
     if teachers and teacher_point_mode != "peak":
         out["teacher_point_mode"] = teacher_point_mode
+    if dab_threshold is not None:
+        out["dab_threshold"] = float(dab_threshold)
     return out
 
 
@@ -112,7 +117,8 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
                         datalist_key: str = "training", min_size: int = 64, teacher_ckpt=None,
                         base_channels: int = 16, threshold: float = 0.5, device="cpu",
                         min_thickness: float = 0.0, negative_threshold: str = "folder", label_seed: int = 0,
-                        mpp: float | None = None, teacher_point_mode: str = "peak") -> dict:
+                        mpp: float | None = None, teacher_point_mode: str = "peak",
+                        dab_threshold: float | None = DAB_THRESHOLD) -> dict:
     """Label-free 3-class training labels for every readable tile of ``data`` (folder or datalist).
 
     Round 1 (``teacher_ckpt=None``): fits :class:`Ki67PseudoLabeler` (``min_thickness`` and ``negative_threshold``
@@ -128,6 +134,9 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
     ``<label_dir>/<stem>.npy`` ((1, H, W) uint8 :func:`point_label`) and ``<label_dir>/points/<stem>.csv`` (``x, y,
     class``); a rerun reuses labels newer than their image (and teacher) when the label settings
     (``label_dir/settings.json``) are unchanged. Unreadable tiles are reported in one line and left out.
+    ``dab_threshold``: every cell's class, the colour labeller's and the teachers', follows the absolute DAB rule
+    (:mod:`bundle.ki67.positivity`, stain vectors estimated on the folder) so that no round learns positives a DAB
+    measurement rejects; ``None`` keeps the folder-relative colour clusters and the teachers' classes.
 
     Returns:
         ``{"training": [...], "validation": [...]}`` with items ``{"image", "label"}`` (held-back split, seeded).
@@ -136,14 +145,14 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
         d if isinstance(d, dict) else {"image": d} for d in data]
     label_dir = Path(label_dir)
     try:
-        usable = usable_items([{"image": it["image"]} for it in items], min_size=min_size)
+        usable = usable_items([{"image": it["image"], "name": item_name(it)} for it in items], min_size=min_size)
     except ImageError as e:
         raise ImageError(f"{data}: {e}") from None
-    good = [{"image": it["image"], "label": str(label_dir / f"{Path(it['image']).stem}.npy")} for it in usable]
+    good = [{"image": it["image"], "name": it["name"], "label": str(label_dir / f"{it['name']}.npy")} for it in usable]
     teachers = teacher_list(teacher_ckpt)
     redo = settings_changed(label_dir, label_settings(nucleus_diameter, min_thickness, disk_radius, negative_threshold,
                                                       label_seed, ignore_radius, threshold, teachers,
-                                                      teacher_point_mode))
+                                                      teacher_point_mode, dab_threshold))
     todo = [it for it in good if redo or is_stale(Path(it["label"]), it["image"], *teachers)]
     if todo:
         d = float(nucleus_diameter)
@@ -165,16 +174,26 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
                         f"{', '.join(teachers)}")
         else:
             labeler = Ki67PseudoLabeler(nucleus_diameter=d, seed=label_seed, min_thickness=min_thickness,
-                                        negative_threshold=negative_threshold)
+                                        negative_threshold=negative_threshold, dab_threshold=dab_threshold)
             labeler.fit([it["image"] for it in good])
+        if teachers and dab_threshold is not None:
+            from bundle.ki67.points import Ki67Cells
+            from bundle.ki67.positivity import ihc_stain_matrix
+
+            cells = Ki67Cells(nucleus_diameter=d, dab_threshold=dab_threshold)
+            step = max(1, len(good) // 32)
+            stain = ihc_stain_matrix([read_rgb(it["image"]) for it in good[::step]], name=str(data))[0]
         for it in todo:
             rgb = read_rgb(it["image"])
             if teachers:
                 prob = np.mean([predict_probability(n, rgb, device, tta=True, scale=f) for n, f in zip(nets, scales)],
                                axis=0)
                 pts, cls, _ = ki67_points(prob, threshold, d, point_mode=teacher_point_mode)
-                if dab_fraction(rgb) < 0.002:
-                    logger.warning(f"{it['image']}: no DAB (brown) signal - is this an H&E image? 0 positive cells")
+                if dab_threshold is not None:
+                    cls = cells.classify(rgb, pts, cls, stain)[0]
+                if looks_like_he(rgb):
+                    logger.warning(f"{it['image']}: no DAB (brown) signal and H&E colours - is this an H&E image? 0 "
+                                   "positive cells")
                     cls = np.full(len(pts), NEGATIVE, np.uint8)
             else:
                 with warnings.catch_warnings(record=True) as caught:
@@ -184,7 +203,7 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
                     logger.warning(str(w.message))
             lab = point_label(pts, cls, rgb.shape[:2], r_disk, r_ign)
             write_npy(it["label"], lab[None])
-            stem = Path(it["image"]).stem
+            stem = it["name"]
             rows = [{"x": int(c), "y": int(r), "class": CLASS_NAMES[int(k)]} for (r, c), k in zip(pts, cls)]
             csv_path = label_dir / "points" / f"{stem}.csv"
             write_csv(csv_path, rows, fieldnames=("x", "y", "class"))

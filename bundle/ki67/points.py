@@ -8,9 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bundle.ki67.positivity import CELL_RADIUS, DAB_THRESHOLD
 from bundle.ki67.pseudo_labels import CLASS_COLOURS, NEGATIVE, POSITIVE
 
-__all__ = ["Ki67Cells", "POINT_MODES", "check_point_mode", "ki67_points", "region_centroids", "overlay_points"]
+__all__ = [
+    "Ki67Cells", "POINT_MODES", "POSITIVITY_RULES", "check_point_mode", "ki67_points", "region_centroids",
+    "overlay_points"
+]
 
 # ------------------------------------------------------------------------------------------------ inference
 POINT_MODES = ("centroid", "peak")
@@ -105,20 +109,54 @@ def overlay_points(rgb: np.ndarray, points: np.ndarray, classes: np.ndarray, rad
     return out
 
 
+POSITIVITY_RULES = ("dab", "network")
+
+
 @dataclass
 class Ki67Cells:
     """How a Ki-67 probability map becomes cells: :func:`ki67_points` (foreground ``threshold``, ``nucleus_diameter``
-    in px, ``point_mode`` ``"centroid"`` of each cell's region or its probability ``"peak"``), the GeoJSON marker
-    (a 12-gon of ``marker_radius`` px) and the no-DAB rule (an image whose brown pixel fraction is below
-    ``min_dab_fraction`` gets zero positives and a warning: an H&E tile in IHC mode)."""
+    in px, ``point_mode`` ``"centroid"`` of each cell's region or its probability ``"peak"``), each cell's class,
+    the GeoJSON marker (a 12-gon of ``marker_radius`` px) and the no-DAB rule (an image whose brown pixel fraction is
+    below ``min_dab_fraction`` gets zero positives, no index and a warning: an H&E tile in IHC mode).
+
+    ``positivity`` ``"dab"`` (default): a cell is positive when the mean DAB OD of its nucleus core (a disk of
+    ``cell_radius`` x ``nucleus_diameter`` px, :mod:`bundle.ki67.positivity`) is at least ``dab_threshold``; the
+    network only says where the cells are. ``"network"``: the network's own class (before 2026-12-04; its positive
+    class was learnt from a folder-relative colour cluster, wrong on low-proliferation tissue).
+    """
 
     threshold: float = 0.5
     nucleus_diameter: float = 20.0
     point_mode: str = "centroid"
     marker_radius: float = 4.0
     min_dab_fraction: float = 0.002
+    dab_threshold: float = DAB_THRESHOLD
+    positivity: str = "dab"
+    cell_radius: float = CELL_RADIUS
 
     def __post_init__(self):
         self.threshold, self.nucleus_diameter = float(self.threshold), float(self.nucleus_diameter)
         self.marker_radius, self.min_dab_fraction = float(self.marker_radius), float(self.min_dab_fraction)
         self.point_mode = check_point_mode(self.point_mode)
+        self.dab_threshold, self.cell_radius = float(self.dab_threshold), float(self.cell_radius)
+        if not np.isfinite(self.dab_threshold) or self.dab_threshold <= 0:
+            raise ValueError(f"dab_threshold must be a positive DAB optical density (e.g. {DAB_THRESHOLD}), "
+                             f"got {self.dab_threshold}")
+        if self.positivity not in POSITIVITY_RULES:
+            raise ValueError(f"unknown positivity {self.positivity!r}; use one of {', '.join(POSITIVITY_RULES)}")
+
+    @property
+    def dab_radius(self) -> float:
+        """Radius (px) of the disk each cell's DAB OD is measured in."""
+        return max(1.0, self.cell_radius * self.nucleus_diameter)
+
+    def classify(self, rgb: np.ndarray, points: np.ndarray, classes: np.ndarray, matrix=None):
+        """(classes (N,) uint8, dab (N,) float32 mean DAB OD per cell) of the cells at ``points`` in ``rgb``
+        (deconvolved with the stain ``matrix``, :func:`bundle.ki67.positivity.ihc_stain_matrix`); ``classes`` (the
+        network's) are returned unchanged when ``positivity`` is ``"network"``."""
+        from bundle.ki67.positivity import cell_dab, classify_by_dab, dab_density
+
+        dab = cell_dab(dab_density(rgb, matrix), points, self.dab_radius) if len(points) else np.zeros(0, np.float32)
+        if self.positivity == "dab":
+            classes = classify_by_dab(dab, self.dab_threshold)
+        return np.asarray(classes, np.uint8), dab

@@ -13,13 +13,14 @@ from typing import Sequence
 import numpy as np
 
 from bundle.io import read_rgb
+from bundle.ki67.positivity import DAB_THRESHOLD
 from bundle.stain import hd_from_od, optical_density
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKGROUND", "POSITIVE", "NEGATIVE", "IGNORE", "CLASS_NAMES", "CLASS_COLOURS", "NoDABWarning",
-    "dab_fraction", "blob_points", "Ki67PseudoLabeler"
+    "dab_fraction", "he_fraction", "looks_like_he", "blob_points", "Ki67PseudoLabeler"
 ]
 
 BACKGROUND, POSITIVE, NEGATIVE, IGNORE = 0, 1, 2, 255
@@ -45,6 +46,27 @@ def dab_fraction(rgb: np.ndarray, margin: float = 10.0, min_od: float = 0.6) -> 
     brown = (f[..., 0] - f[..., 1] > margin) & (f[..., 1] - f[..., 2] > margin)
     od = -np.log((f + 1) / 256).sum(-1)
     return float((brown & (od > min_od)).mean())
+
+
+def he_fraction(rgb: np.ndarray, margin: float = 10.0, min_od: float = 0.3) -> float:
+    """Fraction of stained pixels (summed OD > ``min_od``) whose green is the lowest channel by ``margin`` grey levels
+    on both sides: the pink / purple of H&E (eosin and haematoxylin under eosin). MoNuSeg and WSSS4LUAD H&E tiles
+    give 0.76-0.99, BCData Ki-67 tiles and scikit-image's ``ihc.png`` (blue haematoxylin counterstain, brown DAB)
+    0.0004-0.011."""
+    f = np.asarray(rgb, np.float32)
+    od = -np.log((f + 1) / 256).sum(-1)
+    stained = od > min_od
+    if not stained.any():
+        return 0.0
+    pink = (f[..., 0] - f[..., 1] > margin) & (f[..., 2] - f[..., 1] > margin)
+    return float(pink[stained].mean())
+
+
+def looks_like_he(rgb: np.ndarray, min_dab_fraction: float = 0.002, min_he_fraction: float = 0.3) -> bool:
+    """True for an image that the IHC mode must not count: no brown (:func:`dab_fraction` < ``min_dab_fraction``) and
+    H&E colours (:func:`he_fraction` >= ``min_he_fraction``). A DAB IHC tile without brown (every nucleus Ki-67
+    negative: blue counterstain only) is *not* H&E: its index is a valid 0."""
+    return dab_fraction(rgb) < min_dab_fraction and he_fraction(rgb) >= min_he_fraction
 
 
 def blob_points(mask: np.ndarray, min_distance: int, min_area: int, min_thickness: float = 0.0) -> np.ndarray:
@@ -96,13 +118,20 @@ class Ki67PseudoLabeler:
             0 = off). Spindle-shaped stromal nuclei are thin streaks that BCData does not annotate.
         negative_threshold: ``"folder"`` (one Otsu haematoxylin threshold for the folder, fitted) or ``"tile"``
             (each tile's own Otsu threshold of its non-positive pixels, as the H&E teacher does per image).
+        dab_threshold: the absolute positivity rule (:mod:`bundle.ki67.positivity`): every blob is measured, and a
+            cell is positive only when the mean DAB OD of its core reaches this; a brown-cluster blob below it is
+            left out (neither a clear positive nor a haematoxylin nucleus), a haematoxylin blob above it becomes
+            positive. ``None``: the folder-relative colour clusters alone (before 2026-12-04).
+        stain: (3, 3) haematoxylin-DAB stain matrix (:func:`bundle.ki67.positivity.ihc_stain_matrix`); default:
+            estimated by :meth:`fit` on the same tiles.
 
     Use: ``lab = Ki67PseudoLabeler().fit(list_of_rgb)``, then ``points, classes = lab.points(rgb)``.
     """
 
     def __init__(self, nucleus_diameter: float = 20.0, sigma: float = 1.5, n_clusters: int = 4,
                  min_dab_fraction: float = 0.002, h_threshold: float | None = None, seed: int = 0,
-                 max_pixels: int = 400_000, min_thickness: float = 0.0, negative_threshold: str = "folder"):
+                 max_pixels: int = 400_000, min_thickness: float = 0.0, negative_threshold: str = "folder",
+                 dab_threshold: float | None = DAB_THRESHOLD, stain=None):
         if negative_threshold not in ("folder", "tile"):
             raise ValueError(f"negative_threshold must be 'folder' or 'tile', got {negative_threshold!r}")
         self.negative_threshold = negative_threshold
@@ -112,6 +141,8 @@ class Ki67PseudoLabeler:
         self.min_dab_fraction, self.h_threshold, self.max_pixels = float(min_dab_fraction), h_threshold, max_pixels
         self.km = None
         self.positive_clusters: list[int] = []
+        self.dab_threshold = None if dab_threshold is None else float(dab_threshold)
+        self.stain = stain
 
     @property
     def min_distance(self) -> int:
@@ -139,13 +170,19 @@ class Ki67PseudoLabeler:
             raise ValueError("Ki67PseudoLabeler.fit needs at least one image")
         rng = np.random.default_rng(self.seed)
         per = max(1000, self.max_pixels // len(images))
-        feats, hs = [], []
+        feats, hs, rgbs = [], [], []
         for im in images:
             rgb = read_rgb(im) if isinstance(im, (str, Path)) else np.asarray(im)
+            if self.dab_threshold is not None and self.stain is None and len(rgbs) < 32:
+                rgbs.append(rgb)
             od, h = self._features(rgb)
             idx = rng.choice(od.shape[0] * od.shape[1], size=min(per, od.shape[0] * od.shape[1]), replace=False)
             feats.append(od.reshape(-1, 3)[idx])
             hs.append((h.reshape(-1)[idx], rgb))
+        if self.dab_threshold is not None and self.stain is None:
+            from bundle.ki67.positivity import ihc_stain_matrix
+
+            self.stain = ihc_stain_matrix(rgbs, seed=self.seed, name="Ki-67 pseudo labels")[0]
         X = np.concatenate(feats)
         k = min(self.n_clusters, max(2, len(np.unique(X.round(3), axis=0))))
         self.km = KMeans(k, n_init=3, random_state=self.seed).fit(X)
@@ -187,20 +224,30 @@ class Ki67PseudoLabeler:
     def points(self, rgb: np.ndarray, path: str = "image"):
         """(points (N, 2) int (row, col), classes (N,) uint8 in {1 positive, 2 negative}) of one tile.
 
-        An image without DAB signal (:func:`dab_fraction` < ``min_dab_fraction``) has all its nuclei negative
-        and raises a :class:`NoDABWarning` naming ``path``.
+        An H&E image (:func:`looks_like_he`: no brown, H&E colours) has all its nuclei negative and raises a
+        :class:`NoDABWarning` naming ``path``.
         """
         from bundle.points import merge_close_points
 
         rgb = np.asarray(rgb)
         mp, mn = self.masks(rgb)
-        if dab_fraction(rgb) < self.min_dab_fraction:
-            warnings.warn(f"{path}: no DAB (brown) signal - is this an H&E image? reporting 0 positive cells",
+        if looks_like_he(rgb, self.min_dab_fraction):
+            warnings.warn(f"{path}: no DAB (brown) signal and H&E colours - is this an H&E image? reporting 0 positive "
+                          "cells",
                           NoDABWarning, stacklevel=2)
             mn = mn | mp
             mp = np.zeros_like(mp)
         a = blob_points(mp, self.min_distance, self.min_area, self.min_thickness)
         b = blob_points(mn, self.min_distance, self.min_area, self.min_thickness)
+        if self.dab_threshold is not None and len(a) + len(b):
+            from bundle.ki67.positivity import CELL_RADIUS, cell_dab, dab_density
+
+            dab = dab_density(rgb, self.stain)
+            r = max(1.0, CELL_RADIUS * self.d)
+            a = a[cell_dab(dab, a, r) >= self.dab_threshold] if len(a) else a
+            if len(b) and mp.any():  # a haematoxylin blob whose core is brown is a positive the clusters missed
+                up = cell_dab(dab, b, r) >= self.dab_threshold
+                a, b = np.concatenate([a, b[up]]).reshape(-1, 2), b[~up]
         pts = np.concatenate([a, b]).reshape(-1, 2)
         cls = np.r_[np.full(len(a), POSITIVE), np.full(len(b), NEGATIVE)].astype(np.uint8)
         if len(pts) > 1:  # positives win over negatives found at the same nucleus

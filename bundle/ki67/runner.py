@@ -20,13 +20,15 @@ The PSM paper reports multi-class Ki-67 detection but its code has none; this is
    ring around each disk; written as ``.npy`` by :func:`prepare_ki67_labels` for ``configs/ki67_train.json`` (the
    ``det_train`` machinery with a ResUNet-34, ``out_channels`` 3).
 3. **Per-class points** (:func:`ki67_points`): peaks of ``1 - P(background)`` (:func:`bundle.labels.
-   points_from_probability`), each given the class with the larger smoothed probability and placed at the centroid
-   of its region of the foreground.
-4. :class:`Ki67Runner` (``configs/ki67_infer.json``): per image a points CSV ``image,x,y,class,score``, a QuPath
-   GeoJSON (small classified polygons, Positive / Negative), an overlay (positive red, negative blue), counts and
-   the Ki-67 index; ``summary.csv`` / ``summary.json`` over the folder. ``stain="he"`` runs the H&E nuclei
-   workflow (:class:`bundle.nuclei.runner.NucleiRunner`) instead. An image without DAB (brown) signal, e.g. an H&E tile
-   given to the IHC mode, gets zero positives and a warning.
+   points_from_probability`), each placed at the centroid of its region of the foreground; its class comes from the
+   absolute DAB rule (:mod:`bundle.ki67.positivity`: mean DAB OD of the nucleus core >= ``dab_threshold``, stain
+   vectors estimated on the folder or slide), not from the network, so that a folder without brown nuclei gets none.
+4. :class:`Ki67Runner` (``configs/ki67_infer.json``): per image a points CSV ``image,x,y,class,score,dab_od``, a
+   QuPath GeoJSON (small classified polygons, Positive / Negative, measurement ``DAB OD mean``), an overlay (positive
+   red, negative blue), counts and the Ki-67 index with its 95 % Wilson interval; ``summary.csv`` / ``summary.json``
+   over the folder and ``dab_histogram.png`` (every cell's DAB OD, the threshold marked). ``stain="he"`` runs the
+   H&E nuclei workflow (:class:`bundle.nuclei.runner.NucleiRunner`) instead. An H&E image given to the IHC mode (no
+   brown, H&E colours: :func:`looks_like_he`) gets zero positives, no index and a warning.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.io import ImageError, read_rgb, write_csv, write_image, write_json
+from bundle.io import ImageError, item_name, read_rgb, write_csv, write_image, write_json
 from bundle.ki67.points import Ki67Cells, circle_polygon, ki67_points, overlay_points
+from bundle.ki67.positivity import DABHistogram, wilson_interval
 from bundle.ki67.pseudo_labels import (
     CLASS_COLOURS,
     CLASS_NAMES,
@@ -50,23 +53,40 @@ from bundle.ki67.pseudo_labels import (
     Ki67PseudoLabeler,
     NoDABWarning,
     dab_fraction,
+    looks_like_he,
 )
 from bundle.nuclei.handlers import NucleiImageHandler
 from bundle.runs import POINT_FIELDS, run_items
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Ki67Runner", "Ki67ImageHandler", "stain_runner"]
+__all__ = ["Ki67Runner", "Ki67ImageHandler", "stain_runner", "index_fields", "INDEX_FIELDS", "KI67_POINT_FIELDS"]
+
+KI67_POINT_FIELDS = (*POINT_FIELDS, "dab_od")  # the points CSV: every workflow's columns + each cell's DAB OD
+INDEX_FIELDS = ("ki67_index", "ki67_index_ci_low", "ki67_index_ci_high")
+
+
+def index_fields(n_pos: int, n_neg: int, valid: bool = True, digits: int | None = 4) -> dict:
+    """``ki67_index`` (positive / all cells) with its 95 % Wilson interval; empty strings when ``valid`` is false
+    (no DAB signal: no index is reported as if it were one) and index 0 with interval (0, 1) for no cells."""
+    if not valid:
+        return dict.fromkeys(INDEX_FIELDS, "")
+    n = n_pos + n_neg
+    lo, hi = wilson_interval(n_pos, n)
+    vals = (n_pos / n if n else 0.0, lo, hi)
+    return {k: (round(v, digits) if digits is not None else float(v)) for k, v in zip(INDEX_FIELDS, vals)}
 
 
 class Ki67Runner:
     """Ki-67 positive / negative cells for a folder, a datalist or single images (label-free).
 
-    Per image ``<stem>`` in ``output_dir``: ``points/<stem>.csv`` (``image,x,y,class,score``; x = column, y = row,
-    class ``Positive`` / ``Negative``), ``geojson/<stem>.geojson`` (QuPath detections: 12-gon of radius
-    ``marker_radius`` per cell, classification Positive red / Negative blue), ``overlays/<stem>.png`` (positive red,
-    negative blue rings); then ``summary.csv`` (per image: n_positive, n_negative, n_cells, ki67_index, dab_fraction,
-    seconds) and ``summary.json`` (folder totals, folder Ki-67 index, skipped files).
+    Per image ``<stem>`` in ``output_dir``: ``points/<stem>.csv`` (``image,x,y,class,score,dab_od``; x = column,
+    y = row, class ``Positive`` / ``Negative``, dab_od the cell's mean nucleus DAB OD that decided it),
+    ``geojson/<stem>.geojson`` (QuPath detections: 12-gon of radius ``marker_radius`` per cell, classification
+    Positive red / Negative blue, measurements ``score`` and ``DAB OD mean``), ``overlays/<stem>.png`` (positive red,
+    negative blue rings); then ``summary.csv`` (per image: n_positive, n_negative, n_cells, ki67_index with
+    ki67_index_ci_low / _high (95 % Wilson), dab_fraction, seconds, note), ``summary.json`` (folder totals, folder
+    Ki-67 index and interval, the stain vectors used, the threshold, skipped files) and ``dab_histogram.png``.
 
     Whole slides (pyramidal TIFF / SVS ..., :func:`bundle.wsi.is_wsi`; ``method="network"`` only) are streamed tile by
     tile over the tissue (:class:`bundle.wsi.SlideTiles` with its IHC tissue mask, ``wsi_*`` options as in
@@ -75,9 +95,9 @@ class Ki67Runner:
     and GeoJSON are in level-0 pixels and written tile by tile; ``tiles/<stem>.csv`` holds the counts and index of
     every tile (level-0 ``x, y`` of its top-left corner); the overlay is the slide's thumbnail with positive cells red
     and negative blue; the summary row adds ``tiles`` and the **hotspot**: the highest tile index among tiles with at
-    least ``hotspot_min_cells`` cells (``hotspot_ki67_index``, ``hotspot_x``, ``hotspot_y``, ``hotspot_cells``). The
-    no-DAB rule is applied once per slide, on the tissue of its thumbnail, not per tile (a tile of negative tumour has
-    no brown; glass would dilute the fraction).
+    least ``hotspot_min_cells`` cells (``hotspot_ki67_index`` with its Wilson interval, ``hotspot_x``, ``hotspot_y``,
+    ``hotspot_cells``). The stain vectors and the H&E check come once per slide, from the tissue of its thumbnail, not
+    per tile (a tile of negative tumour has no brown; glass would dilute the fraction).
 
     Args:
         network: 3-class (background / positive / negative) per-pixel classifier (``method="network"``).
@@ -114,7 +134,8 @@ class Ki67Runner:
         self.hotspot_min_cells = int(hotspot_min_cells)
         if self.hotspot_min_cells < 0:
             raise ValueError(f"hotspot_min_cells must be >= 0, got {hotspot_min_cells}")
-        self.labeler = None
+        self.labeler, self.stain, self.stain_source = None, None, None
+        self.histogram = DABHistogram()
 
     @property
     def resample(self) -> float:
@@ -127,8 +148,10 @@ class Ki67Runner:
 
         return input_items(self.data, self.datalist_key)
 
-    def detect(self, rgb: np.ndarray, path: str = "image"):
-        """(H, W, 3) uint8 -> (points (N, 2) (row, col), classes (N,), scores (N,), dab_fraction)."""
+    def detect(self, rgb: np.ndarray, path: str = "image", matrix=None):
+        """(H, W, 3) uint8 -> (points (N, 2) (row, col), classes (N,), scores (N,), DAB OD (N,), dab_fraction).
+
+        ``matrix``: the stain matrix of the folder or slide (default :attr:`stain`)."""
         frac = dab_fraction(rgb)
         if self.method == "classical":
             with warnings.catch_warnings():
@@ -139,38 +162,51 @@ class Ki67Runner:
             prob = self.predictor(self.network, rgb, self.device)
             c = self.cells
             pts, cls, score = ki67_points(prob, c.threshold, c.nucleus_diameter, point_mode=c.point_mode)
-        if frac < self.cells.min_dab_fraction:
+        cls, dab = self.cells.classify(rgb, pts, cls, self.stain if matrix is None else matrix)
+        if looks_like_he(rgb, self.cells.min_dab_fraction):
             n_pos = int((cls == POSITIVE).sum())
-            logger.warning(f"{path}: no DAB (brown) signal (brown pixel fraction {frac:.4f}) - is this an H&E image? "
-                           f"reporting 0 positive cells ({n_pos} network positive(s) relabelled negative)")
+            logger.warning(f"{path}: no DAB (brown) signal (brown pixel fraction {frac:.4f}) and H&E colours - is this "
+                           f"an H&E image? reporting 0 positive cells and no Ki-67 index ({n_pos} positive(s) "
+                           "relabelled negative)")
             cls = np.full(len(pts), NEGATIVE, np.uint8)
-        return pts, cls, score, frac
+        return pts, cls, score, dab, frac
+
+    def _cell_rows(self, stem, yx, cls, score, dab):
+        """Points CSV rows and GeoJSON properties of cells at (row, col) ``yx``."""
+        rows = [{"image": stem, "x": round(float(x), 2), "y": round(float(y), 2), "class": CLASS_NAMES[int(k)],
+                 "score": round(float(s), 4), "dab_od": round(float(d), 4)}
+                for (y, x), k, s, d in zip(yx, cls, score, dab)]
+        props = [{"classification": {"name": CLASS_NAMES[int(k)], "color": list(CLASS_COLOURS[int(k)])},
+                  "measurements": {"score": round(float(s), 4), "DAB OD mean": round(float(d), 4)}}
+                 for k, s, d in zip(cls, score, dab)]
+        return rows, props
 
     def run_image(self, item) -> dict:
         from bundle.io import write_geojson
 
         path = item["image"]
         rgb = read_rgb(path, min_size=32)
-        stem = Path(path).stem
+        stem = item_name(item)
         t0 = time.perf_counter()
-        pts, cls, score, frac = self.detect(rgb, path)
+        pts, cls, score, dab, frac = self.detect(rgb, path)
         sec = time.perf_counter() - t0
-        rows = [{"image": stem, "x": int(c), "y": int(r), "class": CLASS_NAMES[int(k)], "score": round(float(s), 4)}
-                for (r, c), k, s in zip(pts, cls, score)]
-        csv_path = self.output_dir / "points" / f"{stem}.csv"
-        write_csv(csv_path, rows, fieldnames=POINT_FIELDS)
+        rows, props = self._cell_rows(stem, pts.astype(np.int64), cls, score, dab)
+        for r in rows:
+            r["x"], r["y"] = int(r["x"]), int(r["y"])
+        write_csv(self.output_dir / "points" / f"{stem}.csv", rows, fieldnames=KI67_POINT_FIELDS)
         polys = [circle_polygon(r, c, self.cells.marker_radius) for r, c in pts]
-        props = [{"classification": {"name": CLASS_NAMES[int(k)], "color": list(CLASS_COLOURS[int(k)])},
-                  "measurements": {"score": round(float(s), 4)}} for k, s in zip(cls, score)]
         write_geojson(self.output_dir / "geojson" / f"{stem}.geojson", polys, props)
         if self.write_overlays:
             write_image(self.output_dir / "overlays" / f"{stem}.png",
                         overlay_points(rgb, pts, cls, radius=max(2, int(round(self.cells.nucleus_diameter / 3)))))
+        no_dab = looks_like_he(rgb, self.cells.min_dab_fraction)
+        if not no_dab:
+            self.histogram.add(dab)
         n_pos, n_neg = int((cls == POSITIVE).sum()), int((cls == NEGATIVE).sum())
         return {"image": stem, "n_positive": n_pos, "n_negative": n_neg, "n_cells": n_pos + n_neg,
-                "ki67_index": round(n_pos / (n_pos + n_neg), 4) if n_pos + n_neg else 0.0,
-                "dab_fraction": round(frac, 4), "seconds": round(sec, 3), "height": rgb.shape[0],
-                "width": rgb.shape[1]}
+                **index_fields(n_pos, n_neg, valid=not no_dab), "dab_fraction": round(frac, 4),
+                "seconds": round(sec, 3), "height": rgb.shape[0], "width": rgb.shape[1],
+                "note": "H&E: no DAB signal" if no_dab else ""}
 
     def run_slide(self, item) -> dict:
         """One whole slide, streamed tile by tile (see the class docstring)."""
@@ -179,7 +215,7 @@ class Ki67Runner:
         path = item["image"]
         if self.method != "network":
             raise ValueError(f"{path}: whole slides need method 'network' (the classical labeller is fitted on tiles)")
-        stem = Path(path).stem
+        stem = item_name(item)
         outputs = (self.output_dir / "points" / f"{stem}.csv", self.output_dir / "geojson" / f"{stem}.geojson")
         for out in outputs:  # a killed earlier run of this slide leaves its temporaries behind
             remove_stale_parts(out)
@@ -200,58 +236,70 @@ class Ki67Runner:
         thumb, tissue = slide.thumbnail(max_side=2048), slide.mask  # the mask is made from the same thumbnail
         frac = dab_fraction(thumb[tissue]) if tissue.any() else 0.0
         tiles = slide.core_tiles()
-        no_dab = bool(tiles) and frac < self.cells.min_dab_fraction
+        matrix = self.fit_stain([thumb[tissue][:, None]] if tissue.any() else [], path)
+        no_dab = bool(tiles) and looks_like_he(thumb[tissue][:, None], self.cells.min_dab_fraction)
         if no_dab:
             logger.warning(f"{path}: no DAB (brown) signal (brown pixel fraction {frac:.4f} of the thumbnail's tissue) "
-                           "- is this an H&E slide? reporting 0 positive cells")
+                           "and H&E colours - is this an H&E slide? reporting 0 positive cells and no Ki-67 index")
         if not tiles:
             logger.warning(f"{path}: no tissue found; writing empty outputs")
         h_threshold = (slide.hematoxylin_threshold() or None) if tiles and input_channels(self.network) == 4 else None
         tile_rows = []
         ov = thumb.copy() if self.write_overlays else None
         s = thumb.shape[0] / slide.level_sizes[0][0]  # level-0 px -> thumbnail px
-        with streamed_outputs(outputs[0], POINT_FIELDS, outputs[1]) as add:
+        with streamed_outputs(outputs[0], KI67_POINT_FIELDS, outputs[1]) as add:
             for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):
                 prob = self.predictor(self.network, rgb, self.device, h_threshold)
                 cl = self.cells
                 pts, cls, score = ki67_points(prob, cl.threshold, cl.nucleus_diameter, point_mode=cl.point_mode)
+                cls, dab = cl.classify(rgb, pts, cls, matrix)
                 if no_dab:
                     cls = np.full(len(pts), NEGATIVE, np.uint8)
                 off_r, off_c = slide.last_offset
                 core = ((pts[:, 0] >= off_r) & (pts[:, 0] < off_r + min(slide.tile_size, slide.size[0] - r))
                         & (pts[:, 1] >= off_c) & (pts[:, 1] < off_c + min(slide.tile_size, slide.size[1] - c)))
-                pts, cls, score = pts[core], cls[core], score[core]
+                pts, cls, score, dab = pts[core], cls[core], score[core], dab[core]
+                if not no_dab:
+                    self.histogram.add(dab)
                 yx = (pts - np.array([off_r, off_c]) + np.array([r, c])) * ds  # level-0 pixels
-                rows = [{"image": stem, "x": round(float(x), 2), "y": round(float(y), 2), "class": CLASS_NAMES[int(k)],
-                         "score": round(float(sc), 4)} for (y, x), k, sc in zip(yx, cls, score)]
-                add(rows, [circle_polygon(y, x, self.cells.marker_radius * ds) for y, x in yx],
-                    [{"classification": {"name": CLASS_NAMES[int(k)], "color": list(CLASS_COLOURS[int(k)])},
-                      "measurements": {"score": round(float(sc), 4)}} for k, sc in zip(cls, score)])
+                rows, props = self._cell_rows(stem, yx, cls, score, dab)
+                add(rows, [circle_polygon(y, x, self.cells.marker_radius * ds) for y, x in yx], props)
                 n_pos, n_neg = int((cls == POSITIVE).sum()), int((cls == NEGATIVE).sum())
                 tile_rows.append({"x": round(c * ds), "y": round(r * ds), "n_positive": n_pos, "n_negative": n_neg,
-                                  "n_cells": n_pos + n_neg,
-                                  "ki67_index": round(n_pos / (n_pos + n_neg), 4) if n_pos + n_neg else 0.0})
+                                  "n_cells": n_pos + n_neg, **index_fields(n_pos, n_neg, valid=not no_dab)})
                 if ov is not None:  # cells drawn as they come: nothing kept per cell
                     for (y, x), k in zip((yx * s).astype(int), cls):
                         ov[max(0, y - 1): y + 2, max(0, x - 1): x + 2] = CLASS_COLOURS[int(k)]
         write_csv(self.output_dir / "tiles" / f"{stem}.csv", tile_rows,
-                  fieldnames=("x", "y", "n_positive", "n_negative", "n_cells", "ki67_index"))
+                  fieldnames=("x", "y", "n_positive", "n_negative", "n_cells", *INDEX_FIELDS))
         if ov is not None:
             write_image(self.output_dir / "overlays" / f"{stem}.png", ov)
         n_pos = int(sum(t["n_positive"] for t in tile_rows))
         n_neg = int(sum(t["n_negative"] for t in tile_rows))
-        hot = max((t for t in tile_rows if t["n_cells"] >= self.hotspot_min_cells), key=lambda t: t["ki67_index"],
-                  default=None)
-        if hot is None and tile_rows:
+        hot = None if no_dab else max((t for t in tile_rows if t["n_cells"] >= self.hotspot_min_cells),
+                                      key=lambda t: t["ki67_index"], default=None)
+        if hot is None and tile_rows and not no_dab:
             logger.warning(f"{path}: no tile has {self.hotspot_min_cells} cells; no hotspot reported")
         return {"image": stem, "n_positive": n_pos, "n_negative": n_neg, "n_cells": n_pos + n_neg,
-                "ki67_index": round(n_pos / (n_pos + n_neg), 4) if n_pos + n_neg else 0.0,
+                **index_fields(n_pos, n_neg, valid=not no_dab and bool(tiles)),
                 "dab_fraction": round(frac, 4), "seconds": round(time.perf_counter() - t0, 3),
-                "height": slide.level_sizes[0][0], "width": slide.level_sizes[0][1], "tiles": len(tile_rows),
-                "hotspot_ki67_index": hot["ki67_index"] if hot else "", "hotspot_x": hot["x"] if hot else "",
-                "hotspot_y": hot["y"] if hot else "", "hotspot_cells": hot["n_cells"] if hot else ""}
+                "height": slide.level_sizes[0][0], "width": slide.level_sizes[0][1],
+                "note": "H&E: no DAB signal" if no_dab else ("no tissue" if not tiles else ""), "tiles": len(tile_rows),
+                "hotspot_ki67_index": hot["ki67_index"] if hot else "", "hotspot_ki67_index_ci_low":
+                hot["ki67_index_ci_low"] if hot else "", "hotspot_ki67_index_ci_high": hot["ki67_index_ci_high"] if hot
+                else "", "hotspot_x": hot["x"] if hot else "", "hotspot_y": hot["y"] if hot else "",
+                "hotspot_cells": hot["n_cells"] if hot else ""}
 
     def run(self) -> dict:
+        """Process every input (see the class docstring) with ``output_dir`` locked to this run
+        (:func:`bundle.runs.output_run`: a second run into it stops with one line; a killed run's temporaries and
+        old summaries are cleared first). Returns the folder summary."""
+        from bundle.runs import output_run
+
+        with output_run(self.output_dir):
+            return self._run()
+
+    def _run(self) -> dict:
 
         from bundle.checkpoints import load_network_weights
 
@@ -279,28 +327,71 @@ class Ki67Runner:
                 logger.warning(f"skipped {e}")
                 skipped.append(str(e))
         tile_paths = [it["image"] for it in readable if not is_wsi(it["image"])]
+        self.histogram = DABHistogram()
+        self.stain = self.fit_stain(tile_paths, str(self.data)) if tile_paths else None
         if self.method == "classical" and tile_paths:
+            dab_rule = self.cells.dab_threshold if self.cells.positivity == "dab" else None
             self.labeler = Ki67PseudoLabeler(self.cells.nucleus_diameter, min_dab_fraction=self.cells.min_dab_fraction,
-                                             seed=self.seed).fit(tile_paths)
+                                             seed=self.seed, stain=self.stain, dab_threshold=dab_rule).fit(tile_paths)
         one = lambda it: self.run_slide(it) if is_wsi(it["image"]) else self.run_image(it)  # noqa: E731
         rows, skipped = run_items(readable, one, "Ki-67", skipped)
         if not rows:
             raise ImageError(f"{self.data}: no image could be processed ({len(skipped)} skipped: "
                              f"{skipped[0] if skipped else ''})")
         write_csv(self.output_dir / "summary.csv", rows)
-        n_pos = int(sum(r["n_positive"] for r in rows))
-        n_neg = int(sum(r["n_negative"] for r in rows))
+        valid = [r for r in rows if r["ki67_index"] != ""]
+        n_pos = int(sum(r["n_positive"] for r in valid))
+        n_neg = int(sum(r["n_negative"] for r in valid))
+        if self.cells.positivity == "dab":
+            self.histogram.figure(self.cells.dab_threshold, self.output_dir / "dab_histogram.png",
+                                  title=Path(str(self.data)).name or "cells")
         summary = {"n_images": len(rows), "n_positive": n_pos, "n_negative": n_neg, "n_cells": n_pos + n_neg,
-                   "ki67_index": n_pos / (n_pos + n_neg) if n_pos + n_neg else 0.0,
-                   "mean_image_ki67_index": float(np.mean([r["ki67_index"] for r in rows])),
+                   **index_fields(n_pos, n_neg, valid=bool(valid), digits=None),
+                   "mean_image_ki67_index": float(np.mean([r["ki67_index"] for r in valid])) if valid else "",
+                   "n_images_without_index": len(rows) - len(valid),
                    "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
-                   "method": self.method, "n_skipped": len(skipped), "skipped": skipped}
+                   "method": self.method, "positivity": self.cells.positivity,
+                   "dab_threshold": self.cells.dab_threshold,
+                   "stain_vectors": None if self.stain is None else np.round(self.stain[:, :2].T, 4).tolist(),
+                   "stain_source": self.stain_source, "n_skipped": len(skipped), "skipped": skipped}
         write_json(self.output_dir / "summary.json", summary)
         if skipped:
             logger.warning(f"{len(skipped)} file(s) skipped: " + "; ".join(skipped))
-        logger.info(f"Ki-67: {len(rows)} image(s), {n_pos} positive / {n_neg} negative cells, index "
-                    f"{summary['ki67_index']:.3f}; outputs in {self.output_dir}")
+        if valid:
+            logger.info(f"Ki-67: {len(rows)} image(s), {n_pos} positive / {n_neg} negative cells, index "
+                        f"{summary['ki67_index']:.3f} (95 % CI {summary['ki67_index_ci_low']:.3f}-"
+                        f"{summary['ki67_index_ci_high']:.3f}); outputs in {self.output_dir}")
+        else:
+            logger.warning(f"{self.data}: every image looks like H&E (no DAB signal); no Ki-67 index reported "
+                           f"(outputs in {self.output_dir})")
         return summary
+
+    def fit_stain(self, images, name: str):
+        """The haematoxylin-DAB stain matrix of a folder (paths; up to 32 spread over it) or a slide (its tissue
+        pixels), :func:`bundle.ki67.positivity.ihc_stain_matrix`; warns when the folder's DAB signal is weak
+        (fewer than 2 % of its tissue pixels above the positivity threshold)."""
+        from bundle.ki67.positivity import dab_density, ihc_stain_matrix
+
+        images = list(images)
+        if len(images) > 32:
+            images = [images[i] for i in np.linspace(0, len(images) - 1, 32).round().astype(int)]
+        rgbs = [read_rgb(im) if isinstance(im, (str, Path)) else np.asarray(im) for im in images]
+        if not rgbs:
+            self.stain_source = None
+            return None
+        matrix, self.stain_source = ihc_stain_matrix(rgbs, name=name)
+        from bundle.stain import tissue_by_od
+
+        tissue = np.concatenate([tissue_by_od(im).ravel() for im in rgbs])
+        dab = np.concatenate([dab_density(im, matrix).ravel() for im in rgbs])[tissue]
+        strong = float((dab >= self.cells.dab_threshold).mean()) if len(dab) else 0.0
+        if self.cells.positivity == "dab" and strong < 0.02:
+            logger.warning(f"{name}: weak DAB signal ({100 * strong:.2f} % of tissue pixels reach DAB OD "
+                           f"{self.cells.dab_threshold:g}); few or no cells will be positive - check the stain if "
+                           "this tissue should have Ki-67 positive nuclei")
+        logger.info(f"{name}: stain vectors ({self.stain_source}) H {np.round(matrix[:, 0], 3).tolist()} "
+                    f"DAB {np.round(matrix[:, 1], 3).tolist()}")
+        return matrix
 
 
 # ------------------------------------------------------------------------------------------------ TensorBoard

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from bundle.io import (
+    item_name,
     ImageError,
     load_datalist,
     read_mask,
@@ -131,7 +132,7 @@ def _items_with_pseudo(data, pseudo_dir, datalist_key="training", min_size=32) -
     out, missing = [], []
     for it in items:
         it = it if isinstance(it, dict) else {"image": it}
-        mask = pseudo_dir / f"{Path(it['image']).stem}.png"
+        mask = pseudo_dir / f"{item_name(it)}.png"
         if mask.is_file():
             out.append({**it, "mask": str(mask)})
         else:
@@ -159,7 +160,7 @@ def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three",
     label_dir = Path(label_dir)
     redo = settings_changed(label_dir, {"target": target, "min_distance": min_distance, "ignore_band": ignore_band})
     for it in items:
-        out = label_dir / f"{Path(it['image']).stem}.npy"
+        out = label_dir / f"{item_name(it)}.npy"
         if redo or is_stale(out, it["mask"]):
             mask = read_mask(it["mask"])
             lab = detection_target(mask, target, min_distance=min_distance, ignore_band=ignore_band)
@@ -207,7 +208,7 @@ def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ck
     redo = settings_changed(label_dir, settings)
     point_kw, disk = point_settings(size_scale), scaled(2, size_scale, integer=False, minimum=0.5)
     for it in items:
-        stem = Path(it["image"]).stem
+        stem = item_name(it)
         out = label_dir / f"{stem}.npy"
         if redo or is_stale(out, it["mask"], det_ckpt if point_source == "det" else None):
             mask = read_mask(it["mask"])

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from bundle.io import (
+    item_name,
     datalist_items,
     overlay_mask,
     read_rgb_or_skip,
@@ -73,7 +74,7 @@ class PseudoMaskRunner:
             rgb = read_rgb_or_skip(path, skipped, self.min_size)
             if rgb is None:
                 continue
-            stem = Path(path).stem
+            stem = item_name(it)
             t0 = time.perf_counter()
             psm = None
             if use_psm:

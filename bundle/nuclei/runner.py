@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from bundle.io import (
+    item_name,
     overlay_mask,
     read_rgb,
     remove_stale_parts,
@@ -116,7 +117,7 @@ class NucleiRunner:
         rgb = read_rgb(path, min_size=32)
         t0 = time.perf_counter()
         inst, prob = self.predict(rgb)
-        row = self.write_outputs(Path(path).stem, rgb, inst, prob, time.perf_counter() - t0)
+        row = self.write_outputs(item_name(item), rgb, inst, prob, time.perf_counter() - t0)
         if item.get("label"):
             row.update(instance_scores(inst, read_instance_label(item["label"])))
         return row
@@ -141,7 +142,7 @@ class NucleiRunner:
 
     def run_slide(self, item) -> dict:
         path = item["image"]
-        stem = Path(path).stem
+        stem = item_name(item)
         outputs = (self.output_dir / "points" / f"{stem}.csv", self.output_dir / "geojson" / f"{stem}.geojson")
         for out in outputs:  # a killed earlier run of this slide leaves its (hours-long) temporaries behind
             remove_stale_parts(out)
@@ -208,6 +209,15 @@ class NucleiRunner:
         return self
 
     def run(self) -> dict:
+        """Process every input (see the class docstring) with ``output_dir`` locked to this run
+        (:func:`bundle.runs.output_run`: a second run into it stops with one line; a killed run's temporaries and
+        old summaries are cleared first). Returns the folder summary."""
+        from bundle.runs import output_run
+
+        with output_run(self.output_dir):
+            return self._run()
+
+    def _run(self) -> dict:
         from bundle.wsi import is_wsi
 
         items = self.items()

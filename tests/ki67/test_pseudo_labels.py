@@ -75,5 +75,8 @@ def test_he_input_in_ihc_mode_gives_zero_positives_and_warning(ihc_tiles, tmp_pa
     with caplog.at_level(logging.WARNING, logger="bundle.ki67"):
         s = Ki67Runner(net, str(tmp_path / "in"), tmp_path / "out", predictor=TilePredictor(tta=False),
                        cells=Ki67Cells(nucleus_diameter=14, threshold=0.3)).run()
-    assert s["n_positive"] == 0 and s["ki67_index"] == 0.0
+    assert s["n_positive"] == 0 and s["ki67_index"] == "" and s["n_images_without_index"] == 1  # no index as if valid
+    row = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    vals = dict(zip(row[0].split(","), row[1].split(",")))
+    assert vals["ki67_index"] == "" and vals["note"] == "H&E: no DAB signal"
     assert any("he.png: no DAB (brown) signal" in r.getMessage() and "\n" not in r.getMessage() for r in caplog.records)

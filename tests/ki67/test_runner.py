@@ -69,13 +69,14 @@ def test_ki67_train_then_infer_end_to_end(root, ihc_dir, tmp_path):
     out = broot / "eval" / "ki67"
     for sub, ext in (("points", "csv"), ("geojson", "geojson"), ("overlays", "png")):
         assert sorted(p.name for p in (out / sub).iterdir()) == [f"tile_{i}.{ext}" for i in range(3)]
-    assert (out / "points" / "tile_0.csv").read_text().splitlines()[0] == "image,x,y,class,score"
+    assert (out / "points" / "tile_0.csv").read_text().splitlines()[0] == "image,x,y,class,score,dab_od"
     gj = json.loads((out / "geojson" / "tile_0.geojson").read_text())
     assert gj["type"] == "FeatureCollection"
     assert all(f["properties"]["classification"]["name"] in ("Positive", "Negative") for f in gj["features"])
     summ = json.loads((out / "summary.json").read_text())
     assert summ["n_images"] == 3 and summ["n_skipped"] == 1 and "broken.png" in summ["skipped"][0]
-    assert 0.0 <= summ["ki67_index"] <= 1.0
+    assert 0.0 <= summ["ki67_index_ci_low"] <= summ["ki67_index"] <= summ["ki67_index_ci_high"] <= 1.0
+    assert summ["positivity"] == "dab" and summ["dab_threshold"] == 0.3 and (out / "dab_histogram.png").is_file()
     header = (out / "summary.csv").read_text().splitlines()[0].split(",")
     assert {"image", "n_positive", "n_negative", "ki67_index"} <= set(header)
     msg = [ln for ln in (inf.stdout + inf.stderr).splitlines() if "skipped" in ln and "broken.png" in ln]
@@ -145,7 +146,7 @@ def test_whole_slide_ihc_matches_tile_mode_and_reports_hotspot(tmp_path, caplog)
     assert (s_pts["class"][mi] == t_pts["class"][mj]).mean() >= 0.9
     assert np.sort(np.linalg.norm(moved[:, None] - moved[None], axis=-1), 1)[:, 1].min() > 3  # no seam doubles
     rows = (tmp_path / "out_s" / "tiles" / "s.csv").read_text().splitlines()
-    assert rows[0] == "x,y,n_positive,n_negative,n_cells,ki67_index"
+    assert rows[0] == "x,y,n_positive,n_negative,n_cells,ki67_index,ki67_index_ci_low,ki67_index_ci_high"
     assert sum(int(r.split(",")[4]) for r in rows[1:]) == len(moved)  # per-tile counts add up to the points CSV
     # level 1 (half resolution): points still come out in level-0 pixels, on the same cells
     Ki67Runner(_colour_net(), str(tmp_path / "slides"), tmp_path / "out_l1", wsi=SlideOptions(tile=128, level=1),

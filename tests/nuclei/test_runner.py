@@ -18,9 +18,18 @@ def test_nuclei_runner_outputs_and_bad_file(synthetic_dir, tmp_path, nuclei_runn
     for f in sorted((synthetic_dir / "images").glob("tile_0[01].png")):
         (data / f.name).write_bytes(f.read_bytes())
     (data / "broken.png").write_bytes(b"not a png")
+    from PIL import Image  # the same stem as a JPEG (issue 33, item 4): its own outputs, not tile_00's overwritten
+
+    Image.open(data / "tile_00.png").convert("RGB").save(data / "tile_00.jpg", quality=95)
     out = tmp_path / "out"
+    (out / "points").mkdir(parents=True)
+    (out / "points" / ".tile_00.csv.abc.part.csv").write_text("killed")  # a killed earlier run's temporary
     summary = nuclei_runner(data, out, mode="watershed", write_masks=True).run()
-    assert summary["n_images"] == 2 and summary["n_skipped"] == 1 and "broken.png" in summary["skipped"][0]
+    assert summary["n_images"] == 3 and summary["n_skipped"] == 1 and "broken.png" in summary["skipped"][0]
+    assert sorted(p.stem for p in (out / "points").glob("*.csv")) == ["tile_00_jpg", "tile_00_png", "tile_01"]
+    (data / "tile_00.jpg").unlink()
+    summary = nuclei_runner(data, out, mode="watershed", write_masks=True).run()
+    assert summary["n_images"] == 2
     lab = read_instance_label(out / "labels" / "tile_00.png")
     assert lab.dtype == np.uint16 and lab.shape == (256, 256)
     header = (out / "points" / "tile_00.csv").read_text().splitlines()[0]
