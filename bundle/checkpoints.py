@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "stage_checkpoint", "init_from",
     "read_state_dict", "shipped_hint", "atomic_torch_save", "load_network_weights", "resunet_checkpoint_dims",
-    "resunet_input_channels", "SETTINGS_NAME", "training_settings", "trained_mpp"
+    "resunet_input_channels", "SETTINGS_NAME", "training_settings", "trained_mpp", "NETWORK_KINDS",
+    "check_network_kind", "trained_diameter"
 ]
 
 
@@ -121,6 +122,36 @@ def training_settings(ckpt_dir) -> dict | None:
     if not isinstance(saved, dict):
         raise ValueError(f"{path}: cannot read the training settings (not a JSON object)")
     return saved
+
+
+NETWORK_KINDS = {"seg": "the nuclei segmentation network (train.json)", "det": "the detection network "
+                 "(det_train.json)", "ki67": "the Ki-67 network (ki67_train.json)"}
+
+
+def check_network_kind(ckpt_path, expected: str) -> None:
+    """One-line ValueError when the :func:`training_settings` beside ``ckpt_path`` record another network than
+    ``expected`` (``seg``, ``det``, ``ki67``): the det and seg networks have the same shape, so loading one for the
+    other used to succeed silently. Nothing is checked without a record (bundle < 0.11.0)."""
+    if not ckpt_path:
+        return
+    saved = training_settings(Path(ckpt_path).parent) or {}
+    kind = saved.get("network")
+    if kind is not None and kind != expected:
+        raise ValueError(f"{ckpt_path}: holds {NETWORK_KINDS.get(kind, repr(kind))}, but this config needs "
+                         f"{NETWORK_KINDS.get(expected, repr(expected))}; point ckpt_path at that network's model.pt")
+
+
+def trained_diameter(ckpt_path) -> float | None:
+    """The nucleus diameter (px, :func:`bundle.scale.folder_nucleus_diameter` of its training tiles) the network at
+    ``ckpt_path`` learnt on, from the :func:`training_settings` beside it; None when not recorded (bundle < 0.11.0)."""
+    if not ckpt_path:
+        return None
+    v = (training_settings(Path(ckpt_path).parent) or {}).get("nucleus_diameter")
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{Path(ckpt_path).parent / SETTINGS_NAME}: nucleus_diameter must be a number, got {v!r}") \
+            from None
 
 
 def trained_mpp(ckpt_path, mpp: float | None = None,

@@ -90,6 +90,9 @@ def read_rgb(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
         ImageError: missing, empty, truncated or non-image file, unsupported layout, or a side < ``min_size``.
     """
     path = str(path)
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a folder, not an image (list the images inside it, or give the folder as "
+                         "--dataset_dir)")
     if not os.path.isfile(path):
         raise ImageError(f"{path}: file does not exist")
     if os.path.getsize(path) == 0:
@@ -212,6 +215,21 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict], fieldnames: Sequenc
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(spreadsheet_safe(r) for r in rows)
+
+
+def write_parquet(path: str | os.PathLike, columns: dict) -> bool:
+    """Write ``{name: (N,) values}`` as a Parquet table atomically when pyarrow is installed (the ``parquet`` extra);
+    returns False, writing nothing, when it is not. Empty strings (a CSV's missing value) become nulls."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return False
+    table = pa.table({k: pa.array([None if isinstance(x, str) and x == "" else x for x in np.asarray(v).tolist()])
+                      for k, v in columns.items()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return True
 
 
 def load_datalist(path_or_folder: str | os.PathLike, key: str = "training",

@@ -8,7 +8,7 @@ from typing import Tuple
 
 import numpy as np
 
-__all__ = ["merge_close_points", "point_settings", "points_from_probability"]
+__all__ = ["merge_close_points", "point_settings", "points_from_probability", "check_points", "circle_polygon"]
 
 
 def merge_close_points(points: np.ndarray, values: np.ndarray, merge_distance: float = 20,
@@ -110,3 +110,10 @@ def check_points(points, shape: Tuple[int, int]) -> np.ndarray:
         raise ValueError(f"{int(bad.sum())} point(s) outside the image of shape {tuple(shape)}, "
                          f"e.g. {pts[bad][0].tolist()}")
     return pts
+
+
+def circle_polygon(r: float, c: float, radius: float, n: int = 12) -> np.ndarray:
+    """(n, 2) (x, y) vertices of a circle of ``radius`` px around the point at row ``r``, column ``c``: the outline a
+    point-like object (a Ki-67 cell, an InfoGAN cell) gets in GeoJSON."""
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([c + radius * np.cos(a), r + radius * np.sin(a)], 1)

@@ -38,8 +38,10 @@ def write_summary(output_dir, rows: list, skipped: list, data, csv_name: str = "
                          + (f": {skipped[0]})" if skipped else ")"))
     output_dir = Path(output_dir)
     write_csv(output_dir / csv_name, rows)
-    numeric = [k for k in rows[0] if k != "image" and isinstance(rows[0][k], (int, float, np.floating, np.integer))]
-    summary = {k: float(np.mean([r[k] for r in rows if k in r])) for k in numeric}
+    num = (int, float, np.floating, np.integer)
+    keys = dict.fromkeys(k for r in rows for k in r if k != "image")
+    numeric = [k for k in keys if any(isinstance(r.get(k), num) and not isinstance(r.get(k), bool) for r in rows)]
+    summary = {k: float(np.mean([r[k] for r in rows if isinstance(r.get(k), num)])) for k in numeric}
     summary.update({"n_images": len(rows), "n_skipped": len(skipped), "skipped": skipped})
     write_json(output_dir / "summary.json", summary)
     if skipped:
@@ -191,8 +193,16 @@ def output_run(output_dir, summaries=("summary.csv", "summary.json"), what: str 
     """The start of a runner's run over ``output_dir``: take its :class:`FolderLock`, delete the temporaries a killed
     earlier run left anywhere in it (``.*.part*``, see :func:`bundle.io.atomic_path`) and its old ``summaries`` (they
     are rewritten at the end from this run's outputs, so a killed run never leaves the previous summary beside new
-    outputs). The lock is released when the block ends."""
+    outputs). The lock is released when the block ends. Under ``torchrun`` (:mod:`bundle.distributed`) rank 0 locks
+    and cleans the folder before any rank starts and releases it after every rank has finished."""
+    from bundle.distributed import barrier, rank_world
+
     out = Path(output_dir)
+    if rank_world()[0] != 0:  # another rank of a torchrun group: rank 0 holds the folder for all of them
+        barrier()
+        yield out
+        barrier()
+        return
     with FolderLock(out, what=what):
         n = 0
         for part in out.rglob(".*.part*"):
@@ -203,4 +213,6 @@ def output_run(output_dir, summaries=("summary.csv", "summary.json"), what: str 
             logger.info(f"{out}: removed {n} temporary file(s) left by a killed earlier run")
         for name in summaries:
             (out / name).unlink(missing_ok=True)
+        barrier()
         yield out
+        barrier()

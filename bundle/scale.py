@@ -5,7 +5,8 @@ the resize that shows a network tiles at the pixel size it was trained at."""
 
 from __future__ import annotations
 
-__all__ = ["REFERENCE_MPP", "size_scale", "resample_factor", "scaled"]
+__all__ = ["REFERENCE_MPP", "REFERENCE_DIAMETER", "size_scale", "resample_factor", "scaled",
+           "estimate_nucleus_diameter", "estimated_scale", "folder_nucleus_diameter", "tile_mpp"]
 
 REFERENCE_MPP = 0.25
 """um per pixel at which the H&E size defaults were tuned (MoNuSeg, 40x)."""
@@ -44,3 +45,94 @@ def scaled(value: float, scale: float, area: bool = False, integer: bool = True,
     v = float(value) * float(scale) ** (2 if area else 1)
     v = max(float(minimum), v)
     return int(round(v)) if integer else v
+
+
+REFERENCE_DIAMETER = 17.891
+"""Characteristic nucleus diameter (px) that :func:`estimate_nucleus_diameter` finds at 40x: the median over the 30
+MoNuSeg **train** images (:func:`folder_nucleus_diameter`; ``python -m scripts.benchmark_scale``). A network without a
+recorded training diameter is assumed to have learnt nuclei of this size at 40x."""
+
+
+def estimate_nucleus_diameter(rgb, crop: int = 512, sigmas: int = 16, low: float = 1.2, high: float = 14.0,
+                              percentile: float = 99.5) -> float | None:
+    """The characteristic nucleus diameter (px) of an (H, W, 3) uint8 H&E or IHC tile, label-free: the scale of the
+    strongest blob response of its haematoxylin optical density (scale-normalised Laplacian of Gaussian, the
+    ``percentile`` of ``-sigma^2 LoG`` over the central ``crop`` px, for ``sigmas`` sigmas from ``low`` to ``high``,
+    refined by a parabola in log-sigma; diameter ``2 sqrt(2) sigma``). None for a blank tile
+    (:func:`bundle.stain.blank_reason`) or one whose response has no maximum inside the range.
+
+    MoNuSeg train, the same images box-resized to 0.75 / 0.5 / 0.33: median estimated ratios 0.754 / 0.507 / 0.333
+    (docs/results/scale_estimate.md)."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from bundle.stain import blank_reason, hematoxylin_od
+
+    rgb = np.asarray(rgb)
+    if blank_reason(rgb):
+        return None
+    rows, cols = rgb.shape[:2]
+    r0, c0 = max(0, (rows - crop) // 2), max(0, (cols - crop) // 2)
+    # the crop's own OD (a constant offset from the whole tile's, which the Laplacian ignores): no whole-tile copy
+    h = hematoxylin_od(np.ascontiguousarray(rgb[r0:r0 + crop, c0:c0 + crop]), 0.0)
+    sig = np.geomspace(low, high, int(sigmas))
+    resp = np.array([np.percentile(-ndi.gaussian_laplace(h, s) * s * s, percentile) for s in sig])
+    k = int(np.argmax(resp))
+    if not 0 < k < len(sig) - 1 or not resp[k] > 0:
+        return None
+    y0, y1, y2 = resp[k - 1:k + 2]
+    den = y0 - 2 * y1 + y2
+    off = float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5)) if den != 0 else 0.0
+    step = float(np.log(sig[1]) - np.log(sig[0]))
+    return float(np.exp(np.log(sig[k]) + off * step) * 2 * np.sqrt(2))
+
+
+def estimated_scale(rgb, reference_diameter: float = REFERENCE_DIAMETER) -> tuple[float | None, float | None]:
+    """(estimated nucleus diameter px, pixel density relative to 40x = diameter / ``reference_diameter``), the
+    ``size_scale`` a tile of unknown magnification gets; (None, None) when :func:`estimate_nucleus_diameter` finds no
+    nuclei."""
+    d = estimate_nucleus_diameter(rgb)
+    return (None, None) if d is None else (d, d / float(reference_diameter))
+
+
+def folder_nucleus_diameter(data, max_images: int = 32, datalist_key: str = "training") -> float | None:
+    """Median :func:`estimate_nucleus_diameter` over up to ``max_images`` tiles spread over a folder / datalist /
+    list (unreadable or blank tiles left out); None when no tile gives one. Recorded with a trained network
+    (``settings.json`` ``nucleus_diameter``): the nucleus size it learnt at, which :func:`tile_mpp` compares tiles
+    to."""
+    import numpy as np
+
+    from bundle.io import ImageError, datalist_items, read_rgb
+
+    try:
+        items = datalist_items(data, datalist_key)
+    except (ImageError, ValueError, FileNotFoundError):
+        return None
+    if len(items) > max_images:
+        items = [items[i] for i in np.linspace(0, len(items) - 1, max_images).round().astype(int)]
+    ds = []
+    for it in items:
+        try:
+            d = estimate_nucleus_diameter(read_rgb(it["image"], min_size=32))
+        except (ImageError, ValueError, FileNotFoundError):
+            continue
+        if d is not None:
+            ds.append(d)
+    return round(float(np.median(ds)), 3) if ds else None
+
+
+def tile_mpp(diameter: float | None, network_mpp: float | None, trained_diameter: float | None = None,
+             dead_zone=(0.8, 1.25)) -> float | None:
+    """The um/px a tile of unknown magnification is treated as: the network's training pixel size scaled by how much
+    smaller the tile's nuclei look than those it learnt on, ``network_mpp * trained_diameter / diameter``
+    (``network_mpp`` None = 40x; ``trained_diameter`` None = :data:`REFERENCE_DIAMETER` at 40x, carried to
+    ``network_mpp``). A ratio inside ``dead_zone`` counts as the same magnification; clipped to 0.2x-2.5x. None when
+    ``diameter`` is None (no nuclei found)."""
+    if diameter is None:
+        return None
+    net = REFERENCE_MPP if network_mpp is None else float(network_mpp)
+    ref = REFERENCE_DIAMETER * REFERENCE_MPP / net if trained_diameter is None else float(trained_diameter)
+    ratio = min(2.5, max(0.2, float(diameter) / ref))
+    if dead_zone[0] <= ratio <= dead_zone[1]:
+        ratio = 1.0
+    return net / ratio

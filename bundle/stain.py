@@ -13,7 +13,7 @@ __all__ = [
     "hematoxylin_od", "hematoxylin_threshold", "hematoxylin_ratio", "hematoxylin_channel",
     "hematoxylin_evidence", "threshold_otsu_or_zero", "dab_od", "REF_HEMATOXYLIN", "REF_EOSIN", "REF_DAB",
     "optical_density", "lab_stats", "reinhard_normalize", "macenko_stain_vectors", "hematoxylin_index",
-    "stain_matrix", "hematoxylin_concentration", "hd_from_od"
+    "stain_matrix", "hematoxylin_concentration", "hd_from_od", "blank_reason"
 ]
 
 
@@ -74,6 +74,20 @@ def hematoxylin_evidence(rgb: np.ndarray, threshold: float | None = None, steepn
     return (1.0 / (1.0 + np.exp(-float(steepness) * (r - 1.0)))).astype(np.float32)
 
 
+def blank_reason(rgb: np.ndarray, min_contrast: float = 16.0) -> str | None:
+    """Why an (H, W, 3) uint8 tile holds no tissue evidence, or None when it does: a flat image (the 1st-99th
+    percentile range of its grey levels below ``min_contrast``: all white, all black, uniform grey, glass with
+    noise). Real tiles: 113-255 (MoNuSeg, BCData, WSSS4LUAD; median 189). Such a tile yields no nuclei and is left
+    out of training."""
+    g = np.asarray(rgb, np.float32).reshape(-1, 3).mean(1)
+    if g.size > 1_000_000:  # a sample is enough for percentiles
+        g = g[:: g.size // 1_000_000]
+    lo, hi = np.percentile(g, [1, 99])
+    if hi - lo < min_contrast:
+        return f"blank tile (grey levels {lo:.0f}-{hi:.0f}: no tissue contrast)"
+    return None
+
+
 def threshold_otsu_or_zero(values: np.ndarray) -> float:
     """Otsu threshold of an array, 0.0 when it is flat."""
     from skimage.filters import threshold_otsu
@@ -118,8 +132,19 @@ def optical_density(rgb: np.ndarray, sigma: float = 0.0, log10: bool = False, io
     return od.astype(np.float32)
 
 
+def od_lookup(io: float = 255.0) -> np.ndarray:
+    """(256,) float64 decadic optical density of each uint8 level, the values :func:`optical_density` with ``log10``
+    gives: per-pixel OD by table lookup, without a float64 copy of a whole (H, W, 3) image."""
+    return np.maximum(-np.log10((np.arange(256, dtype=np.float64) + 1.0) / (io + 1.0)), 0.0)
+
+
 def tissue_by_od(rgb: np.ndarray, od_min: float = 0.15) -> np.ndarray:
-    return optical_density(rgb, log10=True).sum(-1) > od_min
+    """(H, W) bool: pixels whose summed decadic optical density exceeds ``od_min`` (tissue, not glass)."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8:
+        return optical_density(rgb, log10=True).sum(-1) > od_min
+    lut = od_lookup()
+    return lut[rgb[..., 0]] + lut[rgb[..., 1]] + lut[rgb[..., 2]] > od_min
 
 
 def lab_stats(rgb: np.ndarray, tissue_only: bool = True):

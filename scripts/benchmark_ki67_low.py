@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import json
 import logging
 import platform
 import shlex
@@ -48,6 +47,7 @@ from bundle.io import read_rgb, write_image
 from bundle.ki67.data import read_bcdata_item
 from bundle.ki67.pseudo_labels import NEGATIVE, POSITIVE
 from bundle.metrics import multiclass_point_scores
+from scripts import write_results
 from scripts.benchmark_ki67 import classical_log, tile_stems
 
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6)
@@ -193,8 +193,8 @@ def _md(rep) -> str:
              "`none` = no positive), 320 px grid (`full`), and mixes of both with a target index.", ""]
     for half in ("calibration", "test"):
         lines += [f"## {half.capitalize()} half", "",
-                  "| folder | crops | GT index | method | index MAE | index worst | pos P | pos R | pos F1 | overall F1 "
-                  "| #pos pred / GT | pos on crops with none |", "|---" * 12 + "|"]
+                  "| folder | crops | GT index | method | index MAE | index worst | pos P | pos R | pos F1 "
+                  "| overall F1 | #pos pred / GT | pos on crops with none |", "|---" * 12 + "|"]
         for fname, f in rep[half]["folders"].items():
             for m, s in f["methods"].items():
                 lines.append(f"| {fname} | {f['n_crops']} | {f['gt_index']:.3f} | {m} | {s['index_mae']:.3f} | "
@@ -280,10 +280,7 @@ def main(argv=None):
             h.add(d)
         h.figure(DAB_THRESHOLD, args.figure, title="BCData test-half crops, shipped network's cells")
     rep["seconds"] = time.time() - t0
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(rep, indent=1))
-    Path(args.out + ".md").write_text(_md(rep))
-    print(_md(rep))
+    write_results(args.out, rep, _md(rep))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ with its sha256.
 
     python -m scripts.ship_weights --run runs/ship --data ../shared/data/monuseg/train/images \
         --command "python -m bundle.label_free --dataset_dir ../shared/data/monuseg/train/images --bundle_root runs/ship" \
-        --ki67_run runs/ship_ki67 --ki67_data ../shared/data/bcdata_sample/images \
-        --ki67_command "python -m bundle.label_free --dataset_dir ../shared/data/bcdata_sample/images --bundle_root runs/ship_ki67 --stain ihc"
+        --ki67_run runs/ship_ki67r --ki67_model ki67_r2 --ki67_data ../shared/data/bcdata_sample/images \
+        --ki67_command "python -m bundle.label_free --dataset_dir ../shared/data/bcdata_sample/images --bundle_root runs/ship_ki67r --stain ihc --seeds 4 --rounds 2 --jobs 2"
 
-``--run`` is a ``python -m bundle.label_free`` bundle root (its seg network, :func:`bundle.checkpoints.stage_checkpoint`).
+``--run`` is a ``python -m bundle.label_free`` bundle root (its seg network, :func:`bundle.checkpoints.stage_checkpoint`);
+without it (or without ``--ki67_run``) the network already shipped stays, with the provenance ``large_files.yml``
+recorded for it.
 The export is MONAI's ``ckpt_export`` of ``configs/inference.json``'s ``network_def``; the script checks that the
 TorchScript output equals the eager network's (1e-5) at two input sizes before it writes anything.
 """
@@ -96,64 +98,97 @@ def large_files_yml(bundle: Path, provenance: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_provenance(text: str) -> dict:
+    """The ``{folder: {key: value}}`` header that :func:`large_files_yml` wrote (to keep a network not reshipped)."""
+    prov, cur = {}, None
+    for line in text.splitlines():
+        if line.startswith("#   models/"):
+            cur = line[len("#   models/"):].rstrip(":").rstrip("/")
+            prov[cur] = {}
+        elif cur is not None and line.startswith("#     ") and ": " in line:
+            k, v = line[len("#     "):].split(": ", 1)
+            prov[cur][k] = v
+    return prov
+
+
 def network_info(ckpt: Path) -> str:
     out_ch, width = resunet_checkpoint_dims(ckpt)
     return f"ResUNet-34, {resunet_input_channels(ckpt)} input channels, {out_ch} classes, base_channels {width}"
 
 
-def copy_with_settings(src: Path, dst_dir: Path) -> None:
+def copy_with_settings(src: Path, dst_dir: Path, kind: str) -> None:
+    """Copy a run's ``model.pt`` and its training ``settings.json``, recording which network it is (``kind``:
+    :data:`bundle.checkpoints.NETWORK_KINDS`; runs from before bundle 0.11.0 did not)."""
     settings = src.parent / SETTINGS_NAME
     for p in (src, settings):
         if not p.is_file():
             raise SystemExit(f"{p}: not found (a finished bundle.label_free run has it)")
     dst_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst_dir / "model.pt")
-    shutil.copyfile(settings, dst_dir / SETTINGS_NAME)
+    record = json.loads(settings.read_text())
+    record["network"] = kind
+    (dst_dir / SETTINGS_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="a bundle.label_free bundle root")
-    ap.add_argument("--data", required=True, help="the images it was trained on (recorded)")
-    ap.add_argument("--command", required=True, help="the command that trained it (recorded)")
+    ap.add_argument("--run", type=Path, default=None, help="a bundle.label_free bundle root (none: keep the shipped "
+                    "nuclei network)")
+    ap.add_argument("--data", default="", help="the images it was trained on (recorded)")
+    ap.add_argument("--command", default="", help="the command that trained it (recorded)")
     ap.add_argument("--ki67_run", type=Path, default=None, help="a bundle.label_free --stain ihc bundle root")
     ap.add_argument("--ki67_data", default="", help="the IHC images it was trained on (recorded)")
     ap.add_argument("--ki67_command", default="", help="the command that trained it (recorded)")
+    ap.add_argument("--ki67_model", default="ki67", help="the run's network folder under models/: ki67 (round 1, "
+                    "seed 0) or the last round of the robust recipe, ki67_r2")
     ap.add_argument("--bundle", type=Path, default=ROOT, help="the bundle folder to ship into")
     a = ap.parse_args(argv)
-    src = stage_checkpoint(a.run, "seg")
+    if a.run is None and a.ki67_run is None:
+        ap.error("nothing to ship: give --run and / or --ki67_run")
     models = a.bundle / "models"
+    old = a.bundle / "large_files.yml"
+    provenance = read_provenance(old.read_text()) if old.is_file() else {}
     staging = models / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
-    copy_with_settings(src, staging)
-    worst = export(a.bundle, "inference.json", staging)
+    staging.mkdir(parents=True)
+    worst = None
+    if a.run is not None:
+        src = stage_checkpoint(a.run, "seg")
+        copy_with_settings(src, staging, "seg")
+        worst = export(a.bundle, "inference.json", staging)
     ki67 = None
     if a.ki67_run is not None:
-        ki67 = a.ki67_run / "models" / "ki67" / "model.pt"
-        copy_with_settings(ki67, staging / "ki67")
+        ki67 = a.ki67_run / "models" / a.ki67_model / "model.pt"
+        copy_with_settings(ki67, staging / "ki67", "ki67")
         ki67_worst = export(a.bundle, "ki67_infer.json", staging / "ki67")
-    for name in ("model.pt", "model.ts", SETTINGS_NAME):
-        (staging / name).replace(models / name)
-    provenance = {"": {"command": a.command, "data": a.data, "source": str(src), "seed": 0,
-                       "mpp": json.loads((models / SETTINGS_NAME).read_text()).get("mpp"),
-                       "network": network_info(models / "model.pt"),
-                       "torchscript_max_abs_difference": f"{worst:.1e}"}}
+    if a.run is not None:
+        for name in ("model.pt", "model.ts", SETTINGS_NAME):
+            (staging / name).replace(models / name)
+        provenance[""] = {"command": a.command, "data": a.data, "source": str(src), "seed": 0,
+                          "mpp": json.loads((models / SETTINGS_NAME).read_text()).get("mpp"),
+                          "network": network_info(models / "model.pt"),
+                          "torchscript_max_abs_difference": f"{worst:.1e}"}
     if ki67 is not None:
         (models / "ki67").mkdir(exist_ok=True)
         for name in ("model.pt", "model.ts", SETTINGS_NAME):
             (staging / "ki67" / name).replace(models / "ki67" / name)
         (staging / "ki67").rmdir()
-        provenance["ki67"] = {"command": a.ki67_command, "data": a.ki67_data, "source": str(ki67), "seed": 0,
+        seeds = 0 if a.ki67_model == "ki67" else "the run's round-1 seeds teach the last round"
+        provenance["ki67"] = {"command": a.ki67_command, "data": a.ki67_data, "source": str(ki67), "seed": seeds,
                               "mpp": json.loads((models / "ki67" / SETTINGS_NAME).read_text()).get("mpp"),
                               "network": network_info(models / "ki67" / "model.pt"),
                               "torchscript_max_abs_difference": f"{ki67_worst:.1e}"}
     staging.rmdir()
     with atomic_path(a.bundle / "large_files.yml") as tmp:
         Path(tmp).write_text(large_files_yml(a.bundle, provenance))
-    for rel in ("model.pt", "model.ts") + (("ki67/model.pt", "ki67/model.ts") if ki67 is not None else ()):
+    shipped = (("model.pt", "model.ts") if a.run is not None else ()) + (
+        ("ki67/model.pt", "ki67/model.ts") if ki67 is not None else ())
+    for rel in shipped:
         p = models / rel
         print(f"models/{rel}: {p.stat().st_size / 1e6:.2f} MB, sha256 {sha256(p)}")
-    print(f"TorchScript vs eager: max |difference| {worst:.1e} at {SIZES}")
+    for name, w in (("nuclei", worst), ("Ki-67", ki67_worst if ki67 is not None else None)):
+        if w is not None:
+            print(f"{name}: TorchScript vs eager: max |difference| {w:.1e} at {SIZES}")
 
 
 if __name__ == "__main__":

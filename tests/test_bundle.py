@@ -92,15 +92,16 @@ def test_every_config_parses(root):
     names = sorted(p.name for p in (root / "configs").glob("*.json") if "metadata" not in p.name)
     assert {"train.json", "inference.json", "det_train.json", "ki67_train.json", "ki67_infer.json"} <= set(names)
     for name in names:
-        if name in ("profile_paper.json", "gan_profile_paper.json"):  # overrides of ssl/psm and gan configs
-            base = "ssl_train.json" if name == "profile_paper.json" else "gan_train.json"
+        if name in ("profile_paper.json", "gan_profile_paper.json", "multi_gpu_inference.json"):  # overrides
+            base = {"profile_paper.json": "ssl_train.json", "gan_profile_paper.json": "gan_train.json"}.get(
+                name, "inference.json")
             files = config_files(base, root / "configs") + [str(root / "configs" / name)]
         else:
             files = config_files(name, root / "configs")
         p = ConfigParser()
         p.read_config(files)
         p.parse()
-        assert p.get("imports") or name in OVERLAYS or "profile" in name, name
+        assert p.get("imports") or name in OVERLAYS or "profile" in name or "multi_gpu" in name, name
         for t in targets(p.config):
             found = pydoc.locate(t) if "." in t else ComponentLocator().get_component_module_name(t)
             assert found, f"{name}: cannot find _target_ {t}"

@@ -1,6 +1,8 @@
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Tests bundle.checkpoints: what a checkpoint says about its network and the pixel size it was trained at."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -136,3 +138,20 @@ def test_resume_checkpoint_never_runs_code(tmp_path):
         h.load(Engine())
     assert str(e.value).startswith(str(tmp_path / "last_checkpoint.pt")) and "\n" not in str(e.value)
     assert "as plain data" in str(e.value) and not marker.exists()
+
+
+def test_a_det_checkpoint_is_refused_where_the_seg_network_is_needed(tmp_path):
+    """Issue 33 (minor): det and seg networks have the same shape; the training record names which one it is."""
+    import json
+
+    from bundle.checkpoints import check_network_kind
+
+    (tmp_path / "det").mkdir()
+    (tmp_path / "det" / "settings.json").write_text(json.dumps({"mpp": 0.25, "network": "det"}))
+    with pytest.raises(ValueError, match="model.pt: holds the detection network .* needs the nuclei segmentation"):
+        check_network_kind(tmp_path / "det" / "model.pt", "seg")
+    check_network_kind(tmp_path / "det" / "model.pt", "det")
+    check_network_kind(tmp_path / "none" / "model.pt", "seg")  # no record (older roots): nothing to check
+    root = Path(__file__).resolve().parents[1]
+    check_network_kind(root / "models" / "model.pt", "seg")  # the shipped weights say what they are
+    check_network_kind(root / "models" / "ki67" / "model.pt", "ki67")

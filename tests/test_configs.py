@@ -70,17 +70,20 @@ def test_export_segmentation_network(root, tmp_path):
 
 
 def test_inference_config_mpp(root):
-    """``--mpp 0.5`` scales the inference defaults; ``--wsi#mpp`` sets ``mpp`` for slides; explicit values win."""
+    """``--mpp 0.5`` scales the inference defaults; ``--wsi#mpp`` sets ``mpp`` for slides; explicit values win; with
+    no pixel size given each tile's scale is measured (``auto_scale``), and a given one switches that off."""
     from monai.bundle import ConfigParser
 
     def resolved(**over):
         p = ConfigParser()
         p.read_config(str(root / "configs" / "inference.json"))
         p.update(over)
-        return {k: p.get_parsed_content(k) for k in ("mpp", "min_size", "min_distance", "size_scale")}
+        return {k: p.get_parsed_content(k) for k in ("mpp", "min_size", "min_distance", "size_scale", "auto_scale")}
 
-    assert resolved() == {"mpp": 0.25, "min_size": 20, "min_distance": 6, "size_scale": 1.0}
-    assert resolved(mpp=0.5) == {"mpp": 0.5, "min_size": 5, "min_distance": 3, "size_scale": 0.5}
+    assert resolved() == {"mpp": None, "min_size": 20, "min_distance": 6, "size_scale": 1.0, "auto_scale": True}
+    assert resolved(mpp=0.5) == {"mpp": 0.5, "min_size": 5, "min_distance": 3, "size_scale": 0.5,
+                                 "auto_scale": False}
+    assert resolved(mpp=0.25, auto_scale=True)["auto_scale"] is True
     assert resolved(**{"wsi#mpp": 0.5})["min_distance"] == 3
     assert resolved(mpp=0.5, min_distance=4)["min_distance"] == 4
 
@@ -171,7 +174,8 @@ def test_ki67_train_resizes_tiles_to_train_mpp(root, ihc_dir, tmp_path):
     assert [read_rgb(it["image"]).shape for it in items] == [(320, 320, 3)] * 3  # broken.png skipped
     assert p.get_parsed_content("nucleus_diameter") == 20
     ckpt = next(h for h in p["train#handlers"] if "CheckpointResume" in str(h.get("_target_", "")))
-    assert ckpt["settings"] == {"mpp": "@train_mpp"} and p.get_parsed_content("train_mpp") == 0.25
+    assert ckpt["settings"] == {"mpp": "@train_mpp", "network": "@network_kind", "nucleus_diameter": "@train_diameter"}
+    assert p.get_parsed_content("train_mpp") == 0.25 and p.get_parsed_content("network_kind") == "ki67"
     mtime = Path(items[0]["image"]).stat().st_mtime_ns
     assert resampled_tiles(str(ihc_dir), 2.0, tmp_path / "b" / "eval" / "ki67_tiles") == items
     assert Path(items[0]["image"]).stat().st_mtime_ns == mtime  # written once, reused

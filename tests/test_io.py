@@ -172,3 +172,9 @@ def test_two_inputs_never_share_an_output_name(tmp_path):
         write_image(tmp_path / n, np.full((40, 40, 3), 200, np.uint8))
     got = sorted(it["name"] for it in input_items(str(tmp_path)))
     assert got == ["dup_jpg", "dup_png", "solo"]
+
+
+def test_a_folder_given_as_an_image_says_so(tmp_path):
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ImageError, match="sub: is a folder, not an image"):
+        read_rgb(tmp_path / "sub")

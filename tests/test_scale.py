@@ -25,3 +25,18 @@ def test_sizes_follow_mpp():
     n_ref = len(points_from_probability(prob, threshold=0.3, **point_settings(1.0)))
     n_20x = len(points_from_probability(prob, threshold=0.3, **point_settings(0.5)))
     assert n_20x == 7 and n_ref < 5
+
+
+def test_nucleus_diameter_follows_the_magnification():
+    """Issue 29: the label-free size estimate halves when the tile is shown at half the magnification."""
+    import numpy as np
+    from PIL import Image
+
+    from bundle.scale import estimate_nucleus_diameter, estimated_scale
+    from bundle.synthetic import synthetic_he_tile
+
+    rgb, _ = synthetic_he_tile(512, seed=1)
+    half = np.asarray(Image.fromarray(rgb).resize((256, 256), Image.BOX))
+    d1, d2 = estimate_nucleus_diameter(rgb), estimate_nucleus_diameter(half)
+    assert d1 and d2 and 0.4 < d2 / d1 < 0.6
+    assert estimated_scale(np.full((128, 128, 3), 240, np.uint8)) == (None, None)  # blank: no estimate

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from scripts import (
+    benchmark_bad_input,
     benchmark_classical,
     benchmark_fseg,
     benchmark_gan,
     benchmark_gradcam,
     benchmark_ki67,
+    benchmark_ki67_low,
     benchmark_ki67_wsi,
     benchmark_nuclei,
     benchmark_psm,
@@ -335,3 +337,24 @@ def test_gradcam_benchmark_synthetic_inputs_are_cropped_to_multiples_of_32():
     [(name, rgb, orig)] = benchmark_gradcam.load_inputs(args)
     assert name == "synthetic_70_seed0" and rgb.shape == (64, 64, 3) and orig == (70, 70)
     assert rgb.flags["C_CONTIGUOUS"]
+
+
+def test_bad_input_corpus_cases_hold(tmp_path):
+    """A few cases of the bad-input corpus (issue 33) as a user runs them; the rest run in the benchmark."""
+    assert benchmark_bad_input.main(["--cases", "zero_byte,same_stem,option_typo", "--work", str(tmp_path),
+                                     "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [c["outputs_valid"] for c in report["cases"]] == [True] * 3
+
+
+def test_low_proliferation_folders_and_scores():
+    """benchmark_ki67_low's folder maker and scorer on hand-made crops: cells near the edge are not scored."""
+    pos, neg = 1, 2
+    crops = [{"name": "a", "size": 100, "gt": np.array([[50, 50], [20, 30], [2, 50]]),
+              "cls": np.array([pos, neg, pos])},
+             {"name": "b", "size": 100, "gt": np.array([[40, 40]]), "cls": np.array([neg])}]
+    assert benchmark_ki67_low._index(crops) == pytest.approx(1 / 3)  # the edge cell (x=2) is left out
+    preds = [(np.array([[50, 50], [30, 20]]), np.array([pos, neg])), (np.array([[40, 40]]), np.array([pos]))]
+    s = benchmark_ki67_low.score_folder(preds, crops)
+    assert s["pos_precision"] == 0.5 and s["pos_recall"] == 1.0 and s["pos_on_none_crops"] == 1
+    assert s["index_mae"] == pytest.approx(0.5) and s["index_worst"] == pytest.approx(1.0)

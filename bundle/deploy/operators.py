@@ -87,7 +87,7 @@ class NucleiInferenceOperator(Operator):
         tiles = op_input.receive("tiles")
         for t in tiles:
             t0 = time.perf_counter()
-            t["instances"], t["probabilities"] = self.runner.predict(t["image"])
+            t["instances"], t["probabilities"], t["info"] = self.runner.infer_tile(t["image"], t["name"])
             t["seconds"] = time.perf_counter() - t0
         op_output.emit(tiles, "results")
 
@@ -104,7 +104,8 @@ class NucleiWriterOperator(Operator):
         spec.input("results")
 
     def compute(self, op_input, op_output, context):
-        rows = [self.runner.write_outputs(t["name"], t["image"], t["instances"], t["probabilities"], t["seconds"])
+        rows = [self.runner.write_outputs(t["name"], t["image"], t["instances"], t["probabilities"], t["seconds"],
+                                          mpp=t["info"]["mpp"])
                 for t in op_input.receive("results")]
         write_json(Path(self.runner.output_dir) / "summary.json",
                    {"n_images": len(rows), "n_nuclei": sum(r["n_nuclei"] for r in rows), "images": rows})

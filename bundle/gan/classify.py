@@ -199,6 +199,14 @@ def read_image_labels(path, image_column: str = "image", label_column: str | Non
     return {Path(r[image_column]).stem: r[label_column] for r in rows}
 
 
+def category_colours(n: int) -> list[tuple[int, int, int]]:
+    """``n`` distinct RGB colours (matplotlib's ``tab10`` / ``tab20`` cycle) for cell categories 0..n-1."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [tuple(int(round(255 * v)) for v in cmap(k % cmap.N)[:3]) for k in range(n)]
+
+
 class ClassifyRunner:
     """Assign every cell its category (argmax Q), write per-image proportions, classify the images.
 
@@ -210,15 +218,35 @@ class ClassifyRunner:
 
     Writes to ``output_dir``: ``cell_categories.csv`` (per cell: source image, position, category, max prob),
     ``proportions.csv`` (per image: n_cells, p_0..p_K-1, label), ``image_classes.csv`` (K-Means cluster, SVM
-    prediction), ``summary.json`` and ``proportions.png``.
+    prediction), ``summary.json``, ``proportions.png`` and ``geojson/<image>.geojson`` (QuPath detections: a circle
+    of ``marker_radius`` px per cell at its centre, classified ``Category k`` with the colour of
+    :func:`category_colours`, the measurement ``probability``).
     """
 
     def __init__(self, network, data, output_dir, ckpt_path=None, device="cpu", labels_csv: str | None = None,
                  label_column: str | None = None, n_clusters: int | None = None, seed: int = 0,
-                 batch_size: int = 512, min_cells: int = 1):
+                 batch_size: int = 512, min_cells: int = 1, marker_radius: float = 8.0):
         self.network, self.data, self.output_dir = network, data, Path(output_dir)
         self.ckpt_path, self.device, self.labels_csv, self.label_column = ckpt_path, device, labels_csv, label_column
         self.n_clusters, self.seed, self.batch_size, self.min_cells = n_clusters, seed, batch_size, int(min_cells)
+        self.marker_radius = float(marker_radius)
+
+    def write_geojson(self, rows: list, n_categories: int) -> None:
+        """One FeatureCollection per source image of the cells that have a position (see the class docstring)."""
+        from bundle.io import write_geojson
+        from bundle.points import circle_polygon
+
+        colours = category_colours(n_categories)
+        by_image: dict = {}
+        for r in rows:
+            if r["row"] not in (None, "") and r["col"] not in (None, ""):
+                by_image.setdefault(Path(str(r["image_name"])).stem, []).append(r)
+        for stem, rs in by_image.items():
+            write_geojson(self.output_dir / "geojson" / f"{stem}.geojson",
+                          [circle_polygon(float(r["row"]), float(r["col"]), self.marker_radius) for r in rs],
+                          [{"classification": {"name": f"Category {r['category']}",
+                                               "color": list(colours[r["category"]])},
+                            "measurements": {"probability": r["probability"]}} for r in rs])
 
     def run(self) -> dict:
         from bundle.checkpoints import load_network_weights
@@ -235,6 +263,7 @@ class ClassifyRunner:
                  "category": int(c), "probability": round(float(p.max()), 4)}
                 for i, (r, c, p) in enumerate(zip(table, cats, probs))]
         write_csv(self.output_dir / "cell_categories.csv", rows)
+        self.write_geojson(rows, K)
         names, props, counts = category_proportions(cats, [r["image_name"] for r in table], K)
         keep = counts >= self.min_cells
         labels = read_image_labels(self.labels_csv, label_column=self.label_column) if self.labels_csv else {}

@@ -18,6 +18,7 @@ from bundle.ki67.positivity import DAB_THRESHOLD
 from bundle.ki67.pseudo_labels import CLASS_NAMES, IGNORE, NEGATIVE, Ki67PseudoLabeler, looks_like_he
 from bundle.runs import is_stale, settings_changed, split_items
 from bundle.scale import resample_factor
+from bundle.stain import blank_reason
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +186,10 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
             stain = ihc_stain_matrix([read_rgb(it["image"]) for it in good[::step]], name=str(data))[0]
         for it in todo:
             rgb = read_rgb(it["image"])
+            if blank_reason(rgb):  # no label: the tile teaches nothing (left out below)
+                logger.warning(f"{it['image']}: {blank_reason(rgb)}; left out of training")
+                Path(it["label"]).unlink(missing_ok=True)
+                continue
             if teachers:
                 prob = np.mean([predict_probability(n, rgb, device, tta=True, scale=f) for n, f in zip(nets, scales)],
                                axis=0)
@@ -207,6 +212,9 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
             rows = [{"x": int(c), "y": int(r), "class": CLASS_NAMES[int(k)]} for (r, c), k in zip(pts, cls)]
             csv_path = label_dir / "points" / f"{stem}.csv"
             write_csv(csv_path, rows, fieldnames=("x", "y", "class"))
+    good = [it for it in good if Path(it["label"]).is_file()]
+    if not good:
+        raise ImageError(f"{data}: no tile has tissue to learn from (all blank)")
     train, val = split_items(good, val_fraction, seed)
     logger.info(f"Ki-67 pseudo labels in {label_dir}: {len(train)} training / {len(val)} held-back tiles")
     return {"training": train, "validation": val}

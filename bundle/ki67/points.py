@@ -91,11 +91,6 @@ def region_centroids(fg: np.ndarray, points: np.ndarray, threshold: float) -> np
     return np.round(c).astype(int)
 
 
-def circle_polygon(r, c, radius, n=12):
-    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    return np.stack([c + radius * np.cos(a), r + radius * np.sin(a)], 1)
-
-
 def overlay_points(rgb: np.ndarray, points: np.ndarray, classes: np.ndarray, radius: int = 6) -> np.ndarray:
     """(H, W, 3) uint8 copy of ``rgb`` with a ring per point: positive red, negative blue."""
     from skimage.draw import circle_perimeter

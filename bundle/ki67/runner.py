@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from bundle.io import ImageError, item_name, read_rgb, write_csv, write_image, write_json
-from bundle.ki67.points import Ki67Cells, circle_polygon, ki67_points, overlay_points
+from bundle.ki67.points import Ki67Cells, ki67_points, overlay_points
 from bundle.ki67.positivity import DABHistogram, wilson_interval
 from bundle.ki67.pseudo_labels import (
     CLASS_COLOURS,
@@ -56,6 +56,7 @@ from bundle.ki67.pseudo_labels import (
     looks_like_he,
 )
 from bundle.nuclei.handlers import NucleiImageHandler
+from bundle.points import circle_polygon
 from bundle.runs import POINT_FIELDS, run_items
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class Ki67Runner:
 
     def __init__(self, network=None, data=None, output_dir="eval/ki67", ckpt_path=None, device="cpu",
                  method: str = "network", predictor=None, cells=None, wsi=None, hotspot_min_cells: int = 100,
-                 seed: int = 0, write_overlays: bool = True, datalist_key: str = "testing"):
+                 seed: int = 0, write_overlays: bool = True, datalist_key: str = "testing", write_report: bool = True):
         from bundle.inferers import TilePredictor
         from bundle.wsi import SlideOptions
 
@@ -129,7 +130,7 @@ class Ki67Runner:
         self.predictor = TilePredictor() if predictor is None else predictor
         self.cells = Ki67Cells() if cells is None else cells
         self.wsi = SlideOptions() if wsi is None else wsi
-        self.write_overlays, self.datalist_key = write_overlays, datalist_key
+        self.write_overlays, self.datalist_key, self.write_report = write_overlays, datalist_key, bool(write_report)
         self.method, self.seed = method, int(seed)
         self.hotspot_min_cells = int(hotspot_min_cells)
         if self.hotspot_min_cells < 0:
@@ -183,12 +184,19 @@ class Ki67Runner:
 
     def run_image(self, item) -> dict:
         from bundle.io import write_geojson
+        from bundle.stain import blank_reason, tissue_by_od
 
         path = item["image"]
         rgb = read_rgb(path, min_size=32)
         stem = item_name(item)
         t0 = time.perf_counter()
-        pts, cls, score, dab, frac = self.detect(rgb, path)
+        blank = blank_reason(rgb)
+        if blank:
+            logger.warning(f"{path}: {blank}; no cells")
+            pts, cls = np.zeros((0, 2), np.int64), np.zeros(0, np.uint8)
+            score, dab, frac = np.zeros(0, np.float32), np.zeros(0, np.float32), 0.0
+        else:
+            pts, cls, score, dab, frac = self.detect(rgb, path)
         sec = time.perf_counter() - t0
         rows, props = self._cell_rows(stem, pts.astype(np.int64), cls, score, dab)
         for r in rows:
@@ -199,14 +207,18 @@ class Ki67Runner:
         if self.write_overlays:
             write_image(self.output_dir / "overlays" / f"{stem}.png",
                         overlay_points(rgb, pts, cls, radius=max(2, int(round(self.cells.nucleus_diameter / 3)))))
-        no_dab = looks_like_he(rgb, self.cells.min_dab_fraction)
+        no_dab = not blank and looks_like_he(rgb, self.cells.min_dab_fraction)
         if not no_dab:
             self.histogram.add(dab)
         n_pos, n_neg = int((cls == POSITIVE).sum()), int((cls == NEGATIVE).sum())
+        mpp = 0.25 * 20.0 / self.cells.nucleus_diameter  # the default diameter, 20 px, is set for 0.25 um/px
+        tissue_mm2 = float(tissue_by_od(rgb).sum()) * (mpp / 1000.0) ** 2
         return {"image": stem, "n_positive": n_pos, "n_negative": n_neg, "n_cells": n_pos + n_neg,
                 **index_fields(n_pos, n_neg, valid=not no_dab), "dab_fraction": round(frac, 4),
                 "seconds": round(sec, 3), "height": rgb.shape[0], "width": rgb.shape[1],
-                "note": "H&E: no DAB signal" if no_dab else ""}
+                "tissue_mm2": round(tissue_mm2, 5),
+                "cells_per_mm2": round((n_pos + n_neg) / tissue_mm2, 1) if tissue_mm2 > 0 else "",
+                "note": "blank" if blank else "H&E: no DAB signal" if no_dab else ""}
 
     def run_slide(self, item) -> dict:
         """One whole slide, streamed tile by tile (see the class docstring)."""
@@ -301,13 +313,14 @@ class Ki67Runner:
 
     def _run(self) -> dict:
 
-        from bundle.checkpoints import load_network_weights
+        from bundle.checkpoints import check_network_kind, load_network_weights
 
         items = self.items()
         if self.method == "network":
             if self.network is None:
                 raise ValueError("Ki67Runner: method 'network' needs a network (or use method 'classical')")
             if self.ckpt_path:
+                check_network_kind(self.ckpt_path, "ki67")
                 load_network_weights(self.network, self.ckpt_path, map_location=self.device)
             self.network.to(self.device).eval()
             if getattr(self.network, "head", None) is not None and self.network.head.out_channels != 3:
@@ -334,7 +347,20 @@ class Ki67Runner:
             self.labeler = Ki67PseudoLabeler(self.cells.nucleus_diameter, min_dab_fraction=self.cells.min_dab_fraction,
                                              seed=self.seed, stain=self.stain, dab_threshold=dab_rule).fit(tile_paths)
         one = lambda it: self.run_slide(it) if is_wsi(it["image"]) else self.run_image(it)  # noqa: E731
-        rows, skipped = run_items(readable, one, "Ki-67", skipped)
+        from bundle.distributed import broadcast, gather_rows, rank_world, shard
+
+        names = [item_name(it) for it in readable]
+        rank = rank_world()[0]
+        rows, mine_skipped = run_items(shard(readable, names), one, "Ki-67", [])  # a share per rank under torchrun
+        rows, mine_skipped = gather_rows(rows, mine_skipped, names)
+        hist = gather_rows([self.histogram.counts], [])[0]  # every rank's per-cell DAB histogram
+        if rank != 0:
+            return broadcast(None)
+        self.histogram.counts = np.sum(hist, 0)
+        return broadcast(self._summarise(rows, skipped + mine_skipped))
+
+    def _summarise(self, rows: list, skipped: list) -> dict:
+        """The folder's summary.csv / summary.json, DAB histogram and report from every image's row."""
         if not rows:
             raise ImageError(f"{self.data}: no image could be processed ({len(skipped)} skipped: "
                              f"{skipped[0] if skipped else ''})")
@@ -355,6 +381,13 @@ class Ki67Runner:
                    "stain_vectors": None if self.stain is None else np.round(self.stain[:, :2].T, 4).tolist(),
                    "stain_source": self.stain_source, "n_skipped": len(skipped), "skipped": skipped}
         write_json(self.output_dir / "summary.json", summary)
+        if self.write_report:
+            from bundle.report import write_report
+
+            write_report(self.output_dir, settings={
+                "data": str(self.data), "method": self.method, "checkpoint": str(self.ckpt_path or ""),
+                "positivity": self.cells.positivity, "DAB OD threshold": self.cells.dab_threshold,
+                "stain vectors": summary["stain_vectors"], "stain source": self.stain_source})
         if skipped:
             logger.warning(f"{len(skipped)} file(s) skipped: " + "; ".join(skipped))
         if valid:

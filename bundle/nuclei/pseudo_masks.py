@@ -19,6 +19,7 @@ from bundle.io import (
     write_image,
 )
 from bundle.runs import write_summary
+from bundle.stain import blank_reason
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +46,14 @@ class PseudoMaskRunner:
         output_dir: gets ``psm/``, ``masks/``, ``overlays/`` (PNG per image), ``metrics.csv`` and ``summary.json``.
         ckpt_path: weights to load; ``None`` runs the network as it is (e.g. random init, for ablations).
         device: torch device.  min_size: smallest accepted tile side.
+        max_foreground: a pseudo mask covering more than this fraction of its tile (no nuclei contrast: a dark,
+            blurred or pen-marked tile) is not written, so the tile is left out of training with one line; so is a
+            blank tile (:func:`bundle.stain.blank_reason`). MoNuSeg masks cover 0.1-0.45.
     """
 
     def __init__(self, network, inferer, scm, data, output_dir, ckpt_path=None, device="cpu", min_size: int = 32,
-                 datalist_key: str = "training", write_overlays: bool = True):
+                 datalist_key: str = "training", write_overlays: bool = True, max_foreground: float = 0.8):
+        self.max_foreground = float(max_foreground)
         self.network, self.inferer, self.scm = network, inferer, scm
         self.data, self.output_dir = data, Path(output_dir)
         self.ckpt_path, self.device, self.min_size = ckpt_path, torch.device(device), min_size
@@ -83,6 +88,13 @@ class PseudoMaskRunner:
             t1 = time.perf_counter()
             mask = self.scm(rgb, psm)
             t2 = time.perf_counter()
+            why = blank_reason(rgb) or (f"pseudo mask covers {100 * mask.mean():.0f} % of the tile (no nuclei "
+                                        "contrast)" if mask.mean() > self.max_foreground else None)
+            if why:  # no mask file: the det / seg stages leave the tile out (labels.py names how many)
+                logger.warning(f"{path}: {why}; left out of training")
+                (self.output_dir / "masks" / f"{stem}.png").unlink(missing_ok=True)
+                skipped.append(f"{path}: {why}")
+                continue
             if psm is not None:
                 write_image(self.output_dir / "psm" / f"{stem}.png", (psm * 255 + 0.5).astype(np.uint8))
             write_image(self.output_dir / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)

@@ -20,6 +20,7 @@ from bundle.io import (
     streamed_outputs,
     write_csv,
     write_image,
+    write_parquet,
 )
 from bundle.runs import POINT_FIELDS, run_items, write_summary
 
@@ -51,14 +52,29 @@ class NucleiRunner:
         wsi: :class:`bundle.wsi.SlideOptions` for whole slides; default ``SlideOptions()`` (every tile that touches
             tissue is predicted: ``min_tissue`` 0.001; at 0.05 the thin strips of tissue that a tile grid cuts off at
             the tissue's edges were never predicted).
-        label_format, write_overlays, write_masks, class_name: outputs (``write_masks`` also writes
+        label_format, write_overlays, write_masks, class_name, class_colour: outputs (``write_masks`` also writes
             ``masks/<stem>.png``, the 0/255 pseudo-mask format of the training configs, so a trained network can
-            teach a self-training round; ``class_name`` names the objects in the points CSV and GeoJSON).
+            teach a self-training round; ``class_name`` / ``class_colour`` (RGB) name and colour the objects in the
+            points CSV and GeoJSON).
+        write_measurements: per tile also ``measurements/<stem>.csv``, one row per nucleus with an ``id`` equal to
+            its label in the instance map and its GeoJSON feature id: centroid, area, perimeter, equivalent diameter
+            (px and um at :attr:`mpp`), eccentricity, solidity, orientation, mean and integrated haematoxylin and
+            eosin OD (:func:`bundle.measure.nucleus_measurements`), score, class; the GeoJSON features carry the same
+            measurements under QuPath's names. Tiles only (slides: points and GeoJSON as before).
+        auto_scale: tiles of unknown magnification (no ``mpp`` given): each tile's nucleus size is estimated
+            (:meth:`image_scale`) and the tile is resized to the network's pixel size and post-processed with px
+            sizes to match, as if its own ``--mpp`` had been given; the summary row adds ``nucleus_diameter_px`` and
+            ``scale_factor`` (1 = 40x, 0.5 = 20x). ``scale_dead_zone``: diameter ratios inside it count as the
+            network's own magnification. ``trained_diameter``: the nucleus diameter (px) the network learnt on
+            (its ``settings.json``; None = :data:`bundle.scale.REFERENCE_DIAMETER` at 40x).
+        write_report: also ``report.html``, a self-contained report of the run (:func:`bundle.report.write_report`).
     """
 
     def __init__(self, network, data, output_dir, ckpt_path=None, device="cpu", predictor=None, postprocess=None,
                  wsi=None, label_format: str = "png", write_overlays: bool = True, write_masks: bool = False,
-                 datalist_key: str = "testing", class_name: str = "Nucleus"):
+                 datalist_key: str = "testing", class_name: str = "Nucleus", write_measurements: bool = True,
+                 class_colour=(0, 200, 0), auto_scale: bool = False, scale_dead_zone=(0.8, 1.25),
+                 trained_diameter: float | None = None, write_report: bool = True):
         from bundle.inferers import TilePredictor
         from bundle.nuclei.detection import NucleiPostprocess
         from bundle.wsi import SlideOptions
@@ -70,6 +86,10 @@ class NucleiRunner:
         self.wsi = SlideOptions() if wsi is None else wsi
         self.label_format, self.write_overlays, self.datalist_key = label_format, write_overlays, datalist_key
         self.class_name, self.write_masks = class_name, write_masks
+        self.write_measurements, self.class_colour = bool(write_measurements), tuple(int(c) for c in class_colour)
+        self.auto_scale, self.scale_dead_zone = bool(auto_scale), tuple(float(v) for v in scale_dead_zone)
+        self.trained_diameter = None if trained_diameter is None else float(trained_diameter)
+        self.write_report = bool(write_report)
 
     @property
     def resample(self) -> float:
@@ -83,11 +103,39 @@ class NucleiRunner:
 
         return input_items(self.data, self.datalist_key)
 
-    def predict(self, rgb: np.ndarray, hematoxylin_threshold: float | None = None):
+    def predict(self, rgb: np.ndarray, hematoxylin_threshold: float | None = None, size_scale: float | None = None):
         """(H, W, 3) uint8 -> (instances (H, W) int32, probabilities (C, H, W)); ``hematoxylin_threshold``: see
-        :func:`bundle.inferers.predict_probability` (a slide's, for its tiles)."""
-        prob = self.predictor(self.network, rgb, self.device, hematoxylin_threshold)
-        return self.postprocess(prob, rgb, hematoxylin_threshold)
+        :func:`bundle.inferers.predict_probability` (a slide's, for its tiles). ``size_scale``: this image's pixel
+        density relative to 40x (:attr:`auto_scale`), replacing the folder's in the predictor and the postprocess's
+        px sizes."""
+        predictor, postprocess = self.predictor, self.postprocess
+        if size_scale is not None and size_scale != predictor.size_scale:
+            from dataclasses import replace
+
+            from bundle.scale import scaled
+
+            f = float(size_scale) / predictor.size_scale
+            predictor = replace(predictor, size_scale=float(size_scale))
+            postprocess = replace(postprocess, size_scale=postprocess.size_scale * f,
+                                  min_size=scaled(postprocess.min_size, f, area=True),
+                                  min_distance=scaled(postprocess.min_distance, f))
+        prob = predictor(self.network, rgb, self.device, hematoxylin_threshold)
+        return postprocess(prob, rgb, hematoxylin_threshold)
+
+    def image_scale(self, rgb: np.ndarray, path: str = "image") -> tuple[float | None, float | None]:
+        """(estimated nucleus diameter px or None, the size_scale to use) of one tile: with :attr:`auto_scale`, the
+        tile's pixel size from its nuclei against those the network learnt on (:func:`bundle.scale.tile_mpp` with
+        ``trained_diameter``; a ratio within ``scale_dead_zone`` keeps the network's pixel size), else the folder's;
+        a tile where no nuclei size is found gets the folder's, with a warning."""
+        if not self.auto_scale:
+            return None, None
+        from bundle.scale import estimated_scale, size_scale, tile_mpp
+
+        d, _ = estimated_scale(rgb)
+        if d is None:
+            logger.warning(f"{path}: no nucleus size found (no haematoxylin blobs); using the folder's pixel size")
+            return None, self.predictor.size_scale
+        return d, size_scale(tile_mpp(d, self.predictor.network_mpp, self.trained_diameter, self.scale_dead_zone))
 
     def _rows(self, stem, inst, prob):
         from scipy import ndimage as ndi
@@ -100,14 +148,63 @@ class NucleiRunner:
         return [{"image": stem, "x": round(c, 2), "y": round(r, 2), "class": self.class_name,
                  "score": round(float(s), 4)} for (r, c), s in zip(cen, score)]
 
-    def _geojson_properties(self, rows) -> list:
-        return [{"classification": {"name": self.class_name}, "measurements": {"score": r["score"]}} for r in rows]
+    def _geojson_properties(self, rows, table: dict | None = None) -> list:
+        from bundle.measure import qupath_measurements
 
-    def _write_points(self, stem, rows, polys):
+        cls = {"name": self.class_name, "color": list(self.class_colour)}
+        return [{"classification": cls, "measurements": {"score": r["score"], **(
+            qupath_measurements(table, i) if table is not None else {})}} for i, r in enumerate(rows)]
+
+    def _write_points(self, stem, rows, polys, table: dict | None = None):
         from bundle.io import write_geojson
 
         write_csv(self.output_dir / "points" / f"{stem}.csv", rows, fieldnames=POINT_FIELDS)
-        write_geojson(self.output_dir / "geojson" / f"{stem}.geojson", polys, self._geojson_properties(rows))
+        write_geojson(self.output_dir / "geojson" / f"{stem}.geojson", polys, self._geojson_properties(rows, table))
+
+    @property
+    def mpp(self) -> float:
+        """Micrometres per pixel of the tiles (the predictor's ``size_scale`` relative to 40x, 0.25 um/px)."""
+        from bundle.scale import REFERENCE_MPP
+
+        return REFERENCE_MPP / self.predictor.size_scale
+
+    def _write_measurements(self, stem, rgb, inst, rows, mpp: float) -> dict:
+        """``measurements/<stem>.csv``: one row per nucleus (``id`` = its label in the instance map and its GeoJSON
+        feature id; :func:`bundle.measure.nucleus_measurements` at :attr:`mpp`, plus score and class)."""
+        from bundle.measure import nucleus_measurements
+
+        table = nucleus_measurements(inst, rgb, mpp)
+        n = len(table["id"])
+        out = [{"image": stem, **{k: (int(v[i]) if k == "id" else round(float(v[i]), 4)) for k, v in table.items()},
+                "score": rows[i]["score"] if i < len(rows) else "", "class": self.class_name} for i in range(n)]
+        fields = ["image", *table, "score", "class"]
+        write_csv(self.output_dir / "measurements" / f"{stem}.csv", out, fieldnames=fields)
+        write_parquet(self.output_dir / "measurements" / f"{stem}.parquet",
+                      {k: [r[k] for r in out] for k in fields})  # when pyarrow is installed
+        return table
+
+    def infer_tile(self, rgb: np.ndarray, path: str = "image") -> tuple:
+        """One tile -> (instances (H, W) int32, probabilities (C, H, W), info): a blank tile
+        (:func:`bundle.stain.blank_reason`) gets no nuclei and a warning; otherwise the tile's scale
+        (:meth:`image_scale`) and :meth:`predict`. ``info``: ``blank`` (reason or ""), ``mpp`` (the tile's um/px, None =
+        the folder's), and with :attr:`auto_scale` ``nucleus_diameter_px`` and ``scale_factor``. Also used by the
+        MONAI Deploy application, so both give the same instances."""
+        from bundle.scale import REFERENCE_MPP
+        from bundle.stain import blank_reason
+
+        blank = blank_reason(rgb)
+        d = s = None
+        if blank:  # white, black or uniform: no nuclei, whatever a network or an Otsu threshold of noise would say
+            logger.warning(f"{path}: {blank}; no nuclei")
+            inst = np.zeros(rgb.shape[:2], np.int32)
+            prob = np.ones((1, *rgb.shape[:2]), np.float32)  # P(background) = 1
+        else:
+            d, s = self.image_scale(rgb, path)
+            inst, prob = self.predict(rgb, size_scale=s)
+        info = {"blank": blank or "", "mpp": None if s is None else REFERENCE_MPP / s}
+        if self.auto_scale:
+            info.update({"nucleus_diameter_px": round(d, 2) if d else "", "scale_factor": round(s, 3) if s else ""})
+        return inst, prob, info
 
     def run_image(self, item) -> dict:
         from bundle.annotations import read_instance_label
@@ -116,13 +213,16 @@ class NucleiRunner:
         path = item["image"]
         rgb = read_rgb(path, min_size=32)
         t0 = time.perf_counter()
-        inst, prob = self.predict(rgb)
-        row = self.write_outputs(item_name(item), rgb, inst, prob, time.perf_counter() - t0)
+        inst, prob, info = self.infer_tile(rgb, path)
+        row = self.write_outputs(item_name(item), rgb, inst, prob, time.perf_counter() - t0, mpp=info["mpp"])
+        row.update({k: v for k, v in info.items() if k not in ("blank", "mpp")})
+        row["note"] = "blank" if info["blank"] else ""
         if item.get("label"):
             row.update(instance_scores(inst, read_instance_label(item["label"])))
         return row
 
-    def write_outputs(self, stem: str, rgb: np.ndarray, inst: np.ndarray, prob: np.ndarray, seconds: float) -> dict:
+    def write_outputs(self, stem: str, rgb: np.ndarray, inst: np.ndarray, prob: np.ndarray, seconds: float,
+                      mpp: float | None = None) -> dict:
         """The files of one tile (instance map, points CSV, GeoJSON, overlay, optional mask) -> its summary row.
         Also used by the MONAI Deploy application (:mod:`bundle.deploy`) on tiles it got as arrays."""
         from bundle.annotations import write_instance_label
@@ -132,13 +232,25 @@ class NucleiRunner:
         write_instance_label(self.output_dir / "labels" / f"{stem}{suffix}", inst)
         rows = self._rows(stem, inst, prob)
         polys = instance_polygons(inst)
-        self._write_points(stem, rows, [polys[i] for i in sorted(polys)])
+        mpp = self.mpp if mpp is None else float(mpp)
+        table = self._write_measurements(stem, rgb, inst, rows, mpp) if self.write_measurements else None
+        self._write_points(stem, rows, [polys[i] for i in sorted(polys)], table)
         if self.write_overlays:
             write_image(self.output_dir / "overlays" / f"{stem}.png", overlay_mask(rgb, inst))
         if self.write_masks:  # 0/255 foreground, the pseudo-mask format: lets a trained network teach a new round
             write_image(self.output_dir / "masks" / f"{stem}.png", (inst > 0).astype(np.uint8) * 255)
-        return {"image": stem, "n_nuclei": int(inst.max()), "seconds": seconds, "height": rgb.shape[0],
-                "width": rgb.shape[1]}
+        row = {"image": stem, "n_nuclei": int(inst.max()), "seconds": seconds, "height": rgb.shape[0],
+               "width": rgb.shape[1]}
+        if table is not None:  # size statistics and density per mm^2 of tissue (optical density > 0.15)
+            from bundle.stain import tissue_by_od
+
+            tissue_mm2 = float(tissue_by_od(rgb).sum()) * (mpp / 1000.0) ** 2
+            area = table.get("area_um2", np.zeros(0))
+            row.update({"mean_area_um2": round(float(area.mean()), 2) if len(area) else "",
+                        "median_area_um2": round(float(np.median(area)), 2) if len(area) else "",
+                        "tissue_mm2": round(tissue_mm2, 5),
+                        "nuclei_per_mm2": round(int(inst.max()) / tissue_mm2, 1) if tissue_mm2 > 0 else ""})
+        return row
 
     def run_slide(self, item) -> dict:
         path = item["image"]
@@ -201,9 +313,10 @@ class NucleiRunner:
 
     def prepare(self) -> "NucleiRunner":
         """Load ``ckpt_path`` into the network (one-line error when missing or mismatched) and set it to eval."""
-        from bundle.checkpoints import load_network_weights
+        from bundle.checkpoints import check_network_kind, load_network_weights
 
         if self.ckpt_path:
+            check_network_kind(self.ckpt_path, "seg")
             load_network_weights(self.network, self.ckpt_path, map_location=self.device)
         self.network.to(self.device).eval()
         return self
@@ -218,12 +331,30 @@ class NucleiRunner:
             return self._run()
 
     def _run(self) -> dict:
+        from bundle.distributed import broadcast, gather_rows, rank_world, shard
         from bundle.wsi import is_wsi
 
         items = self.items()
         self.prepare()
-        rows, skipped = run_items(items, lambda it: self.run_slide(it) if is_wsi(it["image"]) else self.run_image(it),
+        names = [item_name(it) for it in items]
+        mine = shard(items, names)  # all of them in one process; a disjoint share per rank under torchrun
+        rows, skipped = run_items(mine, lambda it: self.run_slide(it) if is_wsi(it["image"]) else self.run_image(it),
                                   "nuclei")
-        summary = write_summary(self.output_dir, rows, skipped, self.data, csv_name="summary.csv")
-        logger.info(f"wrote nuclei of {len(rows)} image(s) to {self.output_dir}")
-        return summary
+        rows, skipped = gather_rows(rows, skipped, names)
+        rank, world = rank_world()
+        summary = None
+        if rank == 0:
+            summary = write_summary(self.output_dir, rows, skipped, self.data, csv_name="summary.csv")
+            if self.write_report:
+                from bundle.report import write_report
+
+                write_report(self.output_dir, settings={**self.settings(), "processes": world})
+            logger.info(f"wrote nuclei of {len(rows)} image(s) to {self.output_dir}")
+        return broadcast(summary)
+
+    def settings(self) -> dict:
+        """What produced this run's outputs (the report's settings table)."""
+        return {"data": str(self.data), "checkpoint": str(self.ckpt_path or ""), "device": str(self.device),
+                "um per px (folder)": "measured per tile" if self.auto_scale else round(self.mpp, 4),
+                "flip TTA": self.predictor.tta, "instances": self.postprocess.mode,
+                "threshold": self.postprocess.threshold}

@@ -187,7 +187,16 @@ def test_end_to_end_extract_train_resume_classify_export(root, tmp_path, SMALL):
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and all(abs(sum(float(r[f"p_{k}"]) for k in range(3)) - 1) < 1e-3 for r in rows)
     with open(res / "cell_categories.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == len(cells)
+        cat_rows = list(csv.DictReader(f))
+    assert len(cat_rows) == len(cells)
+    feats = [ft for p in sorted((res / "geojson").glob("*.geojson")) for ft in json.loads(p.read_text())["features"]]
+    assert len(feats) == len(cells) and len(list((res / "geojson").glob("*.geojson"))) == 4  # QuPath, per image
+    names = {ft["properties"]["classification"]["name"]: tuple(ft["properties"]["classification"]["color"])
+             for ft in feats}
+    assert sorted(names) == sorted({f"Category {r['category']}" for r in cat_rows})
+    assert len(set(names.values())) == len(names)  # one colour per category
+    ring = feats[0]["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and feats[0]["properties"]["objectType"] == "detection"
     assert (res / "proportions.png").is_file() and (res / "image_classes.csv").is_file()
 
     # export the critic (single tensor output `pred`) and check its input / output against the meta file

@@ -28,6 +28,39 @@ def test_instance_polygons_outline_area():
         assert abs(len(rr) - area) <= 0.25 * area  # outline encloses the object
 
 
+def _self_intersects(xy: np.ndarray) -> bool:
+    """True when two non-adjacent edges of the closed ring ``xy`` (first == last) cross or touch."""
+    e = list(zip(xy[:-1], xy[1:]))
+
+    def orient(a, b, c):
+        return np.sign((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]))
+
+    for i in range(len(e)):
+        for j in range(i + 2, len(e)):
+            if i == 0 and j == len(e) - 1:
+                continue  # the ring's first and last edges share its start vertex
+            (p, q), (r, s) = e[i], e[j]
+            if orient(p, q, r) * orient(p, q, s) < 0 and orient(r, s, p) * orient(r, s, q) < 0:
+                return True
+    return False
+
+
+def test_instance_polygons_are_simple_rings_on_real_shapes():
+    """QuPath imports only valid polygons: closed rings that do not cross themselves, for every object of a
+    classical segmentation of a synthetic tile (irregular, touching, tiny and border objects)."""
+    from bundle.synthetic import synthetic_he_tile
+
+    rgb, _ = synthetic_he_tile(256, seed=3)
+    inst = classical_nuclei(rgb)
+    polys = instance_polygons(inst)
+    assert len(polys) == len(np.unique(inst[inst > 0])) > 10
+    for xy in polys.values():
+        assert np.array_equal(xy[0], xy[-1]) and len(xy) >= 4
+        assert not _self_intersects(xy)
+    bowtie = np.array([[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]], float)
+    assert _self_intersects(bowtie)  # the check itself sees a crossing ring
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_watershed_splits_touching_disks():
     yy, xx = np.mgrid[:60, :80]

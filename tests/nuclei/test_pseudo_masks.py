@@ -19,13 +19,22 @@ def test_psm_infer_skips_bad_files_and_reports(root, synthetic_dir, tmp_path, in
         shutil.copy(p, folder / p.name)
     (folder / "zero.png").write_bytes(b"")
     (folder / "tiny.png").write_bytes((synthetic_dir / "images" / "tile_00.png").read_bytes()[:100])
+    import numpy as np
+
+    from bundle.io import write_image
+
+    for name, grey in (("white", 255), ("black", 0), ("grey", 200)):  # issue 33, item 10: no tissue, no mask
+        write_image(folder / f"{name}.png", np.full((128, 128, 3), grey, np.uint8))
     net = Res2Net("cpu", base_channels=16)
     torch.save(net.state_dict(), tmp_path / "model.pt")
     wf = infer_workflow(root, folder, tmp_path, tmp_path / "model.pt", output_dir=str(tmp_path / "o"))
     wf.run()
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert s["n_images"] == 2 and s["n_skipped"] == 2
+    assert s["n_images"] == 2 and s["n_skipped"] == 5
     assert any("zero.png" in m and "empty" in m for m in s["skipped"])
+    assert sum("blank tile" in m for m in s["skipped"]) == 3
+    assert sorted(p.name for p in (tmp_path / "o" / "masks").iterdir()) == sorted(
+        p.name for p in sorted((synthetic_dir / "images").glob("*.png"))[:2])  # blank tiles get no training mask
     assert not list((tmp_path / "o").rglob("*.part*"))
 
 

@@ -45,6 +45,49 @@ def test_nuclei_runner_outputs_and_bad_file(synthetic_dir, tmp_path, nuclei_runn
     assert not list(out.rglob("*.part*"))  # nothing half-written
 
 
+def test_blank_tiles_give_no_nuclei(tmp_path, nuclei_runner):
+    """Issue 33, item 10: white, black and uniform grey tiles gave 4-10 'nuclei'; now none, with one line each."""
+    from bundle.io import write_image
+
+    for name, grey in (("white", 255), ("black", 0), ("grey", 200)):
+        rgb = np.full((96, 96, 3), grey, np.uint8)
+        rgb[::7, ::5] = np.clip(grey + 3, 0, 255)  # sensor noise is not tissue
+        write_image(tmp_path / "in" / f"{name}.png", rgb)
+    s = nuclei_runner(tmp_path / "in", tmp_path / "out").run()
+    assert s["n_images"] == 3 and s["n_nuclei"] == 0
+    rows = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    assert all(r.endswith(",blank") for r in rows[1:])
+
+
+def test_auto_scale_sees_a_half_size_copy_as_20x(tmp_path, nuclei_runner):
+    """Issue 29: with no mpp, each tile's nucleus size sets its scale against the size the network learnt on."""
+    import csv
+
+    from PIL import Image
+
+    from bundle.io import write_image
+    from bundle.scale import estimate_nucleus_diameter
+    from bundle.synthetic import synthetic_he_tile
+
+    rgb, _ = synthetic_he_tile(384, seed=2)
+    write_image(tmp_path / "in" / "full.png", rgb)
+    write_image(tmp_path / "in" / "half.png", np.asarray(Image.fromarray(rgb).resize((192, 192), Image.BOX)))
+    d = estimate_nucleus_diameter(rgb)
+    nuclei_runner(tmp_path / "in", tmp_path / "out", auto_scale=True, trained_diameter=d).run()
+    with open(tmp_path / "out" / "summary.csv") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
+    assert float(rows["full"]["scale_factor"]) == 1.0  # the network's own nucleus size: left as it is
+    assert 0.4 < float(rows["half"]["scale_factor"]) < 0.6 and float(rows["half"]["nucleus_diameter_px"]) < 0.6 * d
+    with open(tmp_path / "out" / "measurements" / "half.csv") as f:  # micrometres follow the estimated pixel size
+        r = next(csv.DictReader(f))
+    assert float(r["area_um2"]) == pytest.approx(float(r["area"]) * (0.25 / float(rows["half"]["scale_factor"])) ** 2,
+                                                 rel=0.01)
+    pq = pytest.importorskip("pyarrow.parquet")  # the same table as Parquet when pyarrow is installed
+    t = pq.read_table(tmp_path / "out" / "measurements" / "half.parquet").to_pylist()
+    assert t[0]["id"] == int(r["id"]) and t[0]["area_um2"] == pytest.approx(float(r["area_um2"]))
+    assert t[0]["class"] == r["class"] and len(t) == float(rows["half"]["n_nuclei"])
+
+
 def test_nuclei_runner_slide_and_blank_slide(tmp_path, nuclei_runner):
     from bundle.synthetic import synthetic_he_tile
 

@@ -1,0 +1,88 @@
+# Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
+"""Several processes over one input folder (issue 30): PyTorch's own ``torch.distributed``, started by ``torchrun``.
+
+Without an initialised process group every function here is the single-process identity, so a runner calls them
+unconditionally. With one (``configs/multi_gpu_inference.json`` initialises it: NCCL on GPUs, gloo on CPUs), each
+rank takes a disjoint share of the inputs in a stable order (:func:`shard`: by output name, so a rerun takes the same
+share), writes its own files, and rank 0 gathers every rank's summary rows (:func:`gather_rows`) and writes the
+folder's summary and report once."""
+
+from __future__ import annotations
+
+__all__ = ["rank_world", "shard", "barrier", "gather_rows", "broadcast", "init_from_env"]
+
+
+def rank_world() -> tuple[int, int]:
+    """(this process's rank, number of processes); (0, 1) without an initialised process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Initialise the default process group from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``
+    ...) when it names more than one process and none is initialised yet; ``backend`` None = NCCL when CUDA is
+    available, else gloo. Returns True when a group of more than one process is running."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    return dist.get_world_size() > 1
+
+
+def shard(items: list, names: list[str]) -> list:
+    """This rank's share of ``items``: every ``world``-th item, starting at ``rank``, in the order of ``names`` (the
+    items' unique output names), so the shares are disjoint, cover every item and do not depend on listing order."""
+    rank, world = rank_world()
+    if world == 1:
+        return list(items)
+    order = sorted(range(len(items)), key=lambda i: names[i])
+    return [items[i] for i in sorted(order[rank::world])]
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if rank_world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def gather_rows(rows: list, skipped: list, order: list[str] | None = None) -> tuple[list, list]:
+    """Every rank's summary ``rows`` and ``skipped`` messages on rank 0 (other ranks get empty lists); rows sorted
+    by the position of their ``image`` in ``order`` (the single-process order), so the merged summary equals a
+    single process's."""
+    rank, world = rank_world()
+    if world == 1:
+        return rows, skipped
+    import torch.distributed as dist
+
+    got = [None] * world if rank == 0 else None
+    dist.gather_object((rows, skipped), got, dst=0)
+    if rank != 0:
+        return [], []
+    all_rows = [r for rs, _ in got for r in rs]
+    all_skipped = [s for _, ss in got for s in ss]
+    if order is not None:
+        pos = {n: i for i, n in enumerate(order)}
+        all_rows.sort(key=lambda r: pos.get(str(r.get("image")), len(pos)))
+    return all_rows, all_skipped
+
+
+def broadcast(obj):
+    """Rank 0's ``obj`` on every rank (the object itself in one process)."""
+    rank, world = rank_world()
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
