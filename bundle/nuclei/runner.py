@@ -5,7 +5,9 @@ in one line and skipped; outputs are written atomically."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -338,8 +340,21 @@ class NucleiRunner:
         self.prepare()
         names = [item_name(it) for it in items]
         mine = shard(items, names)  # all of them in one process; a disjoint share per rank under torchrun
-        rows, skipped = run_items(mine, lambda it: self.run_slide(it) if is_wsi(it["image"]) else self.run_image(it),
-                                  "nuclei")
+        key, reused = self.fingerprint(), []
+
+        def one(it):
+            row = self._finished_row(it, key)
+            if row is not None:
+                reused.append(it["image"])
+                return row
+            row = self.run_slide(it) if is_wsi(it["image"]) else self.run_image(it)
+            self._mark_finished(it, key, row)
+            return row
+
+        rows, skipped = run_items(mine, one, "nuclei")
+        if reused:
+            logger.info(f"kept the outputs of {len(reused)} image(s) that an earlier run with the same weights and "
+                        f"settings finished (delete {self.output_dir / self.DONE} to redo them)")
         rows, skipped = gather_rows(rows, skipped, names)
         rank, world = rank_world()
         summary = None
@@ -351,6 +366,47 @@ class NucleiRunner:
                 write_report(self.output_dir, settings={**self.settings(), "processes": world})
             logger.info(f"wrote nuclei of {len(rows)} image(s) to {self.output_dir}")
         return broadcast(summary)
+
+    DONE = ".done"  # <output_dir>/.done/<name>.json: one per finished input, written after all its files
+
+    def fingerprint(self) -> str | None:
+        """What an input's outputs depend on besides the input: the weights file (path, size, mtime) and every setting.
+        None without ``ckpt_path`` (weights given as a network object cannot be identified: nothing is reused)."""
+        import hashlib
+
+        if not self.ckpt_path or not Path(self.ckpt_path).is_file():
+            return None
+        st = Path(self.ckpt_path).stat()
+        parts = (str(Path(self.ckpt_path).resolve()), st.st_size, st.st_mtime_ns, repr(self.predictor),
+                 repr(self.postprocess), repr(self.wsi), self.label_format, self.write_overlays, self.write_masks,
+                 self.write_measurements, self.auto_scale, self.scale_dead_zone, self.trained_diameter,
+                 self.class_name, self.class_colour)
+        return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+    @staticmethod
+    def _input_stamp(item) -> list:
+        return [[str(item.get(k)), os.stat(item[k]).st_size, os.stat(item[k]).st_mtime_ns]
+                for k in ("image", "label") if item.get(k) and os.path.isfile(item[k])]
+
+    def _finished_row(self, item, key: str | None) -> dict | None:
+        """The summary row of ``item`` when an earlier run into this folder finished it with the same ``key`` (see
+        :meth:`fingerprint`) and the same input files; else None (the input is processed)."""
+        if key is None:
+            return None
+        p = self.output_dir / self.DONE / f"{item_name(item)}.json"
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(rec, dict) and rec.get("key") == key and rec.get("input") == self._input_stamp(item)
+        return rec.get("row") if ok and isinstance(rec.get("row"), dict) else None
+
+    def _mark_finished(self, item, key: str | None, row: dict) -> None:
+        if key is not None:
+            from bundle.io import write_json
+
+            write_json(self.output_dir / self.DONE / f"{item_name(item)}.json",
+                       json.loads(json.dumps({"key": key, "input": self._input_stamp(item), "row": row}, default=float)))
 
     def settings(self) -> dict:
         """What produced this run's outputs (the report's settings table)."""

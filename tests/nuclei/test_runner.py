@@ -151,3 +151,39 @@ def test_det_seg_infer_evaluate_end_to_end(root, synthetic_dir, pseudo_root, wor
     assert res["n_images"] == 6
     assert res["mean"]["aji"] == pytest.approx(summary["aji"], abs=1e-6)
     assert json.loads((out / "evaluation" / "metrics.json").read_text())["n_images"] == 6
+
+
+def test_rerun_keeps_finished_images_and_redoes_changed_ones(tmp_path, nuclei_runner):
+    """A rerun into the same folder with the same weights file and settings keeps what an earlier (killed) run
+    finished, processes the rest, and redoes everything when a setting changes; the summary has every image."""
+    import csv
+
+    import torch
+
+    from bundle.io import write_image
+    from bundle.networks import ResUNet34
+    from bundle.synthetic import synthetic_he_tile
+
+    for s in range(3):
+        write_image(tmp_path / "in" / f"t{s}.png", synthetic_he_tile(128, seed=s)[0])
+    torch.manual_seed(0)
+    net = ResUNet34(out_channels=2, base_channels=8)
+    (tmp_path / "ckpt").mkdir()
+    torch.save(net.state_dict(), tmp_path / "ckpt" / "model.pt")
+
+    def run(**kw):
+        r = nuclei_runner(tmp_path / "in", tmp_path / "out", net=net, **kw)
+        r.ckpt_path = str(tmp_path / "ckpt" / "model.pt")
+        r.run()
+        with open(tmp_path / "out" / "summary.csv") as f:
+            rows = list(csv.DictReader(f))
+        return rows, {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "labels").glob("*.png")}
+
+    rows1, t1 = run()
+    (tmp_path / "out" / ".done" / "t1.json").unlink()  # as if the run had been killed while writing t1
+    rows2, t2 = run()
+    assert [r["n_nuclei"] for r in rows2] == [r["n_nuclei"] for r in rows1] and len(rows2) == 3
+    assert t2["t0.png"] == t1["t0.png"] and t2["t2.png"] == t1["t2.png"]  # kept
+    assert t2["t1.png"] != t1["t1.png"]  # redone
+    rows3, t3 = run(threshold=0.6)  # another setting: nothing is kept
+    assert all(t3[k] != t2[k] for k in t2) and len(rows3) == 3
