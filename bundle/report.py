@@ -54,8 +54,8 @@ th{background:#f3f3f3}td.t,th.t{text-align:left}
 <figcaption>{{ name }}</figcaption></figure>
 {% endfor %}</div>{% endif %}
 <h2>Per image</h2>
-<table id="images"><tr>{% for c in columns %}<th class="t">{{ c }}</th>{% endfor %}</tr>
-{% for r in rows %}<tr>{% for c in columns %}<td>{{ r.get(c, "") }}</td>{% endfor %}</tr>{% endfor %}</table>
+<div style="overflow-x:auto"><table id="images"><tr>{% for c in columns %}<th class="t">{{ c }}</th>{% endfor %}</tr>
+{% for r in rows %}<tr>{% for c in columns %}<td>{{ r.get(c, "") }}</td>{% endfor %}</tr>{% endfor %}</table></div>
 <h2>Skipped files</h2>
 {% if skipped %}<ul id="skipped">{% for s in skipped %}<li class="warn">{{ s }}</li>{% endfor %}</ul>
 {% else %}<p id="skipped">none</p>{% endif %}
@@ -216,12 +216,14 @@ def write_report(output_dir: str | os.PathLike, title: str | None = None, settin
     hotspots = [(r["image"], r["hotspot_ki67_index"], f"{r.get('hotspot_ki67_index_ci_low', '')} - "
                  f"{r.get('hotspot_ki67_index_ci_high', '')}") for r in t["rows"] if r.get("hotspot_ki67_index")]
     columns = list(dict.fromkeys(k for r in t["rows"] for k in r))
+    shown = [{k: (v if k == "image" or _num(v) is None or float(v).is_integer() else _fmt(float(v)))
+              for k, v in r.items()} for r in t["rows"]]  # numbers to 4 significant digits
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.from_string(_TEMPLATE).render(
         title=title or f"{'Ki-67' if t['workflow'] == 'ki67' else 'Nuclei'} report: {out.name}",
         workflow="Ki-67" if t["workflow"] == "ki67" else "Nuclei", n_images=len(t["rows"]), output_dir=str(out),
         version=bundle.__version__, summary=t["summary"], classes=t["classes"], hotspots=hotspots, plots=plots,
-        examples=examples, columns=columns, rows=t["rows"], skipped=t["skipped"], thumb=THUMB_SIDE,
+        examples=examples, columns=columns, rows=shown, skipped=t["skipped"], thumb=THUMB_SIDE,
         settings=[(k, _fmt(v)) for k, v in (settings or {}).items()])
     path = Path(path) if path is not None else out / "report.html"
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:

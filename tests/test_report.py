@@ -117,3 +117,26 @@ def test_report_of_a_folder_without_a_run_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="summary.csv"):
         write_report(tmp_path)
     assert not (tmp_path / "report.html").exists()
+
+
+def test_report_renders_in_a_headless_browser_without_console_errors(tmp_path, nuclei_runner):
+    """Opened by a real browser (headless Chromium, where one is installed: not on the CI machine), the report
+    renders its tables and logs nothing to the console."""
+    import shutil
+    import subprocess
+
+    from bundle.io import write_image
+    from bundle.synthetic import synthetic_he_tile
+
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no headless Chromium on this machine")
+    write_image(tmp_path / "in" / "t0.png", synthetic_he_tile(160, seed=0)[0])
+    nuclei_runner(tmp_path / "in", tmp_path / "out").run()
+    r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+                        "--dump-dom", (tmp_path / "out" / "report.html").as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert '<table id="summary">' in r.stdout and '<table id="images">' in r.stdout
+    assert r.stdout.count("<img ") >= 3  # two histograms and the example overlay
+    assert not [ln for ln in r.stderr.splitlines() if ":CONSOLE" in ln]
