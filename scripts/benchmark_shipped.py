@@ -5,9 +5,11 @@
 
 Each measurement is the user's command line in its own process: ``configs/inference.json`` (bundle_root = this
 bundle, default settings, flip TTA) on a folder, then ``configs/evaluate.json`` against the true instance maps:
-- the 14 test images at 40x;
-- a 20x copy of them (:mod:`scripts.make_lowres`, 2 x 2 box average, labels subsampled) without and with
-  ``--mpp 0.5`` (the network then sees the tiles resized to the pixel size it was trained at);
+- the 14 test images at 40x, with ``--mpp 0.25`` (the pixel size known) and without (the default: each tile's scale
+  measured from its nuclei);
+- a 20x copy of them (:mod:`scripts.make_lowres`, 2 x 2 box average, labels subsampled) taken as 40x (``--mpp 0.25``),
+  with its scale measured (no ``--mpp``) and with ``--mpp 0.5`` (the network then sees the tiles resized to the pixel
+  size it was trained at);
 plus the classical baseline (haematoxylin Otsu + watershed, parameters chosen on train:
 ``docs/results/classical_baseline.json``) on the same 40x images, and the seconds from starting the inference command
 to its first written instance map. Writes ``<out>.json`` and ``<out>.md``.
@@ -117,13 +119,18 @@ def main(argv=None):
                         "--out", str(low)], cwd=ROOT, env=env, check=True)
     params = json.loads((ROOT / "docs" / "results" / "classical_baseline.json").read_text())["selected"]
     results = {
-        "shipped_40x": {"images": "40x", "method": "shipped network",
-                        **infer_and_score(test / "images", test / "labels", a.work / "40x", env)},
+        "shipped_40x": {"images": "40x", "method": "shipped network, --mpp 0.25",
+                        **infer_and_score(test / "images", test / "labels", a.work / "40x", env, ("--mpp", "0.25"))},
+        "shipped_40x_auto": {"images": "40x", "method": "shipped network, no --mpp (each tile's scale measured)",
+                             **infer_and_score(test / "images", test / "labels", a.work / "40x_auto", env)},
         "classical_40x": {"images": "40x", "method": "classical baseline",
                           **classical(test / "images", test / "labels", params)},
-        "shipped_20x_no_mpp": {"images": "20x copy", "method": "shipped network, no --mpp",
+        "shipped_20x_no_mpp": {"images": "20x copy", "method": "shipped network, --mpp 0.25 (taken as 40x)",
                                **infer_and_score(low / "test" / "images", low / "test" / "labels", a.work / "20x",
-                                                 env)},
+                                                 env, ("--mpp", "0.25"))},
+        "shipped_20x_auto": {"images": "20x copy", "method": "shipped network, no --mpp (each tile's scale measured)",
+                             **infer_and_score(low / "test" / "images", low / "test" / "labels", a.work / "20x_auto",
+                                               env)},
         "shipped_20x_mpp": {"images": "20x copy", "method": "shipped network, --mpp 0.5",
                             **infer_and_score(low / "test" / "images", low / "test" / "labels", a.work / "20x_mpp",
                                               env, ("--mpp", "0.5"))},
