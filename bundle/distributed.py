@@ -9,7 +9,7 @@ folder's summary and report once."""
 
 from __future__ import annotations
 
-__all__ = ["rank_world", "shard", "barrier", "gather_rows", "broadcast", "init_from_env"]
+__all__ = ["rank_world", "shard", "barrier", "gather", "gather_rows", "broadcast", "init_from_env"]
 
 
 def rank_world() -> tuple[int, int]:
@@ -55,18 +55,26 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather(obj) -> list | None:
+    """Every rank's ``obj`` as a list on rank 0 (rank order), None on the other ranks; ``[obj]`` in one process."""
+    rank, world = rank_world()
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    got = [None] * world if rank == 0 else None
+    dist.gather_object(obj, got, dst=0)
+    return got
+
+
 def gather_rows(rows: list, skipped: list, order: list[str] | None = None) -> tuple[list, list]:
     """Every rank's summary ``rows`` and ``skipped`` messages on rank 0 (other ranks get empty lists); rows sorted
     by the position of their ``image`` in ``order`` (the single-process order), so the merged summary equals a
     single process's."""
-    rank, world = rank_world()
-    if world == 1:
+    if rank_world()[1] == 1:
         return rows, skipped
-    import torch.distributed as dist
-
-    got = [None] * world if rank == 0 else None
-    dist.gather_object((rows, skipped), got, dst=0)
-    if rank != 0:
+    got = gather((rows, skipped))
+    if got is None:
         return [], []
     all_rows = [r for rs, _ in got for r in rs]
     all_skipped = [s for _, ss in got for s in ss]

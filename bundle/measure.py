@@ -19,13 +19,9 @@ def stain_densities(rgb: np.ndarray, stains: Sequence[str] = ("hematoxylin", "eo
     """``{stain: (H, W) float32 decadic optical density}`` of an (H, W, 3) uint8 RGB tile by colour deconvolution
     with unit reference vectors (Ruifrok & Johnston): ``hematoxylin``, ``eosin`` (H&E) or ``dab`` (IHC, with the
     haematoxylin-DAB matrix)."""
-    from bundle.stain import REF_DAB, REF_EOSIN, REF_HEMATOXYLIN, od_lookup
+    from bundle.stain import REF_DAB, REF_EOSIN, od_lookup, reference_stain_matrix
 
-    second = REF_DAB if "dab" in stains else REF_EOSIN
-    h = np.asarray(REF_HEMATOXYLIN, float) / np.linalg.norm(REF_HEMATOXYLIN)
-    o = np.asarray(second, float) / np.linalg.norm(second)
-    r = np.cross(h, o)
-    inv = np.linalg.pinv(np.stack([h, o, r / np.linalg.norm(r)], 1))  # row k: OD (R, G, B) -> stain k
+    inv = np.linalg.pinv(reference_stain_matrix(REF_DAB if "dab" in stains else REF_EOSIN))  # row k: OD -> stain k
     rgb = np.asarray(rgb, np.uint8)
     lut = od_lookup()
     od = [lut[rgb[..., c]] for c in range(3)]  # per-channel OD by lookup: no (H, W, 3) float64 image

@@ -6,7 +6,7 @@ the resize that shows a network tiles at the pixel size it was trained at."""
 from __future__ import annotations
 
 __all__ = ["REFERENCE_MPP", "REFERENCE_DIAMETER", "size_scale", "resample_factor", "scaled",
-           "estimate_nucleus_diameter", "estimated_scale", "folder_nucleus_diameter", "tile_mpp"]
+           "estimate_nucleus_diameter", "folder_nucleus_diameter", "tile_mpp"]
 
 REFERENCE_MPP = 0.25
 """um per pixel at which the H&E size defaults were tuned (MoNuSeg, 40x)."""
@@ -85,14 +85,6 @@ def estimate_nucleus_diameter(rgb, crop: int = 512, sigmas: int = 16, low: float
     off = float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5)) if den != 0 else 0.0
     step = float(np.log(sig[1]) - np.log(sig[0]))
     return float(np.exp(np.log(sig[k]) + off * step) * 2 * np.sqrt(2))
-
-
-def estimated_scale(rgb, reference_diameter: float = REFERENCE_DIAMETER) -> tuple[float | None, float | None]:
-    """(estimated nucleus diameter px, pixel density relative to 40x = diameter / ``reference_diameter``), the
-    ``size_scale`` a tile of unknown magnification gets; (None, None) when :func:`estimate_nucleus_diameter` finds no
-    nuclei."""
-    d = estimate_nucleus_diameter(rgb)
-    return (None, None) if d is None else (d, d / float(reference_diameter))
 
 
 def folder_nucleus_diameter(data, max_images: int = 32, datalist_key: str = "training") -> float | None:

@@ -13,7 +13,7 @@ __all__ = [
     "hematoxylin_od", "hematoxylin_threshold", "hematoxylin_ratio", "hematoxylin_channel",
     "hematoxylin_evidence", "threshold_otsu_or_zero", "dab_od", "REF_HEMATOXYLIN", "REF_EOSIN", "REF_DAB",
     "optical_density", "lab_stats", "reinhard_normalize", "macenko_stain_vectors", "hematoxylin_index",
-    "stain_matrix", "hematoxylin_concentration", "hd_from_od", "blank_reason"
+    "stain_matrix", "hematoxylin_concentration", "hd_from_od", "blank_reason", "reference_stain_matrix", "od_lookup"
 ]
 
 
@@ -79,9 +79,10 @@ def blank_reason(rgb: np.ndarray, min_contrast: float = 16.0) -> str | None:
     percentile range of its grey levels below ``min_contrast``: all white, all black, uniform grey, glass with
     noise). Real tiles: 113-255 (MoNuSeg, BCData, WSSS4LUAD; median 189). Such a tile yields no nuclei and is left
     out of training."""
-    g = np.asarray(rgb, np.float32).reshape(-1, 3).mean(1)
-    if g.size > 1_000_000:  # a sample is enough for percentiles
-        g = g[:: g.size // 1_000_000]
+    px = np.asarray(rgb).reshape(-1, 3)
+    if len(px) > 1_000_000:  # a sample is enough for percentiles (taken before the float copy)
+        px = px[:: len(px) // 1_000_000]
+    g = px.astype(np.float32).mean(1)
     lo, hi = np.percentile(g, [1, 99])
     if hi - lo < min_contrast:
         return f"blank tile (grey levels {lo:.0f}-{hi:.0f}: no tissue contrast)"
@@ -115,6 +116,14 @@ REF_DAB = np.array([0.268, 0.570, 0.776])
 def _unit(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, np.float64)
     return v / (np.linalg.norm(v, axis=0, keepdims=True) + 1e-12)
+
+
+def reference_stain_matrix(second=REF_EOSIN) -> np.ndarray:
+    """(3, 3) decadic OD matrix of the reference (Ruifrok) vectors: haematoxylin, ``second`` (:data:`REF_EOSIN` for
+    H&E, :data:`REF_DAB` for IHC) and their unit cross product, as columns of unit length."""
+    h, o = _unit(REF_HEMATOXYLIN), _unit(second)
+    r = np.cross(h, o)
+    return np.stack([h, o, r / np.linalg.norm(r)], 1)
 
 
 def optical_density(rgb: np.ndarray, sigma: float = 0.0, log10: bool = False, io: float = 255.0) -> np.ndarray:

@@ -186,8 +186,9 @@ def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_ra
             stain = ihc_stain_matrix([read_rgb(it["image"]) for it in good[::step]], name=str(data))[0]
         for it in todo:
             rgb = read_rgb(it["image"])
-            if blank_reason(rgb):  # no label: the tile teaches nothing (left out below)
-                logger.warning(f"{it['image']}: {blank_reason(rgb)}; left out of training")
+            why = blank_reason(rgb)
+            if why:  # no label: the tile teaches nothing (left out below)
+                logger.warning(f"{it['image']}: {why}; left out of training")
                 Path(it["label"]).unlink(missing_ok=True)
                 continue
             if teachers:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bundle.stain import REF_DAB, REF_HEMATOXYLIN, macenko_stain_vectors, optical_density
+from bundle.stain import REF_DAB, macenko_stain_vectors, optical_density, reference_stain_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +35,6 @@ a median of about 1.8, annotated negative ones about 0.11 (95th percentile 0.38)
 
 CELL_RADIUS = 0.2
 """Radius of the disk a cell's DAB is measured in, as a fraction of the nucleus diameter (4 px at 40x)."""
-
-
-def _unit(v) -> np.ndarray:
-    v = np.asarray(v, np.float64)
-    return v / (np.linalg.norm(v, axis=0, keepdims=True) + 1e-12)
-
-
-def _reference_matrix() -> np.ndarray:
-    h, d = _unit(REF_HEMATOXYLIN), _unit(REF_DAB)
-    r = np.cross(h, d)
-    return np.stack([h, d, r / np.linalg.norm(r)], 1)
 
 
 def ihc_stain_matrix(images: Sequence, min_cosine: float = 0.9, max_pixels: int = 200_000, seed: int = 0,
@@ -67,7 +56,8 @@ def ihc_stain_matrix(images: Sequence, min_cosine: float = 0.9, max_pixels: int 
     why = ""
     try:
         v = macenko_stain_vectors(pooled.astype(np.uint8), seed=seed)
-        ch, cd = _unit(REF_HEMATOXYLIN) @ v, _unit(REF_DAB) @ v
+        ref = reference_stain_matrix(REF_DAB)  # unit reference haematoxylin and DAB in columns 0 and 1
+        ch, cd = ref[:, 0] @ v, ref[:, 1] @ v
         i = int(np.argmax(ch))
         if ch[i] >= min_cosine and cd[1 - i] >= min_cosine:
             h, d = v[:, i], v[:, 1 - i]
@@ -78,13 +68,13 @@ def ihc_stain_matrix(images: Sequence, min_cosine: float = 0.9, max_pixels: int 
     except ValueError as e:
         why = f"stain vectors could not be estimated ({e})"
     logger.warning(f"{name}: {why}; assuming the reference haematoxylin-DAB vectors (is this DAB IHC?)")
-    return _reference_matrix(), "reference"
+    return reference_stain_matrix(REF_DAB), "reference"
 
 
 def dab_density(rgb: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) float32 DAB density (decadic OD units, >= 0) by colour deconvolution with
     ``matrix`` (:func:`ihc_stain_matrix`; default the reference H-DAB vectors)."""
-    m = _reference_matrix() if matrix is None else np.asarray(matrix, np.float64)
+    m = reference_stain_matrix(REF_DAB) if matrix is None else np.asarray(matrix, np.float64)
     od = optical_density(np.asarray(rgb), log10=True)
     d = od.reshape(-1, 3) @ np.linalg.pinv(m)[1]
     return np.maximum(d, 0).reshape(od.shape[:2]).astype(np.float32)

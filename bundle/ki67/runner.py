@@ -143,6 +143,11 @@ class Ki67Runner:
         """The factor tiles are resized by before the network (:attr:`bundle.inferers.TilePredictor.resample`)."""
         return self.predictor.resample
 
+    @property
+    def mpp(self) -> float:
+        """Micrometres per pixel the tiles are taken at: the default nucleus diameter, 20 px, is set for 0.25 um/px."""
+        return 0.25 * 20.0 / self.cells.nucleus_diameter
+
     def items(self) -> list:
         """Same inputs as :meth:`bundle.nuclei.runner.NucleiRunner.items` (list, file, datalist JSON or folder)."""
         from bundle.wsi import input_items
@@ -211,8 +216,7 @@ class Ki67Runner:
         if not no_dab:
             self.histogram.add(dab)
         n_pos, n_neg = int((cls == POSITIVE).sum()), int((cls == NEGATIVE).sum())
-        mpp = 0.25 * 20.0 / self.cells.nucleus_diameter  # the default diameter, 20 px, is set for 0.25 um/px
-        tissue_mm2 = float(tissue_by_od(rgb).sum()) * (mpp / 1000.0) ** 2
+        tissue_mm2 = float(tissue_by_od(rgb).sum()) * (self.mpp / 1000.0) ** 2
         return {"image": stem, "n_positive": n_pos, "n_negative": n_neg, "n_cells": n_pos + n_neg,
                 **index_fields(n_pos, n_neg, valid=not no_dab), "dab_fraction": round(frac, 4),
                 "seconds": round(sec, 3), "height": rgb.shape[0], "width": rgb.shape[1],
@@ -232,7 +236,7 @@ class Ki67Runner:
         for out in outputs:  # a killed earlier run of this slide leaves its temporaries behind
             remove_stale_parts(out)
         slide = self.wsi.open(path, margin=max(64, int(round(3 * self.cells.nucleus_diameter))), tissue="density")
-        slide.check_mpp(0.25 * 20.0 / self.cells.nucleus_diameter)  # the default diameter, 20 px, is set for 0.25 um/px
+        slide.check_mpp(self.mpp)
         try:
             return self._run_slide(slide, stem, outputs)
         finally:
@@ -347,13 +351,13 @@ class Ki67Runner:
             self.labeler = Ki67PseudoLabeler(self.cells.nucleus_diameter, min_dab_fraction=self.cells.min_dab_fraction,
                                              seed=self.seed, stain=self.stain, dab_threshold=dab_rule).fit(tile_paths)
         one = lambda it: self.run_slide(it) if is_wsi(it["image"]) else self.run_image(it)  # noqa: E731
-        from bundle.distributed import broadcast, gather_rows, rank_world, shard
+        from bundle.distributed import broadcast, gather, gather_rows, rank_world, shard
 
         names = [item_name(it) for it in readable]
         rank = rank_world()[0]
         rows, mine_skipped = run_items(shard(readable, names), one, "Ki-67", [])  # a share per rank under torchrun
         rows, mine_skipped = gather_rows(rows, mine_skipped, names)
-        hist = gather_rows([self.histogram.counts], [])[0]  # every rank's per-cell DAB histogram
+        hist = gather(self.histogram.counts)  # every rank's per-cell DAB histogram
         if rank != 0:
             return broadcast(None)
         self.histogram.counts = np.sum(hist, 0)

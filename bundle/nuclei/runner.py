@@ -131,9 +131,9 @@ class NucleiRunner:
         a tile where no nuclei size is found gets the folder's, with a warning."""
         if not self.auto_scale:
             return None, None
-        from bundle.scale import estimated_scale, size_scale, tile_mpp
+        from bundle.scale import estimate_nucleus_diameter, size_scale, tile_mpp
 
-        d, _ = estimated_scale(rgb)
+        d = estimate_nucleus_diameter(rgb)
         if d is None:
             logger.warning(f"{path}: no nucleus size found (no haematoxylin blobs); using the folder's pixel size")
             return None, self.predictor.size_scale
@@ -405,8 +405,9 @@ class NucleiRunner:
         if key is not None:
             from bundle.io import write_json
 
+            record = {"key": key, "input": self._input_stamp(item), "row": row}
             write_json(self.output_dir / self.DONE / f"{item_name(item)}.json",
-                       json.loads(json.dumps({"key": key, "input": self._input_stamp(item), "row": row}, default=float)))
+                       json.loads(json.dumps(record, default=float)))  # numpy numbers as plain JSON numbers
 
     def settings(self) -> dict:
         """What produced this run's outputs (the report's settings table)."""
