@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bundle.measure import instance_polygons  # noqa: F401 - re-exported: outlines live with the measurements
 from bundle.nuclei.scm import clean_mask, hematoxylin_otsu
 
 __all__ = [
@@ -177,50 +178,3 @@ def instances_from_three_class(prob: np.ndarray, seed_threshold: float = 0.5, fg
     if min_size > 1:
         inst = remove_small_objects(inst, max_size=min_size - 1)
     return _relabel(inst)
-
-
-def instance_polygons(inst: np.ndarray, tolerance: float = 0.5) -> dict:
-    """Outline polygon of every instance, in pixel (x, y) = (col, row) coordinates of ``inst``.
-
-    Uses ``skimage.measure.find_contours`` on each instance's bounding box (padded by one pixel, so outlines are
-    closed), then simplifies all outlines at once with ``shapely.simplify(tolerance, preserve_topology=True)``
-    (GEOS: valid, non-self-intersecting rings; 10x faster than a per-object ``approximate_polygon``); an instance
-    with several parts keeps its longest outline, so every instance of at least one pixel gets a polygon.
-
-    Args:
-        inst: (H, W) integer instance map, 0 = background.
-    Returns:
-        ``{id: (K, 2) float array of (x, y) vertices, first == last}``.
-    """
-    import shapely
-    from scipy import ndimage as ndi
-    from skimage.measure import find_contours
-
-    out = {}
-    inst = np.asarray(inst)
-    for i, sl in enumerate(ndi.find_objects(inst), start=1):
-        if sl is None:
-            continue
-        crop = np.pad(inst[sl] == i, 1).astype(np.float32)
-        contours = find_contours(crop, 0.5)
-        if not contours:
-            continue
-        c = max(contours, key=len)
-        xy = np.stack([c[:, 1] - 1 + sl[1].start, c[:, 0] - 1 + sl[0].start], 1)
-        if len(xy) < 4:
-            continue
-        if not np.array_equal(xy[0], xy[-1]):
-            xy = np.vstack([xy, xy[:1]])
-        out[i] = xy
-    if tolerance > 0 and out:
-        ids = list(out)
-        coords = np.concatenate([out[i] for i in ids])
-        index = np.repeat(np.arange(len(ids)), [len(out[i]) for i in ids])
-        simple = shapely.simplify(shapely.polygons(shapely.linearrings(coords, indices=index)), tolerance,
-                                  preserve_topology=True)
-        xy, k = shapely.get_coordinates(shapely.get_exterior_ring(simple), return_index=True)
-        parts = np.split(xy, np.flatnonzero(np.diff(k)) + 1)
-        for j, p in zip(np.unique(k), parts):
-            if len(p) >= 4:  # else (a degenerate simplification) the raw outline stays
-                out[ids[j]] = p
-    return out

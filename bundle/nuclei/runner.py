@@ -170,12 +170,12 @@ class NucleiRunner:
 
         return REFERENCE_MPP / self.predictor.size_scale
 
-    def _write_measurements(self, stem, rgb, inst, rows, mpp: float) -> dict:
+    def _write_measurements(self, stem, rgb, inst, rows, mpp: float, polygons: dict | None = None) -> dict:
         """``measurements/<stem>.csv``: one row per nucleus (``id`` = its label in the instance map and its GeoJSON
         feature id; :func:`bundle.measure.nucleus_measurements` at :attr:`mpp`, plus score and class)."""
         from bundle.measure import nucleus_measurements
 
-        table = nucleus_measurements(inst, rgb, mpp)
+        table = nucleus_measurements(inst, rgb, mpp, polygons=polygons)
         n = len(table["id"])
         out = [{"image": stem, **{k: (int(v[i]) if k == "id" else round(float(v[i]), 4)) for k, v in table.items()},
                 "score": rows[i]["score"] if i < len(rows) else "", "class": self.class_name} for i in range(n)]
@@ -235,7 +235,7 @@ class NucleiRunner:
         rows = self._rows(stem, inst, prob)
         polys = instance_polygons(inst)
         mpp = self.mpp if mpp is None else float(mpp)
-        table = self._write_measurements(stem, rgb, inst, rows, mpp) if self.write_measurements else None
+        table = self._write_measurements(stem, rgb, inst, rows, mpp, polys) if self.write_measurements else None
         self._write_points(stem, rows, [polys[i] for i in sorted(polys)], table)
         if self.write_overlays:
             write_image(self.output_dir / "overlays" / f"{stem}.png", overlay_mask(rgb, inst))
