@@ -5,7 +5,8 @@ Formats:
 
 * Aperio ImageScope XML polygon annotations (MoNuSeg) -> :func:`read_aperio_xml`
 * BCData HDF5 point annotations (dataset ``coordinates``) -> :func:`read_bcdata_points`
-* PNG / TIFF instance maps (8- or 16-bit) -> :func:`read_instance_label` / :func:`write_instance_label`
+* PNG / TIFF instance maps (8- or 16-bit) -> :func:`read_instance_label` / :func:`write_instance_label`; maps too
+  big for memory are built on disk window by window and written as tiled TIFFs (:class:`LabelCanvas`)
 
 All instance maps follow the same convention: a 2-D integer array of shape (H, W),
 0 = background, 1..N = one id per object.
@@ -24,7 +25,7 @@ from bundle.io import atomic_path
 
 __all__ = [
     "PathLike", "read_aperio_xml", "read_bcdata_points", "read_point_table", "read_points",
-    "read_instance_label", "write_instance_label"
+    "read_instance_label", "write_instance_label", "LabelCanvas"
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -215,6 +216,71 @@ def write_instance_label(path: PathLike, inst: np.ndarray) -> None:
             from PIL import Image
 
             Image.fromarray(arr).save(tmp, format="PNG")
+
+
+class LabelCanvas:
+    """An (H, W) instance map kept in a temporary file beside its destination instead of in memory, painted window by
+    window and written as a tiled, zlib-compressed TIFF (uint16, or uint32 past 65535 objects): the label map of an
+    image too big to hold whole. Memory is bounded by one window (rows are read and written with ``pread`` /
+    ``pwrite``). Use as a context manager; the temporary (``.labels.*.part.raw``, cleared by the runners'
+    stale-temporary sweep if a run is killed) is removed on exit.
+
+    Args:
+        shape: (H, W) of the map.  directory: where the temporary file goes (the output folder: same disk).
+    """
+
+    def __init__(self, shape: Sequence[int], directory: PathLike):
+        import tempfile
+
+        self.h, self.w = (int(v) for v in shape)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self._fd, self._path = tempfile.mkstemp(prefix=".labels.", suffix=".part.raw", dir=os.fspath(directory))
+        os.ftruncate(self._fd, self.h * self.w * 4)  # sparse: zeros until painted
+        self.max_id = 0
+
+    def __enter__(self) -> "LabelCanvas":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self._fd)
+        Path(self._path).unlink(missing_ok=True)
+
+    def read(self, row: int, col: int, h: int, w: int) -> np.ndarray:
+        """(h, w) int32 region with top-left (row, col)."""
+        out = np.empty((h, w), np.int32)
+        for i in range(h):
+            out[i] = np.frombuffer(os.pread(self._fd, w * 4, ((row + i) * self.w + col) * 4), np.int32)
+        return out
+
+    def paint(self, row: int, col: int, labels: np.ndarray) -> None:
+        """Write the non-zero ids of ``labels`` ((h, w) int) at (row, col) where the map is still 0 (an object painted
+        by an earlier window keeps its pixels)."""
+        labels = np.asarray(labels)
+        rows, cols = np.flatnonzero(labels.any(1)), np.flatnonzero(labels.any(0))
+        if not len(rows):
+            return
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        sub = labels[r0:r1, c0:c1].astype(np.int32)
+        cur = self.read(row + r0, col + c0, r1 - r0, c1 - c0)
+        new = np.where((cur == 0) & (sub > 0), sub, cur)
+        for i in range(len(new)):
+            os.pwrite(self._fd, new[i].tobytes(), ((row + r0 + i) * self.w + col + c0) * 4)
+        self.max_id = max(self.max_id, int(sub.max()))
+
+    def write(self, path: PathLike, tile: int = 256) -> None:
+        """The map as a tiled TIFF at ``path``, atomically, one row of TIFF tiles in memory at a time."""
+        import tifffile
+
+        dtype = np.uint16 if self.max_id <= _MAX_UINT16 else np.uint32
+
+        def tiles():
+            for r in range(0, self.h, tile):
+                strip = self.read(r, 0, min(tile, self.h - r), self.w).astype(dtype)
+                for c in range(0, self.w, tile):
+                    yield strip[:, c: c + tile]
+
+        with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=self.h * self.w * 4 > 2 ** 31) as tw:
+            tw.write(tiles(), shape=(self.h, self.w), dtype=dtype, tile=(tile, tile), compression="zlib")
 
 
 def read_point_table(path: str | os.PathLike) -> dict:

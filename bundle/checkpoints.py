@@ -141,12 +141,17 @@ def check_network_kind(ckpt_path, expected: str) -> None:
                          f"{NETWORK_KINDS.get(expected, repr(expected))}; point ckpt_path at that network's model.pt")
 
 
-def trained_diameter(ckpt_path) -> float | None:
-    """The nucleus diameter (px, :func:`bundle.scale.folder_nucleus_diameter` of its training tiles) the network at
-    ``ckpt_path`` learnt on, from the :func:`training_settings` beside it; None when not recorded (bundle < 0.11.0)."""
+def trained_diameter(ckpt_path, stain: str = "he") -> float | None:
+    """The nucleus diameter (px, :func:`bundle.scale.folder_nucleus_diameter` of its training tiles with ``stain``'s
+    estimator) the network at ``ckpt_path`` learnt on, from the :func:`training_settings` beside it; None when not
+    recorded (bundle < 0.11.0) or recorded by the other estimator (``diameter_estimator``, "he" when absent: Ki-67
+    networks before 0.12.0 recorded the H&E one)."""
     if not ckpt_path:
         return None
-    v = (training_settings(Path(ckpt_path).parent) or {}).get("nucleus_diameter")
+    settings = training_settings(Path(ckpt_path).parent) or {}
+    if settings.get("diameter_estimator", "he") != stain:
+        return None
+    v = settings.get("nucleus_diameter")
     try:
         return None if v is None else float(v)
     except (TypeError, ValueError):

@@ -5,11 +5,19 @@ Without an initialised process group every function here is the single-process i
 unconditionally. With one (``configs/multi_gpu_inference.json`` initialises it: NCCL on GPUs, gloo on CPUs), each
 rank takes a disjoint share of the inputs in a stable order (:func:`shard`: by output name, so a rerun takes the same
 share), writes its own files, and rank 0 gathers every rank's summary rows (:func:`gather_rows`) and writes the
-folder's summary and report once."""
+folder's summary and report once.
+
+Training (``configs/multi_gpu_train.json`` on top of a training config): :func:`ddp` wraps the network in
+``DistributedDataParallel``, :func:`sampler` gives each rank its share of every epoch, :func:`unwrap` gives the plain
+network to checkpoints and validation, and :func:`rank_zero_first` lets rank 0 write shared files (training labels)
+before the others read them."""
 
 from __future__ import annotations
 
-__all__ = ["rank_world", "shard", "barrier", "gather", "gather_rows", "broadcast", "init_from_env"]
+from contextlib import ContextDecorator
+
+__all__ = ["rank_world", "shard", "barrier", "gather", "gather_rows", "broadcast", "init_from_env", "ddp", "unwrap",
+           "sampler", "rank_zero_first"]
 
 
 def rank_world() -> tuple[int, int]:
@@ -94,3 +102,49 @@ def broadcast(obj):
     box = [obj if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def ddp(module, device=None):
+    """``module`` in ``torch.nn.parallel.DistributedDataParallel`` when a process group of more than one process runs
+    (``device_ids`` = its CUDA device), else ``module`` itself: the same config trains on one process or many."""
+    if rank_world()[1] == 1:
+        return module
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    dev = torch.device(device) if device is not None else next(module.parameters()).device
+    return DistributedDataParallel(module, device_ids=[dev] if dev.type == "cuda" else None)
+
+
+def unwrap(module):
+    """The plain network inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (or ``module`` itself): what
+    checkpoints save (no ``module.`` prefix, so any later stage or ``inference.json`` loads them) and what rank 0
+    validates with (a wrapped forward on one rank alone would wait for the others)."""
+    return getattr(module, "module", module)
+
+
+def sampler(dataset, seed: int = 0, shuffle: bool = True):
+    """``torch.utils.data.distributed.DistributedSampler`` over this run's processes (one process: the whole dataset,
+    in the same seeded order a two-process run splits between its ranks), so one process with an N-times larger batch
+    sees the same global batches as N processes. The MONAI trainers call its ``set_epoch`` every epoch."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    rank, world = rank_world()
+    return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=int(seed))
+
+
+class rank_zero_first(ContextDecorator):
+    """``with rank_zero_first(): ...`` (or ``@rank_zero_first()`` on a function): rank 0 runs the block first, the
+    other ranks after it (a barrier between), so files that rank 0 writes there (e.g. training labels, written once
+    and reused when up to date) exist when the others look for them. No-op in one process. If rank 0 fails inside,
+    it skips the barrier and exits; torchrun then stops the others."""
+
+    def __enter__(self):
+        if rank_world()[0] > 0:
+            barrier()
+        return self
+
+    def __exit__(self, *exc):
+        if rank_world()[0] == 0 and exc[0] is None:
+            barrier()
+        return False

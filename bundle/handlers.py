@@ -16,6 +16,7 @@ import torch
 from ignite.engine import Events
 
 from bundle.checkpoints import SETTINGS_NAME, atomic_torch_save, training_settings
+from bundle.distributed import rank_world, unwrap
 from bundle.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class CheckpointResume:
             if k not in obj:
                 raise ValueError(f"{path}: checkpoint has no '{k}' entry; delete it to start over")
             try:
-                v.load_state_dict(obj[k])
+                unwrap(v).load_state_dict(obj[k])
             except Exception as e:
                 raise ValueError(f"{path}: '{k}' does not match the configuration ({str(e)[:200]}); "
                                  "delete it to start over") from None
@@ -96,8 +97,12 @@ class CheckpointResume:
                              "or --resume False to start over")
 
     def save(self, engine) -> None:
-        atomic_torch_save({k: v.state_dict() for k, v in self.save_dict.items()}, self.ckpt_dir / self.last_name)
-        atomic_torch_save(self.save_dict[self.model_key].state_dict(), self.ckpt_dir / self.model_name)
+        """Rank 0 writes (every rank holds the same weights under DDP); the plain network's keys (no ``module.``)."""
+        if rank_world()[0] != 0:
+            return
+        state = {k: unwrap(v).state_dict() for k, v in self.save_dict.items()}
+        atomic_torch_save(state, self.ckpt_dir / self.last_name)
+        atomic_torch_save(unwrap(self.save_dict[self.model_key]).state_dict(), self.ckpt_dir / self.model_name)
         if self.settings is not None:
             write_json(self.ckpt_dir / SETTINGS_NAME, self.settings)
 

@@ -22,7 +22,7 @@ __all__ = [
     "IMAGE_SUFFIXES", "ImageError", "list_images", "read_rgb", "atomic_path", "remove_stale_parts",
     "write_image", "write_json", "write_npy", "write_csv", "spreadsheet_safe", "load_datalist", "read_mask",
     "read_rgb_or_skip", "usable_items", "streamed_outputs", "write_geojson", "overlay_mask", "datalist_items",
-    "unique_names", "with_names", "item_name"
+    "unique_names", "with_names", "item_name", "image_size", "tiled_tiff_copy", "streamed_csv", "MAX_TILE_PIXELS"
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -80,6 +80,19 @@ def to_uint8_rgb(arr: np.ndarray, path: str) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def _check_file(path) -> str:
+    """``path`` as a string when it names a non-empty file; else the one-line :class:`ImageError` saying why not."""
+    path = str(path)
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a folder, not an image (list the images inside it, or give the folder as "
+                         "--dataset_dir)")
+    if not os.path.isfile(path):
+        raise ImageError(f"{path}: file does not exist")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path}: file is empty (0 bytes)")
+    return path
+
+
 def read_rgb(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
     """Read a tile as an (H, W, 3) uint8 RGB array.
 
@@ -89,14 +102,7 @@ def read_rgb(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
     Raises:
         ImageError: missing, empty, truncated or non-image file, unsupported layout, or a side < ``min_size``.
     """
-    path = str(path)
-    if os.path.isdir(path):
-        raise ImageError(f"{path}: is a folder, not an image (list the images inside it, or give the folder as "
-                         "--dataset_dir)")
-    if not os.path.isfile(path):
-        raise ImageError(f"{path}: file does not exist")
-    if os.path.getsize(path) == 0:
-        raise ImageError(f"{path}: file is empty (0 bytes)")
+    path = _check_file(path)
     try:
         if path.lower().endswith((".tif", ".tiff")):
             import tifffile
@@ -125,6 +131,92 @@ def read_rgb(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
     if min(h, w) < min_size:
         raise ImageError(f"{path}: image is {h}x{w}, smaller than the {min_size}x{min_size} minimum this step needs")
     return img
+
+
+MAX_TILE_PIXELS = 2 ** 31  # a larger plain image (about 46000 x 46000) is refused: give it as a pyramidal TIFF slide
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(rows, cols) of an image file from its header, without decoding the pixels (Pillow, or tifffile for TIFFs).
+
+    Raises:
+        ImageError: missing, empty or unreadable file.
+    """
+    path = _check_file(path)
+    try:
+        if path.lower().endswith((".tif", ".tiff")):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                shape = tf.series[0].shape
+                axes = tf.series[0].axes
+            return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # a header is no bomb: MAX_TILE_PIXELS decides
+        try:
+            with Image.open(path) as im:
+                return int(im.height), int(im.width)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    except Exception as e:  # noqa: BLE001 - PIL/tifffile raise many types for corrupt data
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageError(f"{path}: cannot read image ({msg})") from None
+
+
+def tiled_tiff_copy(path: str | os.PathLike, dst: str | os.PathLike, tile: int = 256) -> None:
+    """Copy a PNG / JPEG / BMP tile into a tiled uint8 RGB TIFF at ``dst``, converted strip by strip as
+    :func:`read_rgb` converts a whole tile (grey, alpha, 16-bit, palette, CMYK), so a big tile can then be read
+    region by region (:class:`bundle.wsi.SlideTiles`) with memory bounded by the region, not the tile.
+
+    With pyvips installed (the ``large`` extra) the image is decoded in strips too, so memory stays bounded
+    whatever its size; without it Pillow decodes it whole first (4 bytes per pixel, and Pillow's own
+    decompression-bomb limit, about 179 megapixels, applies).
+
+    Raises:
+        ImageError: unreadable file, or more than :data:`MAX_TILE_PIXELS` pixels.
+    """
+    import tifffile
+
+    path, h_w = str(path), image_size(path)
+    h, w = h_w
+    if h * w > MAX_TILE_PIXELS:
+        raise ImageError(f"{path}: image is {h}x{w}, more than the {MAX_TILE_PIXELS} pixels a plain image may have "
+                         "(give it as a tiled pyramidal TIFF, which is read as a slide)")
+    try:
+        import pyvips
+    except (ImportError, OSError):  # OSError: pyvips without its libvips
+        pyvips = None
+    try:
+        if pyvips is not None:
+            im = pyvips.Image.new_from_file(path, access="sequential", fail_on="truncated")
+            if im.interpretation == "cmyk":
+                im = im.colourspace("srgb")
+
+            def strip(r, n):
+                return im.crop(0, r, w, n).numpy()
+        else:
+            pil = Image.open(path)
+            pil.load()
+            if pil.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "1", "LA", "PA"):
+                pil = pil.convert("RGB")
+
+            def strip(r, n):
+                return np.asarray(pil.crop((0, r, w, r + n)))
+
+        def tiles():
+            for r in range(0, h, tile):
+                rows = to_uint8_rgb(np.asarray(strip(r, min(tile, h - r))), path)
+                for c in range(0, w, tile):
+                    yield rows[:, c: c + tile]
+
+        with tifffile.TiffWriter(os.fspath(dst), bigtiff=h * w * 3 > 2 ** 31) as tw:
+            tw.write(tiles(), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb")
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - decoders raise many types for corrupt data
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = "; install pyvips (pip install 'pyvips[binary]') to read it in strips" if (
+            pyvips is None and "decompression bomb" in msg) else ""
+        raise ImageError(f"{path}: cannot read image ({msg[:200]}){hint}") from None
 
 
 @contextmanager
@@ -371,6 +463,19 @@ def _geojson_feature(k: int, poly, properties: dict | None, object_type: str) ->
 
 
 @contextmanager
+def streamed_csv(path: str | os.PathLike, fieldnames: Sequence[str]):
+    """Write a CSV row by row (text cells made :func:`spreadsheet_safe`); the file appears atomically when the block
+    ends without error. Yields ``add(rows)`` for lists of dicts with exactly ``fieldnames``."""
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fieldnames))
+        w.writeheader()
+        yield lambda rows: w.writerows(spreadsheet_safe(r) for r in rows)
+        f.flush()
+
+
+@contextmanager
 def streamed_outputs(csv_path: str | os.PathLike, fieldnames: Sequence[str], geojson_path: str | os.PathLike,
                      object_type: str = "detection"):
     """Write a points CSV and a GeoJSON FeatureCollection row by row, so memory does not grow with the number of
@@ -379,21 +484,17 @@ def streamed_outputs(csv_path: str | os.PathLike, fieldnames: Sequence[str], geo
     Yields ``add(rows, polygons, properties)``: appends CSV rows (dicts with exactly ``fieldnames``) and polygon
     features, as :func:`write_csv` / :func:`write_geojson` would write them (same bytes for the same objects).
     """
-    import csv
     from contextlib import ExitStack
 
     with ExitStack() as stack:
-        tmp_csv = stack.enter_context(atomic_path(csv_path))
+        add_rows = stack.enter_context(streamed_csv(csv_path, fieldnames))
         tmp_geo = stack.enter_context(atomic_path(geojson_path))
-        fc = stack.enter_context(open(tmp_csv, "w", newline=""))
         fg = stack.enter_context(open(tmp_geo, "w"))
-        w = csv.DictWriter(fc, fieldnames=list(fieldnames))
-        w.writeheader()
         fg.write('{"type": "FeatureCollection", "features": [')
         count = [0]
 
         def add(rows, polygons, properties=None):
-            w.writerows(spreadsheet_safe(r) for r in rows)
+            add_rows(rows)
             props = list(properties) if properties is not None else None
             for i, poly in enumerate(polygons):
                 feat = _geojson_feature(count[0], poly, props[i] if props is not None else None, object_type)
@@ -402,7 +503,6 @@ def streamed_outputs(csv_path: str | os.PathLike, fieldnames: Sequence[str], geo
 
         yield add
         fg.write("]}")
-        fc.flush()
         fg.flush()
 
 

@@ -26,6 +26,10 @@ distance, Voronoi disks) are scaled to it (:func:`bundle.scale.size_scale`; docs
 ``--force`` on a finished training stage retrains it from scratch (``--resume False``), not from its last epoch.
 ``--init models`` starts the det / seg (Ki-67: every training round) networks from the bundle's shipped weights
 instead of a random initialisation (``train.json`` ``init_ckpt``; a folder or a checkpoint file works too).
+``--nproc 2`` runs the det, seg and Ki-67 training stages as DistributedDataParallel over 2 processes and the
+inference stages sharded over them (``torchrun --standalone`` with ``configs/multi_gpu_train.json`` /
+``multi_gpu_inference.json``: one process per GPU; a global batch of N x ``images_per_batch``); ssl and psm run in
+one process.
 
 Ki-67 IHC tiles (``--stain ihc``; docs/ki67.md): the stages are ``configs/ki67_train.json`` runs and one
 ``configs/ki67_infer.json`` run: ``ki67_r1`` (round 1, seed 0), ``ki67_r1_seed1`` ... (``--seeds N``: N round-1
@@ -57,7 +61,7 @@ __all__ = [
     "STAGES", "CONFIGS", "OVERLAYS", "config_files", "config_arg", "CONFIG_DIR", "MPP_STAGES", "stage_command",
     "config_literal",
     "bundle_command", "machine", "child_env", "run_pipeline", "TRAINING_STAGES", "run_stages", "ki67_stages",
-    "run_ki67_pipeline", "main"
+    "run_ki67_pipeline", "main", "torchrun_command", "DISTRIBUTED"
 ]
 
 STAGES = ("ssl", "psm", "det", "seg", "infer")
@@ -97,6 +101,25 @@ def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str =
     names = [CONFIGS[stage]] + (["profile_paper.json"] if profile == "paper" and stage in ("ssl", "psm") else [])
     cfg = config_arg(names, config_dir)
     return bundle_command(cfg, dataset_dir, bundle_root, overrides, config_dir)
+
+
+DISTRIBUTED = {"det": "multi_gpu_train.json", "seg": "multi_gpu_train.json", "infer": "multi_gpu_inference.json",
+               "ki67_train.json": "multi_gpu_train.json", "ki67_infer.json": "multi_gpu_inference.json"}
+
+
+def torchrun_command(cmd: list, nproc: int, override_config: str, config_dir: Path = CONFIG_DIR) -> list:
+    """A :func:`bundle_command` as ``torchrun --standalone --nproc_per_node nproc`` with ``override_config`` (e.g.
+    ``multi_gpu_train.json``) merged last; ``cmd`` itself when ``nproc`` is 1."""
+    import ast
+
+    if int(nproc) <= 1:
+        return list(cmd)
+    cmd = list(cmd)
+    i = cmd.index("--config_file") + 1
+    files = ast.literal_eval(cmd[i]) if cmd[i].startswith("[") else [cmd[i]]
+    cmd[i] = str([*files, str(Path(config_dir) / override_config)])
+    head = cmd.index("-m")
+    return [cmd[0], "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(int(nproc)), *cmd[head:]]
 
 
 def config_literal(value) -> str:
@@ -184,7 +207,8 @@ def _check_inputs(dataset_dir: str, mpp: float | None) -> None:
 
 def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES, force: str | list = (),
                  profile: str = "cpu", override: str | dict | None = None, dry_run: bool = False,
-                 teacher: str = "psm", mpp: float | None = None, points: str = "det", init: str | None = None) -> list:
+                 teacher: str = "psm", mpp: float | None = None, points: str = "det", init: str | None = None,
+                 nproc: int = 1) -> list:
     """Run the stages in order, skipping completed ones (:func:`run_stages`). Returns
     ``[(stage, "ran" | "skipped" | "dry-run", seconds)]``.
 
@@ -195,7 +219,8 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
     ``ssl`` stage (no activation network is needed); ``"psm"`` (default) is the PSM method. ``mpp`` (the tiles'
     micrometres per pixel; None = the configs' 0.25) is passed to every stage that scales pixel sizes by it.
     ``points="mask"`` drops the ``det`` stage and gives the seg stage the pseudo masks' own instance centres
-    (``train.json`` ``point_source``); ``"det"`` (default) is the PSM method's detection network.
+    (``train.json`` ``point_source``); ``"det"`` (default) is the PSM method's detection network. ``nproc`` > 1 runs
+    det, seg and infer on that many processes (:func:`torchrun_command`).
 
     Raises:
         RuntimeError: a stage failed (its command and exit code are named; earlier outputs are kept).
@@ -230,6 +255,8 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
     plan = [(st, stage_command(st, dataset_dir, bundle_root, profile,
                                {**override.get("all", {}), **override.get(st, {})}), st in TRAINING_STAGES)
             for st in STAGES if st in stages]
+    plan = [(st, torchrun_command(cmd, nproc, DISTRIBUTED[st]) if st in DISTRIBUTED else cmd, trains)
+            for st, cmd, trains in plan]
     return run_stages(plan, bundle_root, force, dry_run)
 
 
@@ -394,7 +421,8 @@ def ki67_stages(seeds: int = 1, rounds: int = 1) -> list:
 
 def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds: int = 1, stages=None, force=(),
                       override: str | dict | None = None, dry_run: bool = False, mpp: float | None = None,
-                      jobs: int = 1, init: str | None = None, dab_threshold: float | None = None) -> list:
+                      jobs: int = 1, init: str | None = None, dab_threshold: float | None = None,
+                      nproc: int = 1) -> list:
     """Train and run the Ki-67 positive / negative detector on a folder of IHC tiles (docs/ki67.md), stage by stage
     as :func:`run_pipeline` does. ``stages`` (None = all) and ``force`` take the names of :func:`ki67_stages`;
     ``jobs`` 2 trains round-1 seeds 1, 2, ... two at a time (after ``ki67_r1``, which writes their labels).
@@ -418,14 +446,16 @@ def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds
               **override.get("all", {}),
               **(override.get("train", {}) if trains else {}), **override.get(name, {}), **args}  # plan wins
         group = "r1_seeds" if name.startswith("ki67_r1_seed") else None  # they share ki67_r1's labels only
-        steps.append((name, bundle_command(config_arg(config), dataset_dir, bundle_root, ov), trains, group))
+        cmd = torchrun_command(bundle_command(config_arg(config), dataset_dir, bundle_root, ov), nproc,
+                               DISTRIBUTED[config])
+        steps.append((name, cmd, trains, group))
     return run_stages(steps, bundle_root, force, dry_run, jobs)
 
 
 def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = "", force: str = "",
          profile: str = "cpu", override: str = "", dry_run: bool = False, teacher: str = "psm",
          mpp: float | None = None, stain: str = "he", seeds: int = 1, rounds: int = 1, jobs: int = 1,
-         points: str = "det", init: str = "", dab_threshold: float | None = None) -> None:
+         points: str = "det", init: str = "", dab_threshold: float | None = None, nproc: int = 1) -> None:
     """Command-line entry (Python Fire): see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
@@ -435,14 +465,16 @@ def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = ""
                    if stain == "ihc" else
                    {"seeds": int(seeds) != 1, "rounds": int(rounds) != 1, "jobs": int(jobs) != 1,
                     "dab_threshold": dab_threshold is not None})
+        if int(nproc) < 1 or (int(nproc) > 1 and int(jobs) > 1):
+            raise ValueError(f"--nproc {nproc} --jobs {jobs}: use one of them (nproc >= 1)")
         for k in (k for k, v in ignored.items() if v):
             logger.warning(f"--{k} does nothing with --stain {stain}")
         if stain == "ihc":
             report = run_ki67_pipeline(dataset_dir, bundle_root, seeds, rounds, stages, force, override or None,
-                                       dry_run, mpp, jobs, init or None, dab_threshold)
+                                       dry_run, mpp, jobs, init or None, dab_threshold, int(nproc))
         elif stain == "he":
             report = run_pipeline(dataset_dir, bundle_root, stages or STAGES, force, profile, override or None,
-                                  dry_run, teacher, mpp, points, init or None)
+                                  dry_run, teacher, mpp, points, init or None, int(nproc))
         else:
             raise ValueError(f"unknown stain {stain!r} (use 'he' or 'ihc')")
     except (RuntimeError, ValueError, FileNotFoundError) as e:

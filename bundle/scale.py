@@ -5,7 +5,8 @@ the resize that shows a network tiles at the pixel size it was trained at."""
 
 from __future__ import annotations
 
-__all__ = ["REFERENCE_MPP", "REFERENCE_DIAMETER", "size_scale", "resample_factor", "scaled",
+__all__ = ["REFERENCE_MPP", "REFERENCE_DIAMETER", "IHC_REFERENCE_DIAMETER", "size_scale", "resample_factor", "scaled",
+           "scale_from_diameter",
            "estimate_nucleus_diameter", "folder_nucleus_diameter", "tile_mpp"]
 
 REFERENCE_MPP = 0.25
@@ -53,8 +54,8 @@ MoNuSeg **train** images (:func:`folder_nucleus_diameter`; ``python -m scripts.b
 recorded training diameter is assumed to have learnt nuclei of this size at 40x."""
 
 
-def estimate_nucleus_diameter(rgb, crop: int = 512, sigmas: int = 16, low: float = 1.2, high: float = 14.0,
-                              percentile: float = 99.5) -> float | None:
+def estimate_nucleus_diameter(rgb, crop: int = 512, sigmas: int = 16, low: float = 1.2, high: float | None = None,
+                              percentile: float = 99.5, stain: str = "he") -> float | None:
     """The characteristic nucleus diameter (px) of an (H, W, 3) uint8 H&E or IHC tile, label-free: the scale of the
     strongest blob response of its haematoxylin optical density (scale-normalised Laplacian of Gaussian, the
     ``percentile`` of ``-sigma^2 LoG`` over the central ``crop`` px, for ``sigmas`` sigmas from ``low`` to ``high``,
@@ -62,19 +63,29 @@ def estimate_nucleus_diameter(rgb, crop: int = 512, sigmas: int = 16, low: float
     (:func:`bundle.stain.blank_reason`) or one whose response has no maximum inside the range.
 
     MoNuSeg train, the same images box-resized to 0.75 / 0.5 / 0.33: median estimated ratios 0.754 / 0.507 / 0.333
-    (docs/results/scale_estimate.md)."""
+    (docs/results/scale_estimate.md).
+
+    ``stain="ihc"`` (Ki-67 tiles): the blobs of haematoxylin + DAB optical density (a positive nucleus is brown,
+    with little haematoxylin: on haematoxylin alone some BCData tiles gave 6-10 px, their stroma's grain) over
+    ``sigmas`` + 4 sigmas up to ``high`` = 24 (BCData's nuclei, about 35 px at 40x, lay at the top of the H&E range,
+    14); ``high`` None = the stain's default."""
     import numpy as np
     from scipy import ndimage as ndi
 
-    from bundle.stain import blank_reason, hematoxylin_od
+    from bundle.stain import blank_reason, dab_od, hematoxylin_od
 
+    if stain not in ("he", "ihc"):
+        raise ValueError(f"unknown stain {stain!r} (use 'he' or 'ihc')")
+    high = (14.0 if stain == "he" else 24.0) if high is None else float(high)
+    sigmas = int(sigmas) + (4 if stain == "ihc" else 0)
     rgb = np.asarray(rgb)
     if blank_reason(rgb):
         return None
     rows, cols = rgb.shape[:2]
     r0, c0 = max(0, (rows - crop) // 2), max(0, (cols - crop) // 2)
     # the crop's own OD (a constant offset from the whole tile's, which the Laplacian ignores): no whole-tile copy
-    h = hematoxylin_od(np.ascontiguousarray(rgb[r0:r0 + crop, c0:c0 + crop]), 0.0)
+    sub = np.ascontiguousarray(rgb[r0:r0 + crop, c0:c0 + crop])
+    h = hematoxylin_od(sub, 0.0) + (dab_od(sub) if stain == "ihc" else 0.0)
     sig = np.geomspace(low, high, int(sigmas))
     resp = np.array([np.percentile(-ndi.gaussian_laplace(h, s) * s * s, percentile) for s in sig])
     k = int(np.argmax(resp))
@@ -87,7 +98,8 @@ def estimate_nucleus_diameter(rgb, crop: int = 512, sigmas: int = 16, low: float
     return float(np.exp(np.log(sig[k]) + off * step) * 2 * np.sqrt(2))
 
 
-def folder_nucleus_diameter(data, max_images: int = 32, datalist_key: str = "training") -> float | None:
+def folder_nucleus_diameter(data, max_images: int = 32, datalist_key: str = "training",
+                            stain: str = "he") -> float | None:
     """Median :func:`estimate_nucleus_diameter` over up to ``max_images`` tiles spread over a folder / datalist /
     list (unreadable or blank tiles left out); None when no tile gives one. Recorded with a trained network
     (``settings.json`` ``nucleus_diameter``): the nucleus size it learnt at, which :func:`tile_mpp` compares tiles
@@ -105,7 +117,7 @@ def folder_nucleus_diameter(data, max_images: int = 32, datalist_key: str = "tra
     ds = []
     for it in items:
         try:
-            d = estimate_nucleus_diameter(read_rgb(it["image"], min_size=32))
+            d = estimate_nucleus_diameter(read_rgb(it["image"], min_size=32), stain=stain)
         except (ImageError, ValueError, FileNotFoundError):
             continue
         if d is not None:
@@ -128,3 +140,23 @@ def tile_mpp(diameter: float | None, network_mpp: float | None, trained_diameter
     if dead_zone[0] <= ratio <= dead_zone[1]:
         ratio = 1.0
     return net / ratio
+
+
+def scale_from_diameter(diameter: float | None, fallback: float, network_mpp: float | None,
+                        trained_diameter: float | None = None, dead_zone=(0.8, 1.25), path: str = "image") -> float:
+    """The size scale (1 = 40x, :func:`size_scale`) a tile of unknown magnification is run at, from its estimated
+    nucleus ``diameter`` (:func:`estimate_nucleus_diameter`) by :func:`tile_mpp`; ``fallback`` (the folder's), with a
+    one-line warning naming ``path``, when no nucleus size was found. What the nuclei and Ki-67 runners share."""
+    import logging
+
+    if diameter is None:
+        logging.getLogger(__name__).warning(f"{path}: no nucleus size found (no haematoxylin blobs); using the "
+                                            "folder's pixel size")
+        return float(fallback)
+    return size_scale(tile_mpp(diameter, network_mpp, trained_diameter, dead_zone))
+
+
+IHC_REFERENCE_DIAMETER = 35.69
+"""What :func:`estimate_nucleus_diameter` with ``stain="ihc"`` finds at 40x: :func:`folder_nucleus_diameter` of the
+BCData sample (``stain="ihc"``), the shipped Ki-67 network's training tiles. A Ki-67 network without a diameter
+recorded by that estimator is assumed to have learnt nuclei of this size at 40x."""

@@ -89,6 +89,26 @@ def blank_reason(rgb: np.ndarray, min_contrast: float = 16.0) -> str | None:
     return None
 
 
+def otsu_of_chunks(chunks, nbins: int = 256) -> float:
+    """``threshold_otsu`` of all values of the arrays ``chunks()`` yields, without holding them together: two passes
+    (range, then one 256-bin histogram over it), the same bins ``threshold_otsu`` makes of the concatenated values,
+    so the same threshold. ``chunks``: a callable returning a fresh iterable each call. 0.0 when all are equal."""
+    from skimage.filters import threshold_otsu
+
+    lo = hi = None
+    for a in chunks():
+        if a.size:  # kept in the arrays' dtype: np.histogram then makes the same (float32) bin edges
+            lo = a.min() if lo is None else min(lo, a.min())
+            hi = a.max() if hi is None else max(hi, a.max())
+    if lo is None or not hi > lo:
+        return 0.0
+    hist, edges = 0, None
+    for a in chunks():
+        h, edges = np.histogram(a, bins=nbins, range=(lo, hi))
+        hist = hist + h
+    return float(threshold_otsu(hist=(hist, (edges[:-1] + edges[1:]) / 2.0)))
+
+
 def threshold_otsu_or_zero(values: np.ndarray) -> float:
     """Otsu threshold of an array, 0.0 when it is flat."""
     from skimage.filters import threshold_otsu

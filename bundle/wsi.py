@@ -271,7 +271,9 @@ class SlideTiles:
             arr = np.asarray(arr)
             if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
                 arr = np.moveaxis(arr, 0, -1)
-        return np.ascontiguousarray(arr[..., :3]).astype(np.uint8)
+        from bundle.io import to_uint8_rgb
+
+        return to_uint8_rgb(arr, self.path)  # grey, alpha, 16-bit as a tile's reader converts them
 
     def thumbnail(self, max_side: int = 2048) -> np.ndarray:
         """The slide at ``tissue_level`` (h, w, 3) uint8, subsampled to at most ``max_side`` px per side. The default
@@ -318,14 +320,24 @@ class SlideTiles:
                           if self.tissue_fraction(r, c, min(t, H - r), min(t, W - c)) >= self.min_tissue]
         return list(self._core)
 
-    def hematoxylin_threshold(self, max_tiles: int = 16) -> float:
+    def hematoxylin_threshold(self, max_tiles: int | None = 16) -> float:
         """One haematoxylin OD threshold for the whole slide (:func:`bundle.stain.hematoxylin_threshold` pooled
         over up to ``max_tiles`` core tiles spread evenly over the tissue, preferring tiles at least half tissue), so
-        every tile's haematoxylin input channel has the same scale; 0.0 without tissue."""
-        from bundle.stain import hematoxylin_threshold
+        every tile's haematoxylin input channel has the same scale; 0.0 without tissue. ``max_tiles=None``: over
+        every core tile, exactly (:func:`bundle.stain.otsu_of_chunks`; each core's OD computed with its margin, so
+        the value equals that of the whole image read at once: a big tile split into windows)."""
+        from bundle.stain import hematoxylin_od, hematoxylin_threshold, otsu_of_chunks
 
         tiles = self.core_tiles()
         H, W, t = self.size[0], self.size[1], self.tile_size
+        if max_tiles is None:
+            def cores():
+                for r, c in tiles:
+                    r0, c0 = max(0, r - self.margin), max(0, c - self.margin)
+                    rgb = self.read(r0, c0, min(H, r + t + self.margin) - r0, min(W, c + t + self.margin) - c0)
+                    yield hematoxylin_od(rgb, 1.0)[r - r0: r - r0 + t, c - c0: c - c0 + t]
+
+            return otsu_of_chunks(cores)
         full = [(r, c) for r, c in tiles if self.tissue_fraction(r, c, min(t, H - r), min(t, W - c)) >= 0.5]
         tiles = full or tiles
         if not tiles:

@@ -128,7 +128,7 @@ def _nuclei_runner(data, out, net=None, **kw):
 
     torch.manual_seed(0)
     net = net or ResUNet34(out_channels=2, base_channels=8)
-    out_kw = {k: kw.pop(k) for k in ("wsi", "write_masks", "auto_scale", "trained_diameter") if k in kw}
+    out_kw = {k: kw.pop(k) for k in ("wsi", "write_masks", "auto_scale", "trained_diameter", "big_tile_px") if k in kw}
     predictor = TilePredictor(tta=False, network_mpp=0.25 if out_kw.get("auto_scale") else None)
     return NucleiRunner(net, data, out, predictor=predictor, postprocess=NucleiPostprocess(**kw), **out_kw)
 

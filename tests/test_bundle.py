@@ -92,9 +92,10 @@ def test_every_config_parses(root):
     names = sorted(p.name for p in (root / "configs").glob("*.json") if "metadata" not in p.name)
     assert {"train.json", "inference.json", "det_train.json", "ki67_train.json", "ki67_infer.json"} <= set(names)
     for name in names:
-        if name in ("profile_paper.json", "gan_profile_paper.json", "multi_gpu_inference.json"):  # overrides
-            base = {"profile_paper.json": "ssl_train.json", "gan_profile_paper.json": "gan_train.json"}.get(
-                name, "inference.json")
+        if name in ("profile_paper.json", "gan_profile_paper.json", "multi_gpu_inference.json",
+                    "multi_gpu_train.json"):  # overrides
+            base = {"profile_paper.json": "ssl_train.json", "gan_profile_paper.json": "gan_train.json",
+                    "multi_gpu_train.json": "det_train.json"}.get(name, "inference.json")
             files = config_files(base, root / "configs") + [str(root / "configs" / name)]
         else:
             files = config_files(name, root / "configs")

@@ -174,7 +174,8 @@ def test_ki67_train_resizes_tiles_to_train_mpp(root, ihc_dir, tmp_path):
     assert [read_rgb(it["image"]).shape for it in items] == [(320, 320, 3)] * 3  # broken.png skipped
     assert p.get_parsed_content("nucleus_diameter") == 20
     ckpt = next(h for h in p["train#handlers"] if "CheckpointResume" in str(h.get("_target_", "")))
-    assert ckpt["settings"] == {"mpp": "@train_mpp", "network": "@network_kind", "nucleus_diameter": "@train_diameter"}
+    assert ckpt["settings"] == {"mpp": "@train_mpp", "network": "@network_kind", "nucleus_diameter": "@train_diameter",
+                                "diameter_estimator": "ihc"}  # Ki-67 networks record the IHC estimator's diameter
     assert p.get_parsed_content("train_mpp") == 0.25 and p.get_parsed_content("network_kind") == "ki67"
     mtime = Path(items[0]["image"]).stat().st_mtime_ns
     assert resampled_tiles(str(ihc_dir), 2.0, tmp_path / "b" / "eval" / "ki67_tiles") == items

@@ -76,3 +76,57 @@ def test_two_process_ki67_inference_merges_counts_and_index(root, tmp_path):
     for s in range(3):
         assert (tmp_path / "two" / "points" / f"k{s}.csv").read_text() == \
             (tmp_path / "one" / "points" / f"k{s}.csv").read_text()
+
+
+def _train(root, bundle_root, data, launcher, images_per_batch, *extra):
+    """det_train.json + multi_gpu_train.json, one epoch of two steps, every random augmentation off and whole-tile
+    crops (so two runs can see the same global batches), a per-pixel network without batch statistics, plain SGD."""
+    configs = [str(root / "configs" / c) for c in ("train.json", "det_train.json", "multi_gpu_train.json")]
+    cmd = [*launcher, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
+           "--meta_file", str(root / "configs" / "metadata.json"), "--bundle_root", str(bundle_root),
+           "--dataset_dir", str(data), "--epochs", "1", "--steps_per_epoch", "2", "--crop_size", "128",
+           "--crops_per_image", "1", "--images_per_batch", str(images_per_batch), "--val_interval", "1",
+           "--learning_rate", "0.05", "--optimizer#_target_", "torch.optim.SGD",
+           "--network_def", "{'_target_': 'torch.nn.Conv2d', 'in_channels': 3, 'out_channels': 2, 'kernel_size': 3, "
+           "'padding': 1}", *(a for i in (4, 5, 6) for a in (f"--train#preprocessing#transforms#{i}#prob", "0")),
+           *extra]
+    r = subprocess.run(cmd, cwd=root, env=child_env(OMP_NUM_THREADS=1), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-1500:], r.stderr[-3000:])
+    return torch_load(bundle_root / "models" / "det" / "model.pt"), r
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_two_process_ddp_training_equals_one_process_with_the_global_batch(root, tmp_path):
+    """Issue 30: ``torchrun`` x 2 (gloo) with multi_gpu_train.json: only rank 0 writes, the checkpoint is the plain
+    network's, and the weights after one epoch equal (1e-5) those of one process whose batch is both ranks' batches;
+    a rerun resumes under DDP. A single process with a one-image batch (other batches) ends elsewhere."""
+    from bundle.annotations import read_instance_label
+    from bundle.io import load_datalist, write_image
+    from bundle.synthetic import write_synthetic_folder
+
+    write_synthetic_folder(tmp_path / "data", n_tiles=6, size=128, seed=0)
+    roots = {k: tmp_path / k for k in ("ddp", "one", "small")}
+    for it in load_datalist(tmp_path / "data" / "datalist.json"):
+        m = (read_instance_label(it["label"]) > 0).astype(np.uint8) * 255
+        name = os.path.basename(it["image"]).rsplit(".", 1)[0] + ".png"
+        for r in roots.values():
+            write_image(r / "eval" / "pseudo_masks" / "masks" / name, m)
+    data = tmp_path / "data" / "images"
+    ddp, r = _train(root, roots["ddp"], data, _torchrun(2), 1)
+    one, _ = _train(root, roots["one"], data, [sys.executable], 2)
+    small, _ = _train(root, roots["small"], data, [sys.executable], 1)
+    assert set(ddp) == {"weight", "bias"}  # no "module." prefix: loads into the plain network
+    assert all(float((ddp[k] - one[k]).abs().max()) < 1e-5 for k in ddp)
+    assert max(float((small[k] - one[k]).abs().max()) for k in one) > 1e-4  # the test can tell batches apart
+    pids = lambda d: {p.name.split(".")[-2] for p in (d / "eval" / "det").glob("events.out.tfevents.*")}  # noqa: E731
+    assert len(pids(roots["ddp"])) == 1  # TensorBoard files of one process (rank 0)
+    assert not list((roots["ddp"] / "models" / "det").glob("*.part*"))
+    _, r2 = _train(root, roots["ddp"], data, _torchrun(3), 1, "--epochs", "2")
+    assert "resumed from" in r2.stdout + r2.stderr
+    last = torch_load(roots["ddp"] / "models" / "det" / "last_checkpoint.pt")
+    assert last["trainer"]["iteration"] == 4  # two epochs of two steps

@@ -176,5 +176,40 @@ def test_two_inputs_never_share_an_output_name(tmp_path):
 
 def test_a_folder_given_as_an_image_says_so(tmp_path):
     (tmp_path / "sub").mkdir()
+    from bundle.io import image_size
+
     with pytest.raises(ImageError, match="sub: is a folder, not an image"):
         read_rgb(tmp_path / "sub")
+    with pytest.raises(ImageError, match="sub: is a folder, not an image"):  # the size check before reading
+        image_size(tmp_path / "sub")
+
+
+@pytest.mark.parametrize("decoder", ["pyvips", "pillow"])
+def test_tiled_tiff_copy_equals_the_tile_reader(tmp_path, monkeypatch, decoder):
+    """A big tile's tiled copy (strip by strip) holds the pixels read_rgb gives for the whole tile: RGB, RGBA,
+    16-bit grey, palette and JPEG; with pyvips (decoded in strips) and without (Pillow)."""
+    import sys
+
+    import tifffile
+    from PIL import Image
+
+    from bundle.io import image_size, read_rgb, tiled_tiff_copy
+
+    if decoder == "pyvips":
+        pytest.importorskip("pyvips")
+    else:
+        monkeypatch.setitem(sys.modules, "pyvips", None)  # import fails as if not installed
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (300, 270, 3), dtype=np.uint8)
+    files = {"rgb.png": Image.fromarray(rgb), "rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]])),
+             "grey16.png": Image.fromarray(rng.integers(0, 65536, (300, 270)).astype(np.uint16)),
+             "palette.png": Image.fromarray(rgb).convert("P"), "photo.jpg": Image.fromarray(rgb)}
+    for name, im in files.items():
+        im.save(tmp_path / name)
+        tiled_tiff_copy(tmp_path / name, tmp_path / f"{name}.tif", tile=64)
+        assert image_size(tmp_path / name) == (300, 270)
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{name}.tif"), read_rgb(tmp_path / name),
+                                      err_msg=name)
+    (tmp_path / "cut.png").write_bytes((tmp_path / "rgb.png").read_bytes()[:2000])
+    with pytest.raises(ImageError, match="cut.png: cannot read image"):
+        tiled_tiff_copy(tmp_path / "cut.png", tmp_path / "cut.tif")

@@ -301,3 +301,27 @@ def test_killing_the_pipeline_stops_its_stage_and_the_folder_is_exclusive(tmp_pa
     (out / "summary.csv").write_text("old")
     with output_run(out):
         assert not list(out.rglob("*.part*")) and not (out / "summary.csv").exists()
+
+
+def test_nproc_runs_the_training_and_inference_stages_under_torchrun(synthetic_dir, tmp_path, monkeypatch):
+    """Issue 30: ``--nproc 2``: det, seg and infer (Ki-67: every training round and the inference) start with
+    ``torchrun --standalone --nproc_per_node 2`` and their multi-GPU override merged last; ssl and psm run as before.
+    (The two-process training itself: tests/test_distributed.py.)"""
+    import bundle.label_free as lf
+
+    calls = []
+    monkeypatch.setattr(lf.subprocess, "Popen", fake_popen(calls))
+    lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), nproc=2)
+    assert [("torch.distributed.run" in c) for c in calls] == [False, False, True, True, True]  # ssl psm det seg infer
+    for cmd in calls[2:]:
+        cfg = cmd[cmd.index("--config_file") + 1]
+        assert cmd[cmd.index("--nproc_per_node") + 1] == "2" and "--standalone" in cmd
+        want = "multi_gpu_inference.json" if "inference.json" in cfg else "multi_gpu_train.json"
+        assert cfg.rstrip("']").endswith(want)
+    calls.clear()
+    lf.run_ki67_pipeline(str(synthetic_dir / "images"), str(tmp_path / "k"), nproc=2)
+    assert [("torch.distributed.run" in c) for c in calls] == [True, True]
+    assert lf.torchrun_command(["py", "-m", "monai.bundle", "run", "--config_file", "a.json"], 1, "x.json") == [
+        "py", "-m", "monai.bundle", "run", "--config_file", "a.json"]
+    with pytest.raises(SystemExit):
+        lf.main(str(synthetic_dir / "images"), str(tmp_path / "j"), stain="ihc", nproc=2, jobs=2)

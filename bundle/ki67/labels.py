@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bundle.distributed import rank_zero_first
 from bundle.io import ImageError, item_name, load_datalist, read_rgb, usable_items, write_csv, write_npy
 from bundle.ki67.points import ki67_points
 from bundle.ki67.positivity import DAB_THRESHOLD
@@ -113,6 +114,7 @@ def label_settings(nucleus_diameter: float, min_thickness: float = 0.0, disk_rad
     return out
 
 
+@rank_zero_first()  # under torchrun: rank 0 writes the labels, the others then reuse them
 def prepare_ki67_labels(data, label_dir, nucleus_diameter: float = 20.0, disk_radius: float | None = None,
                         ignore_radius: float | None = None, val_fraction: float = 0.1, seed: int = 0,
                         datalist_key: str = "training", min_size: int = 64, teacher_ckpt=None,

@@ -112,6 +112,13 @@ class Ki67Runner:
         hotspot_min_cells: a slide tile counts for the hotspot when it has at least this many cells.
         seed: of the classical labeller's K-Means.  write_overlays, datalist_key: as
             :class:`bundle.nuclei.runner.NucleiRunner`.
+        auto_scale, scale_dead_zone, trained_diameter: tiles of unknown magnification (no ``mpp`` given; network
+            method): each tile's nucleus size is estimated (haematoxylin + DAB blobs,
+            :func:`bundle.scale.estimate_nucleus_diameter` ``stain="ihc"``; ``trained_diameter`` by the same
+            estimator, None = :data:`bundle.scale.IHC_REFERENCE_DIAMETER`) and the tile run at the network's pixel
+            size, its nucleus diameter (points, DAB disk) scaled to match, as
+            :class:`bundle.nuclei.runner.NucleiRunner` does; the summary row adds ``nucleus_diameter_px`` and
+            ``scale_factor``.
 
     H&E nuclei in the same config (``ki67_infer.json --stain he``) run :class:`bundle.nuclei.runner.NucleiRunner`
     instead (:func:`stain_runner`).
@@ -119,7 +126,8 @@ class Ki67Runner:
 
     def __init__(self, network=None, data=None, output_dir="eval/ki67", ckpt_path=None, device="cpu",
                  method: str = "network", predictor=None, cells=None, wsi=None, hotspot_min_cells: int = 100,
-                 seed: int = 0, write_overlays: bool = True, datalist_key: str = "testing", write_report: bool = True):
+                 seed: int = 0, write_overlays: bool = True, datalist_key: str = "testing", write_report: bool = True,
+                 auto_scale: bool = False, scale_dead_zone=(0.8, 1.25), trained_diameter: float | None = None):
         from bundle.inferers import TilePredictor
         from bundle.wsi import SlideOptions
 
@@ -133,6 +141,8 @@ class Ki67Runner:
         self.write_overlays, self.datalist_key, self.write_report = write_overlays, datalist_key, bool(write_report)
         self.method, self.seed = method, int(seed)
         self.hotspot_min_cells = int(hotspot_min_cells)
+        self.auto_scale, self.scale_dead_zone = bool(auto_scale), tuple(float(v) for v in scale_dead_zone)
+        self.trained_diameter = None if trained_diameter is None else float(trained_diameter)
         if self.hotspot_min_cells < 0:
             raise ValueError(f"hotspot_min_cells must be >= 0, got {hotspot_min_cells}")
         self.labeler, self.stain, self.stain_source = None, None, None
@@ -154,10 +164,36 @@ class Ki67Runner:
 
         return input_items(self.data, self.datalist_key)
 
-    def detect(self, rgb: np.ndarray, path: str = "image", matrix=None):
+    def tile_scale(self, rgb: np.ndarray, path: str = "image") -> tuple[float | None, float | None]:
+        """(estimated nucleus diameter px or None, size scale) of a tile with :attr:`auto_scale` and the network
+        method; (None, None) otherwise (the folder's scale)."""
+        if not self.auto_scale or self.method != "network":
+            return None, None
+        from bundle.scale import IHC_REFERENCE_DIAMETER, REFERENCE_MPP, estimate_nucleus_diameter, scale_from_diameter
+
+        d = estimate_nucleus_diameter(rgb, stain="ihc")
+        p = self.predictor
+        ref = self.trained_diameter  # by the IHC estimator; else the shipped network's (BCData) at 40x
+        if ref is None:
+            ref = IHC_REFERENCE_DIAMETER * REFERENCE_MPP / (p.network_mpp or REFERENCE_MPP)
+        return d, scale_from_diameter(d, p.size_scale, p.network_mpp, ref, self.scale_dead_zone, path)
+
+    def _at_scale(self, size_scale: float | None):
+        """(predictor, cells) for a tile at ``size_scale`` (None: the folder's)."""
+        p, c = self.predictor, self.cells
+        if size_scale is None or size_scale == p.size_scale:
+            return p, c
+        from dataclasses import replace
+
+        f = float(size_scale) / p.size_scale
+        return replace(p, size_scale=float(size_scale)), replace(c, nucleus_diameter=c.nucleus_diameter * f)
+
+    def detect(self, rgb: np.ndarray, path: str = "image", matrix=None, size_scale: float | None = None):
         """(H, W, 3) uint8 -> (points (N, 2) (row, col), classes (N,), scores (N,), DAB OD (N,), dab_fraction).
 
-        ``matrix``: the stain matrix of the folder or slide (default :attr:`stain`)."""
+        ``matrix``: the stain matrix of the folder or slide (default :attr:`stain`). ``size_scale``: this tile's
+        (:meth:`tile_scale`; None = the folder's)."""
+        predictor, cells = self._at_scale(size_scale)
         frac = dab_fraction(rgb)
         if self.method == "classical":
             with warnings.catch_warnings():
@@ -165,10 +201,10 @@ class Ki67Runner:
                 pts, cls = self.labeler.points(rgb, path)
             score = np.ones(len(pts), np.float32)
         else:
-            prob = self.predictor(self.network, rgb, self.device)
-            c = self.cells
+            prob = predictor(self.network, rgb, self.device)
+            c = cells
             pts, cls, score = ki67_points(prob, c.threshold, c.nucleus_diameter, point_mode=c.point_mode)
-        cls, dab = self.cells.classify(rgb, pts, cls, self.stain if matrix is None else matrix)
+        cls, dab = cells.classify(rgb, pts, cls, self.stain if matrix is None else matrix)
         if looks_like_he(rgb, self.cells.min_dab_fraction):
             n_pos = int((cls == POSITIVE).sum())
             logger.warning(f"{path}: no DAB (brown) signal (brown pixel fraction {frac:.4f}) and H&E colours - is this "
@@ -196,12 +232,15 @@ class Ki67Runner:
         stem = item_name(item)
         t0 = time.perf_counter()
         blank = blank_reason(rgb)
+        d = s = None
         if blank:
             logger.warning(f"{path}: {blank}; no cells")
             pts, cls = np.zeros((0, 2), np.int64), np.zeros(0, np.uint8)
             score, dab, frac = np.zeros(0, np.float32), np.zeros(0, np.float32), 0.0
         else:
-            pts, cls, score, dab, frac = self.detect(rgb, path)
+            d, s = self.tile_scale(rgb, path)
+            pts, cls, score, dab, frac = self.detect(rgb, path, size_scale=s)
+        cells = self._at_scale(s)[1]
         sec = time.perf_counter() - t0
         rows, props = self._cell_rows(stem, pts.astype(np.int64), cls, score, dab)
         for r in rows:
@@ -211,17 +250,20 @@ class Ki67Runner:
         write_geojson(self.output_dir / "geojson" / f"{stem}.geojson", polys, props)
         if self.write_overlays:
             write_image(self.output_dir / "overlays" / f"{stem}.png",
-                        overlay_points(rgb, pts, cls, radius=max(2, int(round(self.cells.nucleus_diameter / 3)))))
+                        overlay_points(rgb, pts, cls, radius=max(2, int(round(cells.nucleus_diameter / 3)))))
         no_dab = not blank and looks_like_he(rgb, self.cells.min_dab_fraction)
         if not no_dab:
             self.histogram.add(dab)
         n_pos, n_neg = int((cls == POSITIVE).sum()), int((cls == NEGATIVE).sum())
-        tissue_mm2 = float(tissue_by_od(rgb).sum()) * (self.mpp / 1000.0) ** 2
+        mpp = 0.25 * 20.0 / cells.nucleus_diameter  # this tile's (:attr:`mpp` at its scale)
+        tissue_mm2 = float(tissue_by_od(rgb).sum()) * (mpp / 1000.0) ** 2
+        scale = {"nucleus_diameter_px": round(d, 2) if d else "", "scale_factor": round(s, 3) if s else ""}
         return {"image": stem, "n_positive": n_pos, "n_negative": n_neg, "n_cells": n_pos + n_neg,
                 **index_fields(n_pos, n_neg, valid=not no_dab), "dab_fraction": round(frac, 4),
                 "seconds": round(sec, 3), "height": rgb.shape[0], "width": rgb.shape[1],
                 "tissue_mm2": round(tissue_mm2, 5),
                 "cells_per_mm2": round((n_pos + n_neg) / tissue_mm2, 1) if tissue_mm2 > 0 else "",
+                **(scale if self.auto_scale else {}),
                 "note": "blank" if blank else "H&E: no DAB signal" if no_dab else ""}
 
     def run_slide(self, item) -> dict:

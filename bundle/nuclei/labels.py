@@ -19,6 +19,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import torch
 
+from bundle.distributed import rank_zero_first
 from bundle.io import (
     item_name,
     ImageError,
@@ -144,6 +145,7 @@ def _items_with_pseudo(data, pseudo_dir, datalist_key="training", min_size=32) -
     return usable_items(out, min_size=min_size)
 
 
+@rank_zero_first()  # under torchrun: rank 0 writes the labels, the others then reuse them
 def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three", val_fraction: float = 0.1,
                              seed: int = 0, min_distance: int = 6, ignore_band: int = 0,
                              datalist_key: str = "training") -> dict:
@@ -171,6 +173,7 @@ def prepare_detection_labels(data, pseudo_dir, label_dir, target: str = "three",
     return {"training": train, "validation": val}
 
 
+@rank_zero_first()  # under torchrun: rank 0 writes the labels, the others then reuse them
 def prepare_segmentation_labels(data, pseudo_dir, label_dir, det_network, det_ckpt, device="cpu",
                                 keep_foreground: bool = False, val_fraction: float = 0.1, seed: int = 0,
                                 point_threshold: float = 0.5, datalist_key: str = "training",

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from bundle.io import (
+    image_size,
     item_name,
     overlay_mask,
     read_rgb,
@@ -40,8 +41,9 @@ class NucleiRunner:
     ``overlays/<stem>.png`` (outlines in green); then ``summary.csv`` / ``summary.json`` (counts, seconds and,
     when a datalist gives ``label`` instance maps, pixel F1 / IoU, object Dice, AJI, AJI+, PQ). A whole slide
     (:func:`bundle.wsi.is_wsi`) is streamed tile by tile over tissue (:class:`bundle.wsi.SlideTiles`); it gets
-    points, GeoJSON and a thumbnail overlay but no full-resolution label map. A slide without tissue gives empty
-    outputs and a warning.
+    points, GeoJSON, measurements and a thumbnail overlay but no full-resolution label map. A slide without tissue
+    gives empty outputs and a warning; with :attr:`auto_scale`, a slide gets one scale from four tissue windows
+    (:meth:`slide_scale`).
 
     Args:
         network: per-pixel classifier (2-channel background/nucleus or 3-channel background/interior/boundary).
@@ -62,7 +64,8 @@ class NucleiRunner:
             its label in the instance map and its GeoJSON feature id: centroid, area, perimeter, equivalent diameter
             (px and um at :attr:`mpp`), eccentricity, solidity, orientation, mean and integrated haematoxylin and
             eosin OD (:func:`bundle.measure.nucleus_measurements`), score, class; the GeoJSON features carry the same
-            measurements under QuPath's names. Tiles only (slides: points and GeoJSON as before).
+            measurements under QuPath's names. Slides and big tiles get it too, streamed window by window, with
+            centroids in level-0 pixels (CSV only: no Parquet).
         auto_scale: tiles of unknown magnification (no ``mpp`` given): each tile's nucleus size is estimated
             (:meth:`image_scale`) and the tile is resized to the network's pixel size and post-processed with px
             sizes to match, as if its own ``--mpp`` had been given; the summary row adds ``nucleus_diameter_px`` and
@@ -70,13 +73,18 @@ class NucleiRunner:
             network's own magnification. ``trained_diameter``: the nucleus diameter (px) the network learnt on
             (its ``settings.json``; None = :data:`bundle.scale.REFERENCE_DIAMETER` at 40x).
         write_report: also ``report.html``, a self-contained report of the run (:func:`bundle.report.write_report`).
+        big_tile_px: a plain image (PNG, JPEG, TIFF...) with more pixels than this is not read whole but processed in
+            windows of ``wsi.tile`` px as a slide is (a non-TIFF one first copied, strip by strip, into a temporary
+            tiled TIFF: :func:`bundle.io.tiled_tiff_copy`), so memory stays bounded whatever its size; it gets the
+            same files as a tile, its label map as a tiled TIFF (``labels/<stem>.tif``, :class:`LabelCanvas
+            <bundle.annotations.LabelCanvas>`) and a thumbnail overlay. Default 2048 x 2048 (4.2 megapixels).
     """
 
     def __init__(self, network, data, output_dir, ckpt_path=None, device="cpu", predictor=None, postprocess=None,
                  wsi=None, label_format: str = "png", write_overlays: bool = True, write_masks: bool = False,
                  datalist_key: str = "testing", class_name: str = "Nucleus", write_measurements: bool = True,
                  class_colour=(0, 200, 0), auto_scale: bool = False, scale_dead_zone=(0.8, 1.25),
-                 trained_diameter: float | None = None, write_report: bool = True):
+                 trained_diameter: float | None = None, write_report: bool = True, big_tile_px: int = 2048 * 2048):
         from bundle.inferers import TilePredictor
         from bundle.nuclei.detection import NucleiPostprocess
         from bundle.wsi import SlideOptions
@@ -92,6 +100,7 @@ class NucleiRunner:
         self.auto_scale, self.scale_dead_zone = bool(auto_scale), tuple(float(v) for v in scale_dead_zone)
         self.trained_diameter = None if trained_diameter is None else float(trained_diameter)
         self.write_report = bool(write_report)
+        self.big_tile_px = int(big_tile_px)
 
     @property
     def resample(self) -> float:
@@ -131,13 +140,35 @@ class NucleiRunner:
         a tile where no nuclei size is found gets the folder's, with a warning."""
         if not self.auto_scale:
             return None, None
-        from bundle.scale import estimate_nucleus_diameter, size_scale, tile_mpp
+        from bundle.scale import estimate_nucleus_diameter
 
-        d = estimate_nucleus_diameter(rgb)
-        if d is None:
-            logger.warning(f"{path}: no nucleus size found (no haematoxylin blobs); using the folder's pixel size")
-            return None, self.predictor.size_scale
-        return d, size_scale(tile_mpp(d, self.predictor.network_mpp, self.trained_diameter, self.scale_dead_zone))
+        return self._scale_from_diameter(estimate_nucleus_diameter(rgb), path)
+
+    def _scale_from_diameter(self, d: float | None, path: str) -> tuple[float | None, float]:
+        from bundle.scale import scale_from_diameter
+
+        return d, scale_from_diameter(d, self.predictor.size_scale, self.predictor.network_mpp, self.trained_diameter,
+                                      self.scale_dead_zone, path)
+
+    def slide_scale(self, slide, big_tile: bool = False) -> tuple[float | None, float | None]:
+        """:meth:`image_scale` of a slide or a big tile read in windows: the median nucleus diameter of up to four
+        tissue windows spread over the slide; for a big tile, that of its central crop, the part
+        :func:`bundle.scale.estimate_nucleus_diameter` reads of a whole tile, so both give the same scale."""
+        if not self.auto_scale:
+            return None, None
+        from bundle.scale import estimate_nucleus_diameter
+
+        H, W, t = slide.size[0], slide.size[1], 512
+        if big_tile:
+            r0, c0 = max(0, (H - t) // 2), max(0, (W - t) // 2)
+            return self._scale_from_diameter(estimate_nucleus_diameter(slide.read(r0, c0, min(t, H), min(t, W))),
+                                             slide.path)
+        tiles = slide.core_tiles()
+        pick = np.unique(np.linspace(0, len(tiles) - 1, min(4, len(tiles))).round().astype(int)) if tiles else []
+        ds = [estimate_nucleus_diameter(slide.read(*tiles[i], min(slide.tile_size, H - tiles[i][0]),
+                                                   min(slide.tile_size, W - tiles[i][1]))) for i in pick]
+        ds = [d for d in ds if d is not None]
+        return self._scale_from_diameter(float(np.median(ds)) if ds else None, slide.path)
 
     def _rows(self, stem, inst, prob):
         from scipy import ndimage as ndi
@@ -176,14 +207,26 @@ class NucleiRunner:
         from bundle.measure import nucleus_measurements
 
         table = nucleus_measurements(inst, rgb, mpp, polygons=polygons)
-        n = len(table["id"])
-        out = [{"image": stem, **{k: (int(v[i]) if k == "id" else round(float(v[i]), 4)) for k, v in table.items()},
-                "score": rows[i]["score"] if i < len(rows) else "", "class": self.class_name} for i in range(n)]
+        out = self._measurement_rows(stem, table, rows)
         fields = ["image", *table, "score", "class"]
         write_csv(self.output_dir / "measurements" / f"{stem}.csv", out, fieldnames=fields)
         write_parquet(self.output_dir / "measurements" / f"{stem}.parquet",
                       {k: [r[k] for r in out] for k in fields})  # when pyarrow is installed
         return table
+
+    def _measurement_rows(self, stem: str, table: dict, rows: list) -> list:
+        """CSV rows of a :func:`bundle.measure.nucleus_measurements` table, with the points rows' score and class."""
+        n = len(table["id"])
+        return [{"image": stem, **{k: (int(v[i]) if k == "id" else round(float(v[i]), 4)) for k, v in table.items()},
+                 "score": rows[i]["score"] if i < len(rows) else "", "class": self.class_name} for i in range(n)]
+
+    @staticmethod
+    def _size_stats(area_um2: np.ndarray, n: int, tissue_mm2: float) -> dict:
+        """Summary columns: nucleus size statistics and density per mm^2 of tissue (optical density > 0.15)."""
+        return {"mean_area_um2": round(float(area_um2.mean()), 2) if len(area_um2) else "",
+                "median_area_um2": round(float(np.median(area_um2)), 2) if len(area_um2) else "",
+                "tissue_mm2": round(tissue_mm2, 5),
+                "nuclei_per_mm2": round(n / tissue_mm2, 1) if tissue_mm2 > 0 else ""}
 
     def infer_tile(self, rgb: np.ndarray, path: str = "image") -> tuple:
         """One tile -> (instances (H, W) int32, probabilities (C, H, W), info): a blank tile
@@ -213,6 +256,9 @@ class NucleiRunner:
         from bundle.metrics import instance_scores
 
         path = item["image"]
+        h, w = image_size(path)
+        if h * w > self.big_tile_px:
+            return self.run_big_image(item, (h, w))
         rgb = read_rgb(path, min_size=32)
         t0 = time.perf_counter()
         inst, prob, info = self.infer_tile(rgb, path)
@@ -228,7 +274,7 @@ class NucleiRunner:
         """The files of one tile (instance map, points CSV, GeoJSON, overlay, optional mask) -> its summary row.
         Also used by the MONAI Deploy application (:mod:`bundle.deploy`) on tiles it got as arrays."""
         from bundle.annotations import write_instance_label
-        from bundle.nuclei.postprocess import instance_polygons
+        from bundle.measure import instance_polygons
 
         suffix = ".tif" if self.label_format in ("tif", "tiff") else ".png"
         write_instance_label(self.output_dir / "labels" / f"{stem}{suffix}", inst)
@@ -247,71 +293,172 @@ class NucleiRunner:
             from bundle.stain import tissue_by_od
 
             tissue_mm2 = float(tissue_by_od(rgb).sum()) * (mpp / 1000.0) ** 2
-            area = table.get("area_um2", np.zeros(0))
-            row.update({"mean_area_um2": round(float(area.mean()), 2) if len(area) else "",
-                        "median_area_um2": round(float(np.median(area)), 2) if len(area) else "",
-                        "tissue_mm2": round(tissue_mm2, 5),
-                        "nuclei_per_mm2": round(int(inst.max()) / tissue_mm2, 1) if tissue_mm2 > 0 else ""})
+            row.update(self._size_stats(table.get("area_um2", np.zeros(0)), int(inst.max()), tissue_mm2))
         return row
+
+    def _slide_outputs(self, stem: str, label_map: bool) -> dict:
+        out = {"points": self.output_dir / "points" / f"{stem}.csv",
+               "geojson": self.output_dir / "geojson" / f"{stem}.geojson"}
+        if self.write_measurements:
+            out["measurements"] = self.output_dir / "measurements" / f"{stem}.csv"
+        if label_map:
+            out["labels"] = self.output_dir / "labels" / f"{stem}.tif"
+        for f in out.values():  # a killed earlier run of this input leaves its (hours-long) temporaries behind
+            remove_stale_parts(f)
+        return out
 
     def run_slide(self, item) -> dict:
         path = item["image"]
         stem = item_name(item)
-        outputs = (self.output_dir / "points" / f"{stem}.csv", self.output_dir / "geojson" / f"{stem}.geojson")
-        for out in outputs:  # a killed earlier run of this slide leaves its (hours-long) temporaries behind
-            remove_stale_parts(out)
+        outputs = self._slide_outputs(stem, label_map=False)
         slide = self.wsi.open(path, margin=64)
         slide.check_mpp(0.25 / self.predictor.size_scale)
         try:
-            return self._run_slide(slide, stem, outputs)
+            return self._run_windows(slide, stem, outputs)
         finally:
             slide.close()
 
-    def _run_slide(self, slide, stem: str, outputs) -> dict:
-        from bundle.inferers import input_channels
-        from bundle.nuclei.postprocess import instance_polygons
+    def run_big_image(self, item, shape) -> dict:
+        """A plain image of more than :attr:`big_tile_px` pixels, in windows (see the class docstring)."""
+        import tempfile
 
-        path = slide.path
+        from bundle.io import tiled_tiff_copy
+        from bundle.wsi import SlideTiles
+
+        path, stem = item["image"], item_name(item)
+        outputs = self._slide_outputs(stem, label_map=True)
+        if self.write_masks:
+            logger.warning(f"{path}: no training mask for a tile this big (train on tiles up to "
+                           f"{self.big_tile_px} px)")
+        logger.info(f"{path}: {shape[0]}x{shape[1]} px, more than --big_tile_px {self.big_tile_px}: processed in "
+                    f"{self.wsi.tile} px windows")
+        src, tmp = path, None
+        if not path.lower().endswith((".tif", ".tiff")):  # TIFFs are read region by region as they are
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".part.tif", dir=self.output_dir)
+            os.close(fd)
+            t0 = time.perf_counter()
+            tiled_tiff_copy(path, tmp)
+            logger.info(f"{path}: copied into a tiled TIFF in {time.perf_counter() - t0:.1f} s")
+            src = tmp
+        try:
+            slide = SlideTiles(src, tile_size=self.wsi.tile, margin=64, min_tissue=0.0)
+            try:
+                row = self._run_windows(slide, stem, outputs, name=path)
+            finally:
+                slide.close()
+        finally:
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+        if item.get("label"):
+            logger.warning(f"{path}: not scored against its label (a tile this big is not held in memory)")
+        return row
+
+    def _window_nuclei(self, stem, inst, prob, rgb, slide, r, c, first_id: int, mpp: float | None):
+        """The nuclei of one window whose centroid lies in its core tile: (points rows, polygons, measurement table
+        or None, their (h, w) label map in window coordinates with ids from ``first_id``), in level-0 pixels."""
+        from bundle.measure import instance_polygons, nucleus_measurements
+
+        off_r, off_c = slide.last_offset
+        core_h, core_w = min(slide.tile_size, slide.size[0] - r), min(slide.tile_size, slide.size[1] - c)
+        tile_polys = instance_polygons(inst)
+        rows, polys, keep = [], [], []
+        ds = slide.downsample
+        for i, row in enumerate(self._rows(stem, inst, prob), start=1):  # nuclei centred in the core tile
+            y, x = row["y"] - off_r, row["x"] - off_c
+            if not (0 <= y < core_h and 0 <= x < core_w) or i not in tile_polys:
+                continue
+            row["x"], row["y"] = round((x + c) * ds, 2), round((y + r) * ds, 2)
+            rows.append(row)
+            keep.append(i)
+            polys.append((tile_polys[i] + np.array([c - off_c, r - off_r])) * ds)
+        lut = np.zeros(int(inst.max()) + 1, np.int32)
+        lut[keep] = np.arange(first_id, first_id + len(keep), dtype=np.int32)
+        kept = lut[inst]
+        table = None
+        if self.write_measurements:
+            table = nucleus_measurements(kept, rgb, mpp, polygons={int(lut[i]): tile_polys[i] for i in keep})
+            table["x"] = (table["x"] + c - off_c) * ds  # level-0 px, as the points
+            table["y"] = (table["y"] + r - off_r) * ds
+            if mpp:
+                table["x_um"], table["y_um"] = table["x"] * mpp / ds, table["y"] * mpp / ds
+        return rows, polys, table, kept
+
+    def _run_windows(self, slide, stem: str, outputs: dict, name: str | None = None) -> dict:
+        """A slide, or a big tile (``outputs`` with ``labels``) opened as one, window by window: points, GeoJSON and
+        measurements streamed to disk, the label map painted on disk (:class:`bundle.annotations.LabelCanvas`)."""
+        from contextlib import ExitStack
+
+        from tqdm import tqdm
+
+        from bundle.annotations import LabelCanvas
+        from bundle.inferers import input_channels
+        from bundle.io import streamed_csv
+        from bundle.scale import REFERENCE_MPP
+        from bundle.stain import blank_reason, tissue_by_od
+
+        path = name or slide.path
+        big_tile = "labels" in outputs
         t0 = time.perf_counter()
-        centres, n_tiles, n_nuclei = [], 0, 0  # centres: one small (k, 2) array per tile, for the overview only
+        centres, n_tiles, n_nuclei, areas, tissue_px = [], 0, 0, [], 0
         tiles = slide.core_tiles()
         if not tiles:
             logger.warning(f"{path}: no tissue found; writing empty outputs")
+        d, s = self.slide_scale(slide, big_tile) if tiles else (None, None)
+        mpp = REFERENCE_MPP / (s or self.predictor.size_scale)  # um/px of the analysed level
         h_threshold = None
         if tiles and (input_channels(self.network) == 4 or self.postprocess.hematoxylin_prior > 0):  # one per slide
-            h_threshold = slide.hematoxylin_threshold() or None  # flat slide: each tile's own threshold
-            logger.info(f"{path}: slide haematoxylin OD threshold {h_threshold}")
-        from tqdm import tqdm
-
-        # points and polygons go to disk tile by tile: memory does not grow with the number of nuclei
-        with streamed_outputs(outputs[0], POINT_FIELDS, outputs[1]) as add:
+            # a slide: pooled over 16 tissue tiles; a big tile: over all of it, as if it were read whole
+            h_threshold = slide.hematoxylin_threshold(None if big_tile else 16) or None  # flat: each tile's own
+            logger.info(f"{path}: haematoxylin OD threshold {h_threshold}")
+        with ExitStack() as stack:
+            # points and polygons go to disk tile by tile: memory does not grow with the number of nuclei
+            add = stack.enter_context(streamed_outputs(outputs["points"], POINT_FIELDS, outputs["geojson"]))
+            add_measured = fields = None
+            canvas = stack.enter_context(LabelCanvas(slide.size, outputs["labels"].parent)) if big_tile else None
             for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):
                 n_tiles += 1
-                inst, prob = self.predict(rgb, h_threshold)
                 off_r, off_c = slide.last_offset
-                core_h, core_w = min(slide.tile_size, slide.size[0] - r), min(slide.tile_size, slide.size[1] - c)
-                tile_polys = instance_polygons(inst)
-                rows, polys = [], []
-                for i, row in enumerate(self._rows(stem, inst, prob), start=1):  # nuclei centred in the core tile
-                    y, x = row["y"] - off_r, row["x"] - off_c
-                    if not (0 <= y < core_h and 0 <= x < core_w) or i not in tile_polys:
-                        continue
-                    row["x"] = round((x + c) * slide.downsample, 2)
-                    row["y"] = round((y + r) * slide.downsample, 2)
-                    rows.append(row)
-                    polys.append((tile_polys[i] + np.array([c - off_c, r - off_r])) * slide.downsample)
-                add(rows, polys, self._geojson_properties(rows))
+                core = rgb[off_r: off_r + slide.tile_size, off_c: off_c + slide.tile_size]
+                tissue_px += int(tissue_by_od(core).sum())
+                if blank_reason(rgb):  # glass, a black border, a flat region: no nuclei
+                    continue
+                inst, prob = self.predict(rgb, h_threshold, size_scale=s)
+                rows, polys, table, kept = self._window_nuclei(stem, inst, prob, rgb, slide, r, c, n_nuclei + 1, mpp)
+                if canvas is not None:
+                    canvas.paint(r - off_r, c - off_c, kept)
+                add(rows, polys, self._geojson_properties(rows, table))
+                if table is not None:
+                    if add_measured is None:
+                        fields = ["image", *table, "score", "class"]
+                        add_measured = stack.enter_context(streamed_csv(outputs["measurements"], fields))
+                    add_measured(self._measurement_rows(stem, table, rows))
+                    areas.append(table.get("area_um2", np.zeros(0)))
                 n_nuclei += len(rows)
                 if self.write_overlays:
                     centres.append(np.array([(row["y"], row["x"]) for row in rows], np.float64).reshape(-1, 2))
+            if self.write_measurements and add_measured is None:  # no nuclei: a header-only table
+                from bundle.measure import nucleus_measurements
+
+                empty = nucleus_measurements(np.zeros((1, 1), np.int32), np.zeros((1, 1, 3), np.uint8), mpp)
+                stack.enter_context(streamed_csv(outputs["measurements"], ["image", *empty, "score", "class"]))
+            if canvas is not None:
+                canvas.write(outputs["labels"])
         if self.write_overlays:
             thumb = slide.thumbnail(max_side=2048).copy()
-            s = thumb.shape[0] / slide.level_sizes[0][0]
-            for y, x in (np.concatenate(centres) * s).astype(int) if centres else ():
+            f = thumb.shape[0] / slide.level_sizes[0][0]
+            for y, x in (np.concatenate(centres) * f).astype(int) if centres else ():
                 thumb[max(0, y - 1): y + 2, max(0, x - 1): x + 2] = (0, 255, 0)
             write_image(self.output_dir / "overlays" / f"{stem}.png", thumb)
-        return {"image": stem, "n_nuclei": n_nuclei, "seconds": time.perf_counter() - t0, "tiles": n_tiles,
-                "height": slide.level_sizes[0][0], "width": slide.level_sizes[0][1]}
+        row = {"image": stem, "n_nuclei": n_nuclei, "seconds": time.perf_counter() - t0, "tiles": n_tiles,
+               "height": slide.level_sizes[0][0], "width": slide.level_sizes[0][1]}
+        if self.write_measurements:
+            area = np.concatenate(areas) if areas else np.zeros(0)
+            tissue_mm2 = tissue_px * (mpp / 1000.0) ** 2
+            row.update(self._size_stats(area, n_nuclei, tissue_mm2))
+        if self.auto_scale:
+            row.update({"nucleus_diameter_px": round(d, 2) if d else "", "scale_factor": round(s, 3) if s else ""})
+        return row
 
     def prepare(self) -> "NucleiRunner":
         """Load ``ckpt_path`` into the network (one-line error when missing or mismatched) and set it to eval."""
@@ -380,7 +527,7 @@ class NucleiRunner:
         parts = (str(Path(self.ckpt_path).resolve()), st.st_size, st.st_mtime_ns, repr(self.predictor),
                  repr(self.postprocess), repr(self.wsi), self.label_format, self.write_overlays, self.write_masks,
                  self.write_measurements, self.auto_scale, self.scale_dead_zone, self.trained_diameter,
-                 self.class_name, self.class_colour)
+                 self.class_name, self.class_colour, self.big_tile_px)
         return hashlib.sha256(repr(parts).encode()).hexdigest()
 
     @staticmethod

@@ -181,3 +181,30 @@ def test_whole_slide_ihc_matches_tile_mode_and_reports_hotspot(tmp_path, caplog)
     # the classical labeller is fitted on tiles: a slide alone is reported in one line
     with pytest.raises(ImageError, match="whole slides need method 'network'"):
         Ki67Runner(None, str(tmp_path / "slides"), tmp_path / "out_c", method="classical", **kw).run()
+
+
+def test_ihc_auto_scale_sees_a_half_size_copy_as_20x(tmp_path):
+    """Issue 29 for Ki-67: with no mpp each IHC tile's nucleus size (haematoxylin + DAB blobs) sets its scale
+    against the network's training size: the full tile stays at 1, its half-size copy is run at about 0.5 and finds
+    about the same cells."""
+    from PIL import Image
+
+    from bundle.io import write_image
+    from bundle.scale import estimate_nucleus_diameter
+
+    tile, pts, _ = synthetic_ihc_tile(384, n_positive=10, n_negative=14, radius=10, seed=6)
+    write_image(tmp_path / "in" / "full.png", tile)
+    write_image(tmp_path / "in" / "half.png", np.asarray(Image.fromarray(tile).resize((192, 192), Image.BOX)))
+    d = estimate_nucleus_diameter(tile, stain="ihc")
+    summ = Ki67Runner(_colour_net(), str(tmp_path / "in"), tmp_path / "out", auto_scale=True, trained_diameter=d,
+                      predictor=TilePredictor(tta=False, network_mpp=0.25), cells=Ki67Cells(nucleus_diameter=20),
+                      write_report=False).run()
+    import csv
+
+    with open(tmp_path / "out" / "summary.csv") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
+    assert float(rows["full"]["scale_factor"]) == 1.0
+    assert 0.4 < float(rows["half"]["scale_factor"]) < 0.6
+    n_full = len(read_point_table(tmp_path / "out" / "points" / "full.csv")["points"])
+    n_half = len(read_point_table(tmp_path / "out" / "points" / "half.csv")["points"])
+    assert n_full > 10 and abs(n_half - n_full) <= 0.2 * n_full
