@@ -346,6 +346,19 @@ class SlideTiles:
         return hematoxylin_threshold([self.read(r, c, min(t, H - r), min(t, W - c)) for r, c in
                                       (tiles[i] for i in pick)])
 
+    def nucleus_diameter(self, n: int = 4, stain: str = "he") -> float | None:
+        """Median :func:`bundle.scale.estimate_nucleus_diameter` (``stain``'s estimator) of up to ``n`` core tiles
+        spread evenly over the tissue: the slide's nucleus size when its file gives no pixel size; None when none
+        gives one."""
+        from bundle.scale import estimate_nucleus_diameter
+
+        tiles, (H, W), t = self.core_tiles(), self.size, self.tile_size
+        pick = np.unique(np.linspace(0, len(tiles) - 1, min(n, len(tiles))).round().astype(int)) if tiles else []
+        ds = [estimate_nucleus_diameter(self.read(r, c, min(t, H - r), min(t, W - c)), stain=stain)
+              for r, c in (tiles[i] for i in pick)]
+        ds = [d for d in ds if d is not None]
+        return float(np.median(ds)) if ds else None
+
     def __iter__(self):
         H, W, t, m = self.size[0], self.size[1], self.tile_size, self.margin
         for r, c in self.core_tiles():

@@ -164,14 +164,16 @@ class Ki67Runner:
 
         return input_items(self.data, self.datalist_key)
 
-    def tile_scale(self, rgb: np.ndarray, path: str = "image") -> tuple[float | None, float | None]:
+    def tile_scale(self, rgb, path: str = "image") -> tuple[float | None, float | None]:
         """(estimated nucleus diameter px or None, size scale) of a tile with :attr:`auto_scale` and the network
-        method; (None, None) otherwise (the folder's scale)."""
+        method; (None, None) otherwise (the folder's scale). ``rgb`` may be a :class:`bundle.wsi.SlideTiles`: one
+        scale for the slide, from four of its tissue tiles."""
         if not self.auto_scale or self.method != "network":
             return None, None
         from bundle.scale import IHC_REFERENCE_DIAMETER, REFERENCE_MPP, estimate_nucleus_diameter, scale_from_diameter
 
-        d = estimate_nucleus_diameter(rgb, stain="ihc")
+        d = rgb.nucleus_diameter(4, "ihc") if hasattr(rgb, "nucleus_diameter") else estimate_nucleus_diameter(
+            rgb, stain="ihc")
         p = self.predictor
         ref = self.trained_diameter  # by the IHC estimator; else the shipped network's (BCData) at 40x
         if ref is None:
@@ -302,13 +304,14 @@ class Ki67Runner:
         if not tiles:
             logger.warning(f"{path}: no tissue found; writing empty outputs")
         h_threshold = (slide.hematoxylin_threshold() or None) if tiles and input_channels(self.network) == 4 else None
+        d, sc = self.tile_scale(slide, path) if tiles and not no_dab else (None, None)
+        predictor, cl = self._at_scale(sc)  # a slide whose file gives no pixel size: its measured scale
         tile_rows = []
         ov = thumb.copy() if self.write_overlays else None
         s = thumb.shape[0] / slide.level_sizes[0][0]  # level-0 px -> thumbnail px
         with streamed_outputs(outputs[0], KI67_POINT_FIELDS, outputs[1]) as add:
             for r, c, rgb in tqdm(slide, total=len(tiles), desc=f"{stem} tiles", unit="tile", leave=False):
-                prob = self.predictor(self.network, rgb, self.device, h_threshold)
-                cl = self.cells
+                prob = predictor(self.network, rgb, self.device, h_threshold)
                 pts, cls, score = ki67_points(prob, cl.threshold, cl.nucleus_diameter, point_mode=cl.point_mode)
                 cls, dab = cl.classify(rgb, pts, cls, matrix)
                 if no_dab:
@@ -346,7 +349,9 @@ class Ki67Runner:
                 "hotspot_ki67_index": hot["ki67_index"] if hot else "", "hotspot_ki67_index_ci_low":
                 hot["ki67_index_ci_low"] if hot else "", "hotspot_ki67_index_ci_high": hot["ki67_index_ci_high"] if hot
                 else "", "hotspot_x": hot["x"] if hot else "", "hotspot_y": hot["y"] if hot else "",
-                "hotspot_cells": hot["n_cells"] if hot else ""}
+                "hotspot_cells": hot["n_cells"] if hot else "",
+                **({"nucleus_diameter_px": round(d, 2) if d else "", "scale_factor": round(sc, 3) if sc else ""}
+                   if self.auto_scale else {})}
 
     def run(self) -> dict:
         """Process every input (see the class docstring) with ``output_dir`` locked to this run

@@ -163,12 +163,7 @@ class NucleiRunner:
             r0, c0 = max(0, (H - t) // 2), max(0, (W - t) // 2)
             return self._scale_from_diameter(estimate_nucleus_diameter(slide.read(r0, c0, min(t, H), min(t, W))),
                                              slide.path)
-        tiles = slide.core_tiles()
-        pick = np.unique(np.linspace(0, len(tiles) - 1, min(4, len(tiles))).round().astype(int)) if tiles else []
-        ds = [estimate_nucleus_diameter(slide.read(*tiles[i], min(slide.tile_size, H - tiles[i][0]),
-                                                   min(slide.tile_size, W - tiles[i][1]))) for i in pick]
-        ds = [d for d in ds if d is not None]
-        return self._scale_from_diameter(float(np.median(ds)) if ds else None, slide.path)
+        return self._scale_from_diameter(slide.nucleus_diameter(4), slide.path)
 
     def _rows(self, stem, inst, prob):
         from scipy import ndimage as ndi

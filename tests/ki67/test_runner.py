@@ -208,3 +208,25 @@ def test_ihc_auto_scale_sees_a_half_size_copy_as_20x(tmp_path):
     n_full = len(read_point_table(tmp_path / "out" / "points" / "full.csv")["points"])
     n_half = len(read_point_table(tmp_path / "out" / "points" / "half.csv")["points"])
     assert n_full > 10 and abs(n_half - n_full) <= 0.2 * n_full
+
+
+def test_ihc_slide_without_pixel_size_gets_its_scale_measured(tmp_path):
+    """A Ki-67 slide whose file gives no pixel size, with no mpp: one scale from its tissue tiles (half-size nuclei
+    -> about 0.5)."""
+    import tifffile
+    from PIL import Image
+
+    from bundle.scale import estimate_nucleus_diameter
+    from bundle.wsi import SlideOptions
+
+    tile, _, _ = synthetic_ihc_tile(384, n_positive=10, n_negative=14, radius=10, seed=6)
+    half = (np.asarray(Image.fromarray(tile).resize((192, 192), Image.BOX)) * 0.88).astype(np.uint8)
+    canvas = np.full((256, 384, 3), 242, np.uint8)
+    canvas[32:224, 96:288] = half
+    tifffile.imwrite(tmp_path / "s.tif", canvas, tile=(128, 128), photometric="rgb")  # no resolution tags
+    r = Ki67Runner(_colour_net(), str(tmp_path), tmp_path / "out", auto_scale=True,
+                   trained_diameter=estimate_nucleus_diameter(tile, stain="ihc"),
+                   predictor=TilePredictor(tta=False, network_mpp=0.25), cells=Ki67Cells(nucleus_diameter=20),
+                   wsi=SlideOptions(tile=128), write_report=False)
+    row = r.run_slide({"image": str(tmp_path / "s.tif")})
+    assert 0.4 < float(row["scale_factor"]) < 0.7 and row["n_cells"] > 10  # 1.0 without the measure
