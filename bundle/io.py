@@ -176,8 +176,8 @@ def tiled_tiff_copy(path: str | os.PathLike, dst: str | os.PathLike, tile: int =
     """
     import tifffile
 
-    path, h_w = str(path), image_size(path)
-    h, w = h_w
+    path = str(path)
+    h, w = image_size(path)
     if h * w > MAX_TILE_PIXELS:
         raise ImageError(f"{path}: image is {h}x{w}, more than the {MAX_TILE_PIXELS} pixels a plain image may have "
                          "(give it as a tiled pyramidal TIFF, which is read as a slide)")

@@ -34,6 +34,14 @@ def stain_densities(rgb: np.ndarray, stains: Sequence[str] = ("hematoxylin", "eo
             .astype(np.float32) for s in stains}
 
 
+def _shapely_polygons(rings: list):
+    """A shapely array of polygons, one per closed (K, 2) ring, built in one vectorised call."""
+    import shapely
+
+    index = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
+    return shapely.polygons(shapely.linearrings(np.concatenate(rings), indices=index))
+
+
 def instance_polygons(inst: np.ndarray, tolerance: float = 0.5) -> dict:
     """Outline polygon of every instance, in pixel (x, y) = (col, row) coordinates of ``inst``.
 
@@ -69,10 +77,7 @@ def instance_polygons(inst: np.ndarray, tolerance: float = 0.5) -> dict:
         out[i] = xy
     if tolerance > 0 and out:
         ids = list(out)
-        coords = np.concatenate([out[i] for i in ids])
-        index = np.repeat(np.arange(len(ids)), [len(out[i]) for i in ids])
-        simple = shapely.simplify(shapely.polygons(shapely.linearrings(coords, indices=index)), tolerance,
-                                  preserve_topology=True)
+        simple = shapely.simplify(_shapely_polygons([out[i] for i in ids]), tolerance, preserve_topology=True)
         xy, k = shapely.get_coordinates(shapely.get_exterior_ring(simple), return_index=True)
         parts = np.split(xy, np.flatnonzero(np.diff(k)) + 1)
         for j, p in zip(np.unique(k), parts):
@@ -121,10 +126,7 @@ def _solidity(polygons: dict, ids: np.ndarray) -> np.ndarray:
     out = np.ones(len(ids))
     have = [k for k, i in enumerate(ids) if int(i) in polygons]
     if have:
-        rings = [polygons[int(ids[k])] for k in have]
-        coords = np.concatenate(rings)
-        index = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
-        polys = shapely.polygons(shapely.linearrings(coords, indices=index))
+        polys = _shapely_polygons([polygons[int(ids[k])] for k in have])
         hull = shapely.area(shapely.convex_hull(polys))
         out[have] = np.where(hull > 0, np.minimum(shapely.area(polys) / np.maximum(hull, 1e-12), 1.0), 1.0)
     return out

@@ -262,18 +262,14 @@ class SlideTiles:
         level = self.level if level is None else level
         if self.backend == "tifffile":
             arr = np.asarray(self._levels[level][row: row + h, col: col + w])
-            if arr.ndim == 2:
-                arr = np.repeat(arr[..., None], 3, -1)
         else:
             ds = self.level_sizes[0][0] / self.level_sizes[level][0]
             loc = (int(round(row * ds)), int(round(col * ds)))  # MONAI expects level-0 (row, col)
             arr, _ = self.reader.get_data(self.wsi, location=loc, size=(int(h), int(w)), level=level)
-            arr = np.asarray(arr)
-            if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
-                arr = np.moveaxis(arr, 0, -1)
         from bundle.io import to_uint8_rgb
 
-        return to_uint8_rgb(arr, self.path)  # grey, alpha, 16-bit as a tile's reader converts them
+        # grey, alpha, 16-bit and MONAI's channel-first regions, as a tile's reader converts them
+        return to_uint8_rgb(np.asarray(arr), self.path)
 
     def thumbnail(self, max_side: int = 2048) -> np.ndarray:
         """The slide at ``tissue_level`` (h, w, 3) uint8, subsampled to at most ``max_side`` px per side. The default

@@ -156,7 +156,11 @@ class Ki67Runner:
     @property
     def mpp(self) -> float:
         """Micrometres per pixel the tiles are taken at: the default nucleus diameter, 20 px, is set for 0.25 um/px."""
-        return 0.25 * 20.0 / self.cells.nucleus_diameter
+        return self._mpp(self.cells)
+
+    @staticmethod
+    def _mpp(cells) -> float:
+        return 0.25 * 20.0 / cells.nucleus_diameter
 
     def items(self) -> list:
         """Same inputs as :meth:`bundle.nuclei.runner.NucleiRunner.items` (list, file, datalist JSON or folder)."""
@@ -164,16 +168,24 @@ class Ki67Runner:
 
         return input_items(self.data, self.datalist_key)
 
-    def tile_scale(self, rgb, path: str = "image") -> tuple[float | None, float | None]:
+    def tile_scale(self, rgb: np.ndarray, path: str = "image") -> tuple[float | None, float | None]:
         """(estimated nucleus diameter px or None, size scale) of a tile with :attr:`auto_scale` and the network
-        method; (None, None) otherwise (the folder's scale). ``rgb`` may be a :class:`bundle.wsi.SlideTiles`: one
-        scale for the slide, from four of its tissue tiles."""
+        method; (None, None) otherwise (the folder's scale)."""
         if not self.auto_scale or self.method != "network":
             return None, None
-        from bundle.scale import IHC_REFERENCE_DIAMETER, REFERENCE_MPP, estimate_nucleus_diameter, scale_from_diameter
+        from bundle.scale import estimate_nucleus_diameter
 
-        d = rgb.nucleus_diameter(4, "ihc") if hasattr(rgb, "nucleus_diameter") else estimate_nucleus_diameter(
-            rgb, stain="ihc")
+        return self._scale_from_diameter(estimate_nucleus_diameter(rgb, stain="ihc"), path)
+
+    def slide_scale(self, slide) -> tuple[float | None, float | None]:
+        """:meth:`tile_scale` of a whole slide: one scale from four of its tissue tiles."""
+        if not self.auto_scale or self.method != "network":
+            return None, None
+        return self._scale_from_diameter(slide.nucleus_diameter(4, "ihc"), slide.path)
+
+    def _scale_from_diameter(self, d: float | None, path: str) -> tuple[float | None, float]:
+        from bundle.scale import IHC_REFERENCE_DIAMETER, REFERENCE_MPP, scale_from_diameter
+
         p = self.predictor
         ref = self.trained_diameter  # by the IHC estimator; else the shipped network's (BCData) at 40x
         if ref is None:
@@ -257,8 +269,7 @@ class Ki67Runner:
         if not no_dab:
             self.histogram.add(dab)
         n_pos, n_neg = int((cls == POSITIVE).sum()), int((cls == NEGATIVE).sum())
-        mpp = 0.25 * 20.0 / cells.nucleus_diameter  # this tile's (:attr:`mpp` at its scale)
-        tissue_mm2 = float(tissue_by_od(rgb).sum()) * (mpp / 1000.0) ** 2
+        tissue_mm2 = float(tissue_by_od(rgb).sum()) * (self._mpp(cells) / 1000.0) ** 2  # at this tile's scale
         scale = {"nucleus_diameter_px": round(d, 2) if d else "", "scale_factor": round(s, 3) if s else ""}
         return {"image": stem, "n_positive": n_pos, "n_negative": n_neg, "n_cells": n_pos + n_neg,
                 **index_fields(n_pos, n_neg, valid=not no_dab), "dab_fraction": round(frac, 4),
@@ -304,7 +315,7 @@ class Ki67Runner:
         if not tiles:
             logger.warning(f"{path}: no tissue found; writing empty outputs")
         h_threshold = (slide.hematoxylin_threshold() or None) if tiles and input_channels(self.network) == 4 else None
-        d, sc = self.tile_scale(slide, path) if tiles and not no_dab else (None, None)
+        d, sc = self.slide_scale(slide) if tiles and not no_dab else (None, None)
         predictor, cl = self._at_scale(sc)  # a slide whose file gives no pixel size: its measured scale
         tile_rows = []
         ov = thumb.copy() if self.write_overlays else None
