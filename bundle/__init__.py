@@ -14,13 +14,13 @@ one-command CLI over the configs.
 
 from .errors import install_excepthook as _install_excepthook
 
-__version__ = "0.12.0"
+__version__ = "0.13.0"
 
 _install_excepthook()
 
 _SUBMODULES = {"io", "annotations", "errors", "wsi", "metrics", "stain", "scale", "checkpoints", "runs", "transforms",
                "inferers", "losses", "points", "handlers", "networks", "synthetic", "nuclei", "ki67", "fseg", "gan",
-               "label_free", "overrides", "distributed", "measure", "report"}
+               "label_free", "overrides", "distributed", "measure", "report", "backends"}
 
 
 def __getattr__(name):

@@ -104,16 +104,19 @@ def broadcast(obj):
     return box[0]
 
 
-def ddp(module, device=None):
+def ddp(module, device=None, find_unused_parameters: bool = False):
     """``module`` in ``torch.nn.parallel.DistributedDataParallel`` when a process group of more than one process runs
-    (``device_ids`` = its CUDA device), else ``module`` itself: the same config trains on one process or many."""
+    (``device_ids`` = its CUDA device), else ``module`` itself: the same config trains on one process or many.
+    ``find_unused_parameters``: for networks whose heads are not all used by every step (the ssl Res2Net's scalar,
+    projection and predictor heads)."""
     if rank_world()[1] == 1:
         return module
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
     dev = torch.device(device) if device is not None else next(module.parameters()).device
-    return DistributedDataParallel(module, device_ids=[dev] if dev.type == "cuda" else None)
+    return DistributedDataParallel(module, device_ids=[dev] if dev.type == "cuda" else None,
+                                   find_unused_parameters=bool(find_unused_parameters))
 
 
 def unwrap(module):

@@ -15,7 +15,10 @@ __all__ = ["input_channels", "predict_probability", "ScaledInferer", "TilePredic
 
 
 def input_channels(network: torch.nn.Module) -> int:
-    """Input channels a convolutional network expects: dim 1 of its first 4-D weight (3 when it has none)."""
+    """Input channels a convolutional network expects: its ``in_channels`` attribute (a :mod:`bundle.backends`
+    engine), else dim 1 of its first 4-D weight (3 when it has none)."""
+    if isinstance(getattr(network, "in_channels", None), int):
+        return network.in_channels
     for p in network.parameters():
         if p.ndim == 4:
             return int(p.shape[1])
@@ -127,7 +130,7 @@ class TilePredictor:
     network was trained at (``network_mpp``, um/px) from its own (``size_scale``: pixel density relative to 40x,
     :func:`bundle.scale.size_scale`). ``network_mpp`` ``None``: no resizing."""
 
-    roi_size: int = 512
+    roi_size: int = 1024
     overlap: float = 0.25
     tta: bool = True
     size_scale: float = 1.0

@@ -22,14 +22,17 @@ With ``--teacher hematoxylin`` that measured level with the detection network's 
 time (as long as the seg stage's); with PSM pseudo masks it measured worse (docs/nuclei.md).
 ``--mpp 0.5`` tells every stage the tiles' micrometres per pixel
 (default 0.25, 40x): the pixel sizes tuned at 40x (object and hole areas, peak distances, point blur and merge
-distance, Voronoi disks) are scaled to it (:func:`bundle.scale.size_scale`; docs/nuclei.md).
+distance, Voronoi disks) are scaled to it (:func:`bundle.scale.size_scale`; docs/nuclei.md). ``--mpp auto`` (a
+folder of unknown or mixed magnification) adds a first stage, ``scale``, that measures each tile's nucleus size and
+writes it resized to 40x into ``eval/working_scale/images`` (:func:`bundle.scale.working_scale_copy`); ssl, psm,
+det and seg train on those copies, and infer runs on the original tiles, each at its measured scale.
 ``--force`` on a finished training stage retrains it from scratch (``--resume False``), not from its last epoch.
 ``--init models`` starts the det / seg (Ki-67: every training round) networks from the bundle's shipped weights
 instead of a random initialisation (``train.json`` ``init_ckpt``; a folder or a checkpoint file works too).
-``--nproc 2`` runs the det, seg and Ki-67 training stages as DistributedDataParallel over 2 processes and the
-inference stages sharded over them (``torchrun --standalone`` with ``configs/multi_gpu_train.json`` /
-``multi_gpu_inference.json``: one process per GPU; a global batch of N x ``images_per_batch``); ssl and psm run in
-one process.
+``--nproc 2`` runs the ssl, det, seg and Ki-67 training stages as DistributedDataParallel over 2 processes and the
+inference stages sharded over them (``torchrun --standalone`` with ``configs/multi_gpu_ssl_train.json`` /
+``multi_gpu_train.json`` / ``multi_gpu_inference.json``: one process per GPU; a global batch of N x
+``images_per_batch``); psm runs in one process.
 
 Ki-67 IHC tiles (``--stain ihc``; docs/ki67.md): the stages are ``configs/ki67_train.json`` runs and one
 ``configs/ki67_infer.json`` run: ``ki67_r1`` (round 1, seed 0), ``ki67_r1_seed1`` ... (``--seeds N``: N round-1
@@ -103,8 +106,9 @@ def stage_command(stage: str, dataset_dir: str, bundle_root: str, profile: str =
     return bundle_command(cfg, dataset_dir, bundle_root, overrides, config_dir)
 
 
-DISTRIBUTED = {"det": "multi_gpu_train.json", "seg": "multi_gpu_train.json", "infer": "multi_gpu_inference.json",
-               "ki67_train.json": "multi_gpu_train.json", "ki67_infer.json": "multi_gpu_inference.json"}
+DISTRIBUTED = {"ssl": "multi_gpu_ssl_train.json", "det": "multi_gpu_train.json", "seg": "multi_gpu_train.json",
+               "infer": "multi_gpu_inference.json", "ki67_train.json": "multi_gpu_train.json",
+               "ki67_infer.json": "multi_gpu_inference.json"}
 
 
 def torchrun_command(cmd: list, nproc: int, override_config: str, config_dir: Path = CONFIG_DIR) -> list:
@@ -217,7 +221,11 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
 
     ``teacher="hematoxylin"`` makes the pseudo masks by haematoxylin Otsu (``--scm#fusion otsu``) and skips the
     ``ssl`` stage (no activation network is needed); ``"psm"`` (default) is the PSM method. ``mpp`` (the tiles'
-    micrometres per pixel; None = the configs' 0.25) is passed to every stage that scales pixel sizes by it.
+    micrometres per pixel; None = the configs' 0.25) is passed to every stage that scales pixel sizes by it;
+    ``"auto"`` (a folder of unknown or mixed magnification) first runs the ``scale`` stage
+    (:func:`bundle.scale.working_scale_copy`: each tile's nucleus size measured, the tile resized to 40x into
+    ``<bundle_root>/eval/working_scale/images``), trains every network on those copies at 40x, and runs the
+    ``infer`` stage on the original tiles with each tile's scale measured (``inference.json`` with no ``mpp``).
     ``points="mask"`` drops the ``det`` stage and gives the seg stage the pseudo masks' own instance centres
     (``train.json`` ``point_source``); ``"det"`` (default) is the PSM method's detection network. ``nproc`` > 1 runs
     det, seg and infer on that many processes (:func:`torchrun_command`).
@@ -243,7 +251,8 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
         override = {**override, "psm": {"scm#fusion": "otsu",
                                          "scm#min_size": "$bundle.scale.scaled(30, @size_scale, area=True)",
                                          "ckpt_path": "$None", **override.get("psm", {})}}
-    if mpp is not None:
+    auto = str(mpp).lower() == "auto"
+    if mpp is not None and not auto:
         override = {**override, **{st: {"mpp": float(mpp), **override.get(st, {})} for st in MPP_STAGES}}
     if init:
         ckpt = init_checkpoint(init)
@@ -251,13 +260,22 @@ def run_pipeline(dataset_dir: str, bundle_root: str, stages: str | list = STAGES
     for s in list(stages) + list(force):
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r} (use {', '.join(STAGES)})")
-    _check_inputs(dataset_dir, mpp)
-    plan = [(st, stage_command(st, dataset_dir, bundle_root, profile,
+    _check_inputs(dataset_dir, None if auto else mpp)
+    # --mpp auto: the training stages see copies of the tiles at the common 40x working scale (the "scale" stage);
+    # inference runs on the user's own tiles, each at its measured scale (inference.json with no mpp)
+    train_dir = str(Path(bundle_root) / WORKING_SCALE_DIR / "images") if auto else dataset_dir
+    plan = [(st, stage_command(st, dataset_dir if st == "infer" else train_dir, bundle_root, profile,
                                {**override.get("all", {}), **override.get(st, {})}), st in TRAINING_STAGES)
             for st in STAGES if st in stages]
     plan = [(st, torchrun_command(cmd, nproc, DISTRIBUTED[st]) if st in DISTRIBUTED else cmd, trains)
             for st, cmd, trains in plan]
+    if auto and any(st != "infer" for st, _, _ in plan):
+        scale = [sys.executable, "-m", "bundle.scale", str(dataset_dir), str(Path(bundle_root) / WORKING_SCALE_DIR)]
+        plan.insert(0, ("scale", scale, False))
     return run_stages(plan, bundle_root, force, dry_run)
+
+
+WORKING_SCALE_DIR = "eval/working_scale"  # --mpp auto: the tiles at 40x (images/) and each one's scale (scales.csv)
 
 
 TRAINING_STAGES = ("ssl", "det", "seg")  # their configs resume from a checkpoint (``resume``)
@@ -454,7 +472,7 @@ def run_ki67_pipeline(dataset_dir: str, bundle_root: str, seeds: int = 1, rounds
 
 def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = "", force: str = "",
          profile: str = "cpu", override: str = "", dry_run: bool = False, teacher: str = "psm",
-         mpp: float | None = None, stain: str = "he", seeds: int = 1, rounds: int = 1, jobs: int = 1,
+         mpp: float | str | None = None, stain: str = "he", seeds: int = 1, rounds: int = 1, jobs: int = 1,
          points: str = "det", init: str = "", dab_threshold: float | None = None, nproc: int = 1) -> None:
     """Command-line entry (Python Fire): see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
@@ -469,6 +487,9 @@ def main(dataset_dir: str, bundle_root: str = "label_free_out", stages: str = ""
             raise ValueError(f"--nproc {nproc} --jobs {jobs}: use one of them (nproc >= 1)")
         for k in (k for k, v in ignored.items() if v):
             logger.warning(f"--{k} does nothing with --stain {stain}")
+        if stain == "ihc" and str(mpp).lower() == "auto":
+            raise ValueError("--mpp auto is for H&E folders; Ki-67 training takes one --mpp (its inference measures "
+                             "each tile's scale by itself)")
         if stain == "ihc":
             report = run_ki67_pipeline(dataset_dir, bundle_root, seeds, rounds, stages, force, override or None,
                                        dry_run, mpp, jobs, init or None, dab_threshold, int(nproc))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = ["REFERENCE_MPP", "REFERENCE_DIAMETER", "IHC_REFERENCE_DIAMETER", "size_scale", "resample_factor", "scaled",
            "scale_from_diameter",
-           "estimate_nucleus_diameter", "folder_nucleus_diameter", "tile_mpp"]
+           "estimate_nucleus_diameter", "folder_nucleus_diameter", "tile_mpp", "working_scale_copy"]
 
 REFERENCE_MPP = 0.25
 """um per pixel at which the H&E size defaults were tuned (MoNuSeg, 40x)."""
@@ -160,3 +160,59 @@ IHC_REFERENCE_DIAMETER = 35.69
 """What :func:`estimate_nucleus_diameter` with ``stain="ihc"`` finds at 40x: :func:`folder_nucleus_diameter` of the
 BCData sample (``stain="ihc"``), the shipped Ki-67 network's training tiles. A Ki-67 network without a diameter
 recorded by that estimator is assumed to have learnt nuclei of this size at 40x."""
+
+
+def working_scale_copy(dataset_dir, output_dir, dead_zone=(0.8, 1.25), stain: str = "he") -> list[dict]:
+    """Copies of a folder's tiles at the common working scale (40x, :data:`REFERENCE_MPP`), for training on a folder of
+    unknown or mixed magnification (``python -m bundle.label_free --mpp auto``): each tile's nucleus diameter is
+    estimated (:func:`estimate_nucleus_diameter`), the tile resized by 1 / its size scale (:func:`tile_mpp` against
+    :data:`REFERENCE_DIAMETER`; ratios inside ``dead_zone`` count as 40x; a tile without an estimate takes the folder's
+    median scale, with a one-line warning naming it) and written as ``output_dir/images/<stem>.png``;
+    ``output_dir/scales.csv`` lists image, nucleus_diameter_px, scale_factor (1 = 40x, 0.5 = 20x) and resize.
+    Unreadable files are skipped with a one-line warning, as the training configs skip them. Returns the rows.
+    """
+    import csv
+    import logging
+    from pathlib import Path
+
+    from bundle.io import ImageError, atomic_path, datalist_items, read_rgb, write_image
+    from bundle.transforms import resize_rgb
+
+    import numpy as np
+
+    log = logging.getLogger(__name__)
+    out = Path(output_dir)
+    found = []
+    for it in datalist_items(str(dataset_dir), "training"):
+        try:
+            d = estimate_nucleus_diameter(read_rgb(it["image"], min_size=32), stain=stain)
+        except (ImageError, ValueError, FileNotFoundError) as e:
+            log.warning(f"{it['image']}: skipped ({e})")
+            continue
+        found.append((it["image"], d, size_scale(tile_mpp(d, REFERENCE_MPP, None, dead_zone)) if d else None))
+    known = [s for _, _, s in found if s is not None]
+    median = float(np.median(known)) if known else 1.0
+    rows = []
+    for path, d, s in found:
+        if s is None:
+            log.warning(f"{path}: no nucleus size found (no haematoxylin blobs); taken at the folder's median scale "
+                        f"{median:.3f}")
+            s = median
+        rgb = read_rgb(path, min_size=32)
+        stem = Path(path).name.rsplit(".", 1)[0]
+        write_image(out / "images" / f"{stem}.png", resize_rgb(rgb, 1.0 / s) if s != 1.0 else rgb)
+        rows.append({"image": str(path), "nucleus_diameter_px": "" if d is None else round(d, 2),
+                     "scale_factor": round(s, 4), "resize": round(1.0 / s, 4)})
+    with atomic_path(out / "scales.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "nucleus_diameter_px", "scale_factor", "resize"])
+        w.writeheader()
+        w.writerows(rows)
+    if not rows:
+        raise ValueError(f"{dataset_dir}: no readable image to bring to the working scale")
+    return rows
+
+
+if __name__ == "__main__":  # the label_free "scale" stage: python -m bundle.scale DATASET_DIR OUTPUT_DIR
+    import fire
+
+    fire.Fire(lambda dataset_dir, output_dir: len(working_scale_copy(dataset_dir, output_dir)) and None)

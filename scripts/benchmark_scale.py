@@ -7,6 +7,16 @@ one of 1 / 0.75 / 0.5 / 0.33, seed 0). Labels are used only to score.
     python -m scripts.benchmark_scale --monuseg ../shared/data/monuseg --work /tmp/scale_bench \
         --out docs/results/scale_estimate
 
+A network trained on a mixed folder (each MoNuSeg **train** image at one of the same scales, same draw;
+``bundle.label_free --mpp auto`` brings the tiles to 40x before training):
+
+    python -m scripts.benchmark_scale --monuseg ../shared/data/monuseg \
+        --write_train_mixed /tmp/mixtrain/train_mixed/images
+    python -m bundle.label_free --dataset_dir /tmp/mixtrain/train_mixed/images --bundle_root /tmp/mixtrain/auto \
+        --mpp auto --stages ssl,psm,det,seg
+    python -m scripts.benchmark_scale --monuseg ../shared/data/monuseg --bundle_root /tmp/mixtrain/auto \
+        --work /tmp/mixtrain/bench --out docs/results/scale_mixed_training
+
 Images are box-averaged (PIL ``BOX``), label maps resized by nearest neighbour. Inference runs as a user runs it
 (``configs/inference.json`` in its own process, bundle_root = this bundle, flip TTA unless ``--tta False``):
 ``none`` passes ``--mpp 0.25`` (every tile taken as 40x, the old default), ``oracle`` the true ``--mpp`` of each tile
@@ -54,11 +64,41 @@ def resized(rgb, lab, s):
     return small, lab[np.ix_(rows, cols)]
 
 
+def mixed_plan(names, seed: int = 0) -> dict:
+    """{image name: scale}: each image at one of :data:`SCALES`, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    return {n: float(SCALES[i]) for n, i in zip(names, rng.integers(0, len(SCALES), len(names)))}
+
+
+def write_train_mixed(train: Path, out: Path, seed: int = 0) -> dict:
+    """The mixed copy of the train images (no labels: the pipeline trains on images alone) into ``out``."""
+    plan = mixed_plan(sorted(p.name for p in (train / "images").glob("*.png")), seed)
+    for n, s in plan.items():
+        rgb = read_rgb(train / "images" / n)
+        write_image(out / n, resized(rgb, np.zeros(rgb.shape[:2], np.int32), s)[0])
+    return plan
+
+
+def training_copy_errors(train: Path, run: Path, seed: int = 0) -> dict | None:
+    """Estimated / true scale of the ``--mpp auto`` run's working-scale copies (its ``scales.csv``) of the mixed
+    train folder."""
+    import csv
+
+    path = run / "eval" / "working_scale" / "scales.csv"
+    if not path.is_file():
+        return None
+    plan = mixed_plan(sorted(p.name for p in (train / "images").glob("*.png")), seed)
+    with open(path, newline="") as f:
+        e = [float(r["scale_factor"]) / plan[Path(r["image"]).name] - 1 for r in csv.DictReader(f)]
+    return {"median_abs_rel_error": round(float(np.median(np.abs(e))), 3),
+            "worst_abs_rel_error": round(float(np.max(np.abs(e))), 3),
+            "within_25pct": int(sum(abs(x) <= 0.25 for x in e)), "n_images": len(e)}
+
+
 def make_folders(test: Path, work: Path, seed: int = 0) -> dict:
     """{folder name: {image name: scale}}; writes ``work/<folder>/<scale>/{images,labels}``."""
     names = sorted(p.name for p in (test / "images").glob("*.png"))
-    rng = np.random.default_rng(seed)
-    mixed = {n: float(SCALES[i]) for n, i in zip(names, rng.integers(0, len(SCALES), len(names)))}
+    mixed = mixed_plan(names, seed)
     plan = {"1x": dict.fromkeys(names, 1.0), "0.75x": dict.fromkeys(names, 0.75), "0.5x": dict.fromkeys(names, 0.5),
             "mixed": mixed}
     for folder, scales in plan.items():
@@ -121,7 +161,7 @@ def estimator_on_train(train: Path) -> dict:
 
 
 def render_md(r: dict) -> str:
-    L = [f"# Unknown and mixed magnification: shipped network, MoNuSeg test ({r['date']})", "",
+    L = [f"# Unknown and mixed magnification: {r.get('network', 'shipped network')}, MoNuSeg test ({r['date']})", "",
          f"`{r['command']}` on {r['machine']}; {r['seconds'] / 60:.1f} min. `none` = `--mpp 0.25` (all tiles taken "
          "as 40x, the old default); `oracle` = each tile's true `--mpp`; `auto` = `--auto_scale True` (each tile's "
          "nucleus size estimated; the default when no `--mpp` is given); classical = haematoxylin Otsu + watershed "
@@ -139,6 +179,11 @@ def render_md(r: dict) -> str:
           "|---|---|---|"]
     for folder, e in r["estimate_test"].items():
         L.append(f"| {folder} | {e['median_abs_rel_error']:.3f} | {e['worst_abs_rel_error']:.3f} |")
+    if r.get("estimate_training_copies"):
+        e = r["estimate_training_copies"]
+        L += ["", f"The `--mpp auto` run's working-scale copies of the mixed train folder: estimated / true scale, "
+              f"median abs. rel. error {e['median_abs_rel_error']:.3f}, worst {e['worst_abs_rel_error']:.3f}, "
+              f"{e['within_25pct']} of {e['n_images']} within 25 %."]
     L += ["", "The raw estimate on the 30 **train** images resized (where `REFERENCE_DIAMETER` was set):", "",
           "| scale | median ratio | median abs. rel. error | worst |", "|---|---|---|---|"]
     for s, e in r["estimate_train"].items():
@@ -148,20 +193,31 @@ def render_md(r: dict) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--monuseg", type=Path, required=True, help="prepared MoNuSeg (train/ and test/ images, labels)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/scale_bench"))
     ap.add_argument("--out", default="docs/results/scale_estimate")
     ap.add_argument("--tta", default="True", choices=("True", "False"))
     ap.add_argument("--machine", default="2-core CPU")
     ap.add_argument("--render", action="store_true", help="only rewrite <out>.md from an existing <out>.json")
+    ap.add_argument("--bundle_root", type=Path, default=None, help="evaluate this run's network (its models/model.pt, "
+                    "e.g. a `bundle.label_free --mpp auto` run on the mixed train copy) instead of the shipped one")
+    ap.add_argument("--write_train_mixed", type=Path, default=None, help="only write the mixed copy of the train "
+                    "images (same draw as the mixed test folder) into this folder, to train on")
+    ap.add_argument("--folders", default="", help="comma-separated subset of 1x,0.75x,0.5x,mixed (default all)")
     a = ap.parse_args(argv)
+    if a.write_train_mixed is not None:
+        plan = write_train_mixed(a.monuseg / "train", a.write_train_mixed)
+        print(f"wrote {len(plan)} images to {a.write_train_mixed}")
+        return
     if a.render:
         Path(a.out + ".md").write_text(render_md(json.loads(Path(a.out + ".json").read_text())))
         return
     t0 = time.time()
     env = child_env(OMP_NUM_THREADS=os.cpu_count() or 1)
     plan = make_folders(a.monuseg / "test", a.work)
+    if a.folders:
+        plan = {k: v for k, v in plan.items() if k in a.folders.split(",")}
     params = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / "classical_baseline.json")
                         .read_text())["selected"]
     folders, est = {}, {}
@@ -177,7 +233,8 @@ def main(argv=None):
                     res["oracle"].update(res["none"])  # the same run
                     continue
                 out = a.work / "out" / folder / f"{s:g}" / method
-                run = infer(d / "images", out, env, ["--tta", a.tta, *extra])
+                network = ["--bundle_root", a.bundle_root] if a.bundle_root is not None else []
+                run = infer(d / "images", out, env, ["--tta", a.tta, *network, *extra])
                 res[method].update(score(out / "labels", d / "labels", names))
                 if method == "auto":
                     for n in names:
@@ -198,7 +255,10 @@ def main(argv=None):
     r = {"date": datetime.date.today().isoformat(), "machine": f"{a.machine} ({platform.machine()})",
          "command": "python -m scripts.benchmark_scale " + shlex.join(argv if argv is not None else sys.argv[1:]),
          "folders": folders, "estimate_test": estimate_test, "estimate_train": estimator_on_train(a.monuseg / "train"),
-         "seconds": time.time() - t0, "mixed_scales": plan["mixed"]}
+         "seconds": time.time() - t0, "mixed_scales": plan.get("mixed"),
+         "network": str(a.bundle_root / "models" / "model.pt") if a.bundle_root else "shipped (models/model.pt)"}
+    if a.bundle_root is not None:
+        r["estimate_training_copies"] = training_copy_errors(a.monuseg / "train", a.bundle_root)
     write_results(a.out, r, render_md(r))
 
 

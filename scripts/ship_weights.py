@@ -1,8 +1,9 @@
 # Copyright (c) 2026 the label-free cell recognition bundle authors. Licensed under Apache-2.0.
 """Ship label-free runs' networks as the bundle's own weights: the nuclei segmentation network as ``models/model.pt``
 (+ ``settings.json``, the pixel size it was trained at) and its TorchScript export ``models/model.ts``; optionally a
-Ki-67 run's network as ``models/ki67/model.pt`` (+ ``settings.json``, ``model.ts``); ``large_files.yml`` lists each
-with its sha256.
+Ki-67 run's network as ``models/ki67/model.pt`` (+ ``settings.json``, ``model.ts``); with ``--onnx`` also each
+network's ONNX export ``model.onnx`` (``inference.json --backend onnxruntime / openvino``; ``--onnx`` alone exports
+the networks already shipped); ``large_files.yml`` lists each with its sha256.
 
     python -m scripts.ship_weights --run runs/ship --data ../shared/data/monuseg/train/images \
         --command "python -m bundle.label_free --dataset_dir ../shared/data/monuseg/train/images --bundle_root runs/ship" \
@@ -19,7 +20,6 @@ TorchScript output equals the eager network's (1e-5) at two input sizes before i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -43,11 +43,9 @@ SIZES = ((1, 4, 256, 256), (1, 4, 200, 328))  # two input sizes (B, C, H, W; C f
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from bundle.backends import file_sha256
+
+    return file_sha256(path)
 
 
 def eager_network(ckpt: Path) -> torch.nn.Module:
@@ -57,17 +55,37 @@ def eager_network(ckpt: Path) -> torch.nn.Module:
     return net.eval()
 
 
-def check_export(ts_path: Path, ckpt: Path, atol: float = 1e-5) -> float:
-    """Largest |TorchScript - eager| over :data:`SIZES`; raises when above ``atol``."""
-    net, ts = eager_network(ckpt), torch.jit.load(str(ts_path)).eval()
-    channels, worst = resunet_input_channels(ckpt), 0.0
+def largest_difference(exported, ckpt: Path) -> float:
+    """Largest |exported - eager network of ``ckpt``| over :data:`SIZES` (seeded random inputs)."""
+    net, channels, worst = eager_network(ckpt), resunet_input_channels(ckpt), 0.0
     torch.manual_seed(0)
     with torch.no_grad():
         for b, _, h, w in SIZES:
             x = torch.randn(b, channels, h, w)
-            worst = max(worst, float((ts(x) - net(x)).abs().max()))
+            worst = max(worst, float((exported(x) - net(x)).abs().max()))
+    return worst
+
+
+def check_export(ts_path: Path, ckpt: Path, atol: float = 1e-5) -> float:
+    """Largest |TorchScript - eager| over :data:`SIZES`; raises when above ``atol``."""
+    worst = largest_difference(torch.jit.load(str(ts_path)).eval(), ckpt)
     if worst > atol:
         raise SystemExit(f"{ts_path}: TorchScript output differs from the eager network by {worst:.2e} > {atol}")
+    return worst
+
+
+def export_onnx_checked(folder: Path, atol: float = 1e-4) -> float:
+    """``folder/model.pt`` -> ``folder/model.onnx`` (:func:`bundle.backends.export_onnx`, recording the checkpoint's
+    sha256); returns the largest |ONNX Runtime - eager| over :data:`SIZES` and raises (removing the file) above
+    ``atol``."""
+    from bundle.backends import OnnxNetwork, export_onnx, file_sha256
+
+    ckpt = folder / "model.pt"
+    path = export_onnx(eager_network(ckpt), folder / "model.onnx", file_sha256(ckpt))
+    worst = largest_difference(OnnxNetwork(path, "onnxruntime"), ckpt)
+    if worst > atol:
+        path.unlink()
+        raise SystemExit(f"{path}: ONNX Runtime output differs from the eager network by {worst:.2e} > {atol}")
     return worst
 
 
@@ -90,8 +108,9 @@ def large_files_yml(bundle: Path, provenance: dict) -> str:
     for sub, info in provenance.items():
         lines.append(f"#   models/{sub + '/' if sub else ''}:")
         lines += [f"#     {k}: {v}" for k, v in info.items()]
-        names = ("model.pt", "model.ts", SETTINGS_NAME)
-        entries += [f"models/{sub + '/' if sub else ''}{n}" for n in names]
+        names = ("model.pt", "model.ts", "model.onnx", SETTINGS_NAME)
+        entries += [f"models/{sub + '/' if sub else ''}{n}" for n in names
+                    if (bundle / "models" / sub / n).is_file()]
     lines.append("large_files:")
     for rel in entries:
         lines += [f'  - path: "{rel}"', '    url: ""', f'    hash_val: "{sha256(bundle / rel)}"', '    hash_type: "sha256"']
@@ -142,12 +161,22 @@ def main(argv=None):
     ap.add_argument("--ki67_model", default="ki67", help="the run's network folder under models/: ki67 (round 1, "
                     "seed 0) or the last round of the robust recipe, ki67_r2")
     ap.add_argument("--bundle", type=Path, default=ROOT, help="the bundle folder to ship into")
+    ap.add_argument("--onnx", action="store_true", help="also export each shipped network to ONNX (model.onnx, "
+                    "for inference.json --backend onnxruntime / openvino; needs the [onnx] extra)")
     a = ap.parse_args(argv)
-    if a.run is None and a.ki67_run is None:
-        ap.error("nothing to ship: give --run and / or --ki67_run")
     models = a.bundle / "models"
     old = a.bundle / "large_files.yml"
     provenance = read_provenance(old.read_text()) if old.is_file() else {}
+    if a.run is None and a.ki67_run is None:
+        if not a.onnx:
+            ap.error("nothing to ship: give --run and / or --ki67_run (or --onnx for the shipped networks)")
+        for sub in provenance:
+            w = export_onnx_checked(models / sub)
+            provenance[sub]["onnx_max_abs_difference"] = f"{w:.1e}"
+            print(f"models/{sub + '/' if sub else ''}model.onnx: ONNX Runtime vs eager max |difference| {w:.1e}")
+        with atomic_path(a.bundle / "large_files.yml") as tmp:
+            Path(tmp).write_text(large_files_yml(a.bundle, provenance))
+        return
     staging = models / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -156,21 +185,25 @@ def main(argv=None):
         src = stage_checkpoint(a.run, "seg")
         copy_with_settings(src, staging, "seg")
         worst = export(a.bundle, "inference.json", staging)
+        onnx_worst = export_onnx_checked(staging) if a.onnx else None
     ki67 = None
     if a.ki67_run is not None:
         ki67 = a.ki67_run / "models" / a.ki67_model / "model.pt"
         copy_with_settings(ki67, staging / "ki67", "ki67")
         ki67_worst = export(a.bundle, "ki67_infer.json", staging / "ki67")
+        ki67_onnx = export_onnx_checked(staging / "ki67") if a.onnx else None
     if a.run is not None:
-        for name in ("model.pt", "model.ts", SETTINGS_NAME):
+        for name in ("model.pt", "model.ts", SETTINGS_NAME) + (("model.onnx",) if a.onnx else ()):
             (staging / name).replace(models / name)
         provenance[""] = {"command": a.command, "data": a.data, "source": str(src), "seed": 0,
                           "mpp": json.loads((models / SETTINGS_NAME).read_text()).get("mpp"),
                           "network": network_info(models / "model.pt"),
                           "torchscript_max_abs_difference": f"{worst:.1e}"}
+        if onnx_worst is not None:
+            provenance[""]["onnx_max_abs_difference"] = f"{onnx_worst:.1e}"
     if ki67 is not None:
         (models / "ki67").mkdir(exist_ok=True)
-        for name in ("model.pt", "model.ts", SETTINGS_NAME):
+        for name in ("model.pt", "model.ts", SETTINGS_NAME) + (("model.onnx",) if a.onnx else ()):
             (staging / "ki67" / name).replace(models / "ki67" / name)
         (staging / "ki67").rmdir()
         seeds = 0 if a.ki67_model == "ki67" else "the run's round-1 seeds teach the last round"
@@ -178,6 +211,8 @@ def main(argv=None):
                               "mpp": json.loads((models / "ki67" / SETTINGS_NAME).read_text()).get("mpp"),
                               "network": network_info(models / "ki67" / "model.pt"),
                               "torchscript_max_abs_difference": f"{ki67_worst:.1e}"}
+        if ki67_onnx is not None:
+            provenance["ki67"]["onnx_max_abs_difference"] = f"{ki67_onnx:.1e}"
     staging.rmdir()
     with atomic_path(a.bundle / "large_files.yml") as tmp:
         Path(tmp).write_text(large_files_yml(a.bundle, provenance))

@@ -2,6 +2,7 @@
 """The bundle as a Model Zoo user gets it: shipped weights (models/, large_files.yml), every config parses, and
 inference.json runs on an embedded image with the shipped weights from a copy of the bundle in another folder."""
 
+import importlib.util
 import json
 import re
 import shutil
@@ -30,13 +31,18 @@ def test_shipped_files_match_large_files_yml(root):
 
     entries = large_files(root)
     assert {p for p, _ in entries} == {f"models/{sub}{name}" for sub in ("", "ki67/")
-                                       for name in ("model.pt", "model.ts", "settings.json")}
+                                       for name in ("model.pt", "model.ts", "model.onnx", "settings.json")}
     for path, digest in entries:
         f = root / path
         assert f.is_file() and f.stat().st_size < ZOO_LIMIT, path
         assert sha256(f) == digest, f"{path}: sha256 differs from large_files.yml"
     for sub in ("", "ki67"):  # both trained at 40x
         assert json.loads((root / "models" / sub / "settings.json").read_text())["mpp"] == 0.25
+    if importlib.util.find_spec("onnx") is not None:  # each ONNX export names the weights it holds: used as shipped
+        from bundle.backends import _recorded_sha256
+
+        for sub in ("", "ki67"):
+            assert _recorded_sha256(root / "models" / sub / "model.onnx") == sha256(root / "models" / sub / "model.pt")
 
 
 def test_shipped_torchscript_equals_eager_network(root):
@@ -93,9 +99,10 @@ def test_every_config_parses(root):
     assert {"train.json", "inference.json", "det_train.json", "ki67_train.json", "ki67_infer.json"} <= set(names)
     for name in names:
         if name in ("profile_paper.json", "gan_profile_paper.json", "multi_gpu_inference.json",
-                    "multi_gpu_train.json"):  # overrides
+                    "multi_gpu_train.json", "multi_gpu_ssl_train.json"):  # overrides
             base = {"profile_paper.json": "ssl_train.json", "gan_profile_paper.json": "gan_train.json",
-                    "multi_gpu_train.json": "det_train.json"}.get(name, "inference.json")
+                    "multi_gpu_train.json": "det_train.json",
+                    "multi_gpu_ssl_train.json": "ssl_train.json"}.get(name, "inference.json")
             files = config_files(base, root / "configs") + [str(root / "configs" / name)]
         else:
             files = config_files(name, root / "configs")

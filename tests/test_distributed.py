@@ -130,3 +130,87 @@ def test_two_process_ddp_training_equals_one_process_with_the_global_batch(root,
     assert "resumed from" in r2.stdout + r2.stderr
     last = torch_load(roots["ddp"] / "models" / "det" / "last_checkpoint.pt")
     assert last["trainer"]["iteration"] == 4  # two epochs of two steps
+
+
+SSL_WORKER = '''
+import itertools, sys
+import torch, torch.nn as nn
+from bundle.distributed import ddp, init_from_env, rank_world
+from bundle.nuclei import ssl
+
+class Tiny(nn.Module):  # the ssl Res2Net's heads (scalar / projection / prediction) without batch statistics
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc, self.projector, self.predictor = nn.Linear(8, 1), nn.Linear(8, 6), nn.Linear(6, 6)
+    def forward(self, x, head="scalar"):
+        f = self.body(x)
+        if head == "scalar":
+            return self.fc(f)
+        z = self.projector(f)
+        return z if head == "projection" else torch.cat([z, self.predictor(z)], 1)
+
+views = itertools.cycle([lambda x: x.flip(-1), lambda x: x.flip(-2)])
+ssl.augment = lambda x, *a, **k: next(views)(x)  # the same two views in every process
+if sys.argv[2] == "local":
+    ssl.gather_with_grad = lambda z: z  # NT-Xent over each rank's own crops only
+init_from_env("gloo")
+rank, world = rank_world()
+torch.manual_seed(1)
+x = torch.rand(4, 3, 32, 32) * 255
+out = {}
+for pretext in ("contrastive", "simsiam"):
+    net = Tiny()
+    model = ddp(net, find_unused_parameters=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        loss = ssl.pretext_loss(pretext, model, x.chunk(world)[rank])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out[pretext] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+if rank == 0:
+    torch.save(out, sys.argv[1])
+'''
+
+
+def test_ssl_pretexts_under_ddp_equal_one_process_with_the_global_batch(tmp_path):
+    """Issue 30, ssl: every pretext head goes through the network's forward (DDP synchronises it), and NT-Xent takes
+    its negatives from all ranks (a differentiable gather): 2 gloo processes end with the weights (1e-5) of one process
+    with both ranks' crops; without the gather the contrastive run ends elsewhere."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(SSL_WORKER)
+    runs = {}
+    for name, launcher, mode in (("ddp", _torchrun(5), "gather"), ("local", _torchrun(6), "local"),
+                                 ("one", [sys.executable], "gather")):
+        r = subprocess.run([*launcher, str(worker), str(tmp_path / f"{name}.pt"), mode], env=child_env(
+            OMP_NUM_THREADS=1), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = torch_load(tmp_path / f"{name}.pt")
+    diff = lambda a, b: max(float((a[k] - b[k]).abs().max()) for k in a)  # noqa: E731
+    for pretext in ("contrastive", "simsiam"):
+        assert diff(runs["ddp"][pretext], runs["one"][pretext]) < 1e-5, pretext
+    assert diff(runs["local"]["contrastive"], runs["one"]["contrastive"]) > 1e-4  # the test can tell the two apart
+
+
+def test_ssl_train_config_under_torchrun(root, tmp_path):
+    """ssl_train.json + multi_gpu_ssl_train.json on 2 gloo processes: the run finishes, one process writes TensorBoard,
+    and the checkpoint loads into the plain Res2Net."""
+    import torch
+
+    from bundle.networks import Res2Net
+    from bundle.synthetic import write_synthetic_folder
+
+    write_synthetic_folder(tmp_path / "data", n_tiles=4, size=96, seed=0)
+    configs = [str(root / "configs" / c) for c in ("ssl_train.json", "multi_gpu_ssl_train.json")]
+    cmd = [*_torchrun(7), "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
+           "--meta_file", str(root / "configs" / "metadata.json"), "--bundle_root", str(tmp_path / "b"),
+           "--dataset_dir", str(tmp_path / "data" / "images"), "--epochs", "1", "--crop_size", "64",
+           "--crops_per_image", "2"]
+    r = subprocess.run(cmd, cwd=root, env=child_env(OMP_NUM_THREADS=1), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-1500:], r.stderr[-3000:])
+    sd = torch_load(tmp_path / "b" / "models" / "ssl" / "model.pt")
+    Res2Net(depth="cpu", base_channels=32).load_state_dict(sd)  # plain keys, strict
+    assert len({p.name.split(".")[-2] for p in (tmp_path / "b" / "eval").glob("events.out.tfevents.*")}) == 1
+    assert torch.isfinite(torch.stack([v.float().sum() for v in sd.values()])).all()

@@ -305,18 +305,19 @@ def test_killing_the_pipeline_stops_its_stage_and_the_folder_is_exclusive(tmp_pa
 
 def test_nproc_runs_the_training_and_inference_stages_under_torchrun(synthetic_dir, tmp_path, monkeypatch):
     """Issue 30: ``--nproc 2``: det, seg and infer (Ki-67: every training round and the inference) start with
-    ``torchrun --standalone --nproc_per_node 2`` and their multi-GPU override merged last; ssl and psm run as before.
+    ``torchrun --standalone --nproc_per_node 2`` and their multi-GPU override merged last; psm runs as before.
     (The two-process training itself: tests/test_distributed.py.)"""
     import bundle.label_free as lf
 
     calls = []
     monkeypatch.setattr(lf.subprocess, "Popen", fake_popen(calls))
     lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "run"), nproc=2)
-    assert [("torch.distributed.run" in c) for c in calls] == [False, False, True, True, True]  # ssl psm det seg infer
-    for cmd in calls[2:]:
+    assert [("torch.distributed.run" in c) for c in calls] == [True, False, True, True, True]  # ssl psm det seg infer
+    for cmd in calls[:1] + calls[2:]:
         cfg = cmd[cmd.index("--config_file") + 1]
         assert cmd[cmd.index("--nproc_per_node") + 1] == "2" and "--standalone" in cmd
-        want = "multi_gpu_inference.json" if "inference.json" in cfg else "multi_gpu_train.json"
+        want = ("multi_gpu_inference.json" if "inference.json" in cfg else
+                "multi_gpu_ssl_train.json" if "ssl_train.json" in cfg else "multi_gpu_train.json")
         assert cfg.rstrip("']").endswith(want)
     calls.clear()
     lf.run_ki67_pipeline(str(synthetic_dir / "images"), str(tmp_path / "k"), nproc=2)
@@ -325,3 +326,25 @@ def test_nproc_runs_the_training_and_inference_stages_under_torchrun(synthetic_d
         "py", "-m", "monai.bundle", "run", "--config_file", "a.json"]
     with pytest.raises(SystemExit):
         lf.main(str(synthetic_dir / "images"), str(tmp_path / "j"), stain="ihc", nproc=2, jobs=2)
+
+
+def test_mpp_auto_trains_on_working_scale_copies_and_infers_on_the_tiles(synthetic_dir, tmp_path, monkeypatch):
+    """Issue 29: ``--mpp auto`` adds the scale stage, gives ssl / psm / det / seg the 40x copies and no ``--mpp``,
+    and runs infer on the user's own tiles with no ``--mpp`` (each tile's scale measured); Ki-67 refuses it."""
+    import bundle.label_free as lf
+
+    report = lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "r"), mpp="auto", dry_run=True)
+    assert [r[0] for r in report] == ["scale", "ssl", "psm", "det", "seg", "infer"]
+    plan = {}
+    monkeypatch.setattr(lf, "run_stages", lambda p, *a, **k: plan.setdefault("plan", p))
+    lf.run_pipeline(str(synthetic_dir / "images"), str(tmp_path / "r"), mpp="auto")
+    cmds = dict((name, cmd) for name, cmd, *_ in plan["plan"])
+    work = str(tmp_path / "r" / "eval" / "working_scale" / "images")
+    assert cmds["scale"][-3:] == ["bundle.scale", str(synthetic_dir / "images"),
+                                  str(tmp_path / "r" / lf.WORKING_SCALE_DIR)]
+    for st in ("ssl", "psm", "det", "seg"):
+        assert cmds[st][cmds[st].index("--dataset_dir") + 1] == work and "--mpp" not in cmds[st]
+    assert cmds["infer"][cmds["infer"].index("--dataset_dir") + 1] == str(synthetic_dir / "images")
+    assert "--mpp" not in cmds["infer"]
+    with pytest.raises(SystemExit):
+        lf.main(str(synthetic_dir / "images"), str(tmp_path / "k"), stain="ihc", mpp="auto")

@@ -40,3 +40,35 @@ def test_nucleus_diameter_follows_the_magnification():
     d1, d2 = estimate_nucleus_diameter(rgb), estimate_nucleus_diameter(half)
     assert d1 and d2 and 0.4 < d2 / d1 < 0.6
     assert estimate_nucleus_diameter(np.full((128, 128, 3), 240, np.uint8)) is None  # blank: no estimate
+
+
+def test_working_scale_copy_brings_a_mixed_folder_to_one_scale(tmp_path, caplog):
+    """Issue 29, training on a mixed folder (``label_free --mpp auto``): a half-magnification tile is enlarged back
+    to about its full-magnification size, and its nuclei to the others' size; a blank tile (no estimate) takes the
+    folder's median scale with a warning naming it; scales.csv lists every tile."""
+    import csv
+
+    from PIL import Image
+
+    from bundle.io import read_rgb
+    from bundle.scale import estimate_nucleus_diameter, working_scale_copy
+    from bundle.synthetic import synthetic_he_tile
+
+    rgb, _ = synthetic_he_tile(512, seed=1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(rgb).save(folder / "a_full.png")
+    Image.fromarray(rgb).resize((256, 256), Image.BOX).save(folder / "b_half.png")
+    Image.fromarray(np.full((200, 200, 3), 240, np.uint8)).save(folder / "c_blank.png")
+    rows = {r["image"].rsplit("/", 1)[-1]: r for r in working_scale_copy(folder, tmp_path / "ws")}
+    s_full, s_half = float(rows["a_full.png"]["scale_factor"]), float(rows["b_half.png"]["scale_factor"])
+    assert 0.4 < s_half / s_full < 0.6
+    ws = tmp_path / "ws" / "images"
+    full, half = read_rgb(ws / "a_full.png"), read_rgb(ws / "b_half.png")
+    assert 0.8 < half.shape[0] / full.shape[0] < 1.25
+    assert 0.8 < estimate_nucleus_diameter(half) / estimate_nucleus_diameter(full) < 1.25
+    assert rows["c_blank.png"]["nucleus_diameter_px"] == ""
+    assert float(rows["c_blank.png"]["scale_factor"]) == pytest.approx(float(np.median([s_full, s_half])), abs=1e-3)
+    assert "c_blank.png: no nucleus size found" in caplog.text
+    with open(tmp_path / "ws" / "scales.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3

@@ -120,6 +120,8 @@ class Ki67Runner:
             :class:`bundle.nuclei.runner.NucleiRunner` does; the summary row adds ``nucleus_diameter_px`` and
             ``scale_factor``.
 
+        backend: the engine that runs the network, as :class:`bundle.nuclei.runner.NucleiRunner`'s.
+
     H&E nuclei in the same config (``ki67_infer.json --stain he``) run :class:`bundle.nuclei.runner.NucleiRunner`
     instead (:func:`stain_runner`).
     """
@@ -127,7 +129,8 @@ class Ki67Runner:
     def __init__(self, network=None, data=None, output_dir="eval/ki67", ckpt_path=None, device="cpu",
                  method: str = "network", predictor=None, cells=None, wsi=None, hotspot_min_cells: int = 100,
                  seed: int = 0, write_overlays: bool = True, datalist_key: str = "testing", write_report: bool = True,
-                 auto_scale: bool = False, scale_dead_zone=(0.8, 1.25), trained_diameter: float | None = None):
+                 auto_scale: bool = False, scale_dead_zone=(0.8, 1.25), trained_diameter: float | None = None,
+                 backend: str = "pytorch"):
         from bundle.inferers import TilePredictor
         from bundle.wsi import SlideOptions
 
@@ -143,6 +146,7 @@ class Ki67Runner:
         self.hotspot_min_cells = int(hotspot_min_cells)
         self.auto_scale, self.scale_dead_zone = bool(auto_scale), tuple(float(v) for v in scale_dead_zone)
         self.trained_diameter = None if trained_diameter is None else float(trained_diameter)
+        self.backend = str(backend)
         if self.hotspot_min_cells < 0:
             raise ValueError(f"hotspot_min_cells must be >= 0, got {hotspot_min_cells}")
         self.labeler, self.stain, self.stain_source = None, None, None
@@ -388,6 +392,10 @@ class Ki67Runner:
             if getattr(self.network, "head", None) is not None and self.network.head.out_channels != 3:
                 raise ValueError(f"Ki67Runner: the network has {self.network.head.out_channels} output channels; "
                                  "the IHC mode needs 3 (background / positive / negative)")
+            from bundle.backends import inference_network
+
+            self.network = inference_network(self.network, self.backend, self.ckpt_path,
+                                             self.output_dir / ".cache", self.device)
         from bundle.wsi import is_wsi
 
         rows, skipped, readable = [], [], []

@@ -132,5 +132,17 @@ class Res2Net(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.embed(x))
+    def forward(self, x: torch.Tensor, head: str = "scalar") -> torch.Tensor:
+        """``head``: ``"scalar"`` (B, 1) activation; ``"projection"`` (B, proj_dim) projector output of the
+        contrastive / SimSiam pretexts; ``"prediction"`` (B, 2 * proj_dim): the projection and the SimSiam predictor's
+        output side by side. Every pretext goes through ``forward``, so a ``DistributedDataParallel`` wrapper sees
+        (and synchronises) every head."""
+        f = self.embed(x)
+        if head == "scalar":
+            return self.fc(f)
+        z = self.projector(f)
+        if head == "projection":
+            return z
+        if head == "prediction":
+            return torch.cat([z, self.predictor(z)], 1)
+        raise ValueError(f"unknown head {head!r} (scalar, projection or prediction)")

@@ -78,13 +78,17 @@ class NucleiRunner:
             tiled TIFF: :func:`bundle.io.tiled_tiff_copy`), so memory stays bounded whatever its size; it gets the
             same files as a tile, its label map as a tiled TIFF (``labels/<stem>.tif``, :class:`LabelCanvas
             <bundle.annotations.LabelCanvas>`) and a thumbnail overlay. Default 2048 x 2048 (4.2 megapixels).
+        backend: the engine that runs the network (:func:`bundle.backends.inference_network`): ``"pytorch"``
+            (default), ``"torchscript"``, ``"onnxruntime"`` or ``"openvino"`` (CPU; extras ``[onnx]`` / ``[openvino]``;
+            the checkpoint's ONNX export beside it, made once when missing, else under ``<output_dir>/.cache``).
     """
 
     def __init__(self, network, data, output_dir, ckpt_path=None, device="cpu", predictor=None, postprocess=None,
                  wsi=None, label_format: str = "png", write_overlays: bool = True, write_masks: bool = False,
                  datalist_key: str = "testing", class_name: str = "Nucleus", write_measurements: bool = True,
                  class_colour=(0, 200, 0), auto_scale: bool = False, scale_dead_zone=(0.8, 1.25),
-                 trained_diameter: float | None = None, write_report: bool = True, big_tile_px: int = 2048 * 2048):
+                 trained_diameter: float | None = None, write_report: bool = True, big_tile_px: int = 2048 * 2048,
+                 backend: str = "pytorch"):
         from bundle.inferers import TilePredictor
         from bundle.nuclei.detection import NucleiPostprocess
         from bundle.wsi import SlideOptions
@@ -101,6 +105,7 @@ class NucleiRunner:
         self.trained_diameter = None if trained_diameter is None else float(trained_diameter)
         self.write_report = bool(write_report)
         self.big_tile_px = int(big_tile_px)
+        self.backend = str(backend)
 
     @property
     def resample(self) -> float:
@@ -457,12 +462,15 @@ class NucleiRunner:
 
     def prepare(self) -> "NucleiRunner":
         """Load ``ckpt_path`` into the network (one-line error when missing or mismatched) and set it to eval."""
+        from bundle.backends import inference_network
         from bundle.checkpoints import check_network_kind, load_network_weights
 
         if self.ckpt_path:
             check_network_kind(self.ckpt_path, "seg")
             load_network_weights(self.network, self.ckpt_path, map_location=self.device)
         self.network.to(self.device).eval()
+        self.network = inference_network(self.network, self.backend, self.ckpt_path, self.output_dir / ".cache",
+                                         self.device)
         return self
 
     def run(self) -> dict:
@@ -522,7 +530,7 @@ class NucleiRunner:
         parts = (str(Path(self.ckpt_path).resolve()), st.st_size, st.st_mtime_ns, repr(self.predictor),
                  repr(self.postprocess), repr(self.wsi), self.label_format, self.write_overlays, self.write_masks,
                  self.write_measurements, self.auto_scale, self.scale_dead_zone, self.trained_diameter,
-                 self.class_name, self.class_colour, self.big_tile_px)
+                 self.class_name, self.class_colour, self.big_tile_px, self.backend)
         return hashlib.sha256(repr(parts).encode()).hexdigest()
 
     @staticmethod

@@ -65,6 +65,39 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.2) -> torch.Tenso
     return F.cross_entropy(sim, target)
 
 
+def gather_with_grad(z: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> the (world x B, D) rows of every process in rank order, differentiable (``torch.distributed.nn``), so
+    that NT-Xent under DDP takes its negatives from the global batch, as one process with that batch does; ``z``
+    itself without a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z
+    return _GatherRows.apply(z)
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather of equal-sized (B, D) blocks; backward sums every process's gradient of the whole (world x B, D)
+    and keeps this rank's block (all_reduce + slice: gloo has no reduce_scatter)."""
+
+    @staticmethod
+    def forward(ctx, z):
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, z.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), z.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
 def pretext_loss(name: str, network, x: torch.Tensor, margin: float = 10.0, tau: float = 0.2) -> torch.Tensor:
     """Loss of pretext ``name`` for crops ``x`` (B, 3, H, W) in [0, 255]."""
     f = lambda v: network(normalize_rgb(v))[:, 0]  # noqa: E731
@@ -85,11 +118,11 @@ def pretext_loss(name: str, network, x: torch.Tensor, margin: float = 10.0, tau:
         if x.shape[0] < 2:
             raise ValueError(f"the {name} pretext needs batch_size >= 2")
         v1, v2 = augment(x), augment(x)
-        z1 = network.projector(network.embed(normalize_rgb(v1)))
-        z2 = network.projector(network.embed(normalize_rgb(v2)))
         if name == "contrastive":
-            return nt_xent(z1, z2, tau)
-        p1, p2 = network.predictor(z1), network.predictor(z2)
+            z1, z2 = network(normalize_rgb(v1), "projection"), network(normalize_rgb(v2), "projection")
+            return nt_xent(gather_with_grad(z1), gather_with_grad(z2), tau)
+        z1, p1 = network(normalize_rgb(v1), "prediction").chunk(2, dim=1)
+        z2, p2 = network(normalize_rgb(v2), "prediction").chunk(2, dim=1)
         cos = lambda p, z: F.cosine_similarity(p, z.detach(), dim=1).mean()  # noqa: E731
         return -0.5 * (cos(p1, z2) + cos(p2, z1))
     raise ValueError(f"unknown pretext {name!r}; choose one of {PRETEXTS}")
