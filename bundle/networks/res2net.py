@@ -145,4 +145,4 @@ class Res2Net(nn.Module):
             return z
         if head == "prediction":
             return torch.cat([z, self.predictor(z)], 1)
-        raise ValueError(f"unknown head {head!r} (scalar, projection or prediction)")
+        raise ValueError("unknown head " + head + " (scalar, projection or prediction)")
