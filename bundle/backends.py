@@ -18,13 +18,17 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["BACKENDS", "MULTIPLE", "inference_network", "export_onnx", "onnx_file", "OnnxNetwork", "file_sha256"]
+from bundle.inferers import input_channels
+from bundle.networks.resunet import pad_to_multiple
+
+__all__ = ["BACKENDS", "MULTIPLE", "available", "inference_network", "export_onnx", "onnx_file", "OnnxNetwork",
+           "file_sha256"]
 
 BACKENDS = ("pytorch", "torchscript", "onnxruntime", "openvino")
 MULTIPLE = 32  # the ResUNet-34's total stride: inputs padded to a multiple of it give size-independent exports
 _EXTRA = {"onnxruntime": "onnx", "openvino": "openvino"}
+_NEEDS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
 log = logging.getLogger(__name__)
 
 
@@ -36,20 +40,11 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = MULTIPLE) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(B, C, H, W) -> the tensor padded at the bottom / right to multiples of ``multiple`` (reflection; edge copies
-    where the image is too small to reflect) and its original (H, W)."""
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    ph, pw = -h % multiple, -w % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
-    return x, (h, w)
+def available(backend: str) -> bool:
+    """Whether the packages ``backend`` needs to run an ONNX file are installed (always for pytorch / torchscript)."""
+    import importlib.util
 
-
-def _input_channels(network: torch.nn.Module) -> int:
-    from bundle.inferers import input_channels
-
-    return input_channels(network)
+    return all(importlib.util.find_spec(m) is not None for m in _NEEDS.get(backend, ()))
 
 
 def export_onnx(network: torch.nn.Module, path, checkpoint_sha256: str = "") -> Path:
@@ -63,7 +58,7 @@ def export_onnx(network: torch.nn.Module, path, checkpoint_sha256: str = "") -> 
 
     path = Path(path)
     net = network.cpu().eval()
-    x = torch.zeros(1, _input_channels(net), 2 * MULTIPLE * 4, 2 * MULTIPLE * 4)
+    x = torch.zeros(1, input_channels(net), 2 * MULTIPLE * 4, 2 * MULTIPLE * 4)
     dyn = torch.export.Dim.DYNAMIC
     with atomic_path(path) as tmp:
         prog = torch.onnx.export(net, (x,), input_names=["image"], output_names=["pred"], dynamo=True,
@@ -137,8 +132,8 @@ class OnnxNetwork(torch.nn.Module):
             raise ValueError(f"OnnxNetwork: engine must be 'onnxruntime' or 'openvino', got {engine!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xp, (h, w) = pad_to_multiple(x)
-        y = self._run(xp.detach().float().cpu().contiguous().numpy())
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        y = self._run(pad_to_multiple(x, MULTIPLE).detach().float().cpu().contiguous().numpy())
         return torch.from_numpy(y[..., :h, :w].copy()).to(x.device)
 
 
@@ -164,7 +159,7 @@ def inference_network(network: torch.nn.Module, backend: str = "pytorch", ckpt_p
     network.eval()
     if backend == "pytorch":
         return network
-    channels = _input_channels(network)
+    channels = input_channels(network)
     if backend == "torchscript":
         with torch.no_grad():
             return _Frozen(torch.jit.freeze(torch.jit.script(network)), channels)
@@ -172,12 +167,8 @@ def inference_network(network: torch.nn.Module, backend: str = "pytorch", ckpt_p
         raise ValueError(f"backend {backend!r} runs on the CPU; use backend 'pytorch' (or 'torchscript') on {device}")
     if not ckpt_path or not Path(ckpt_path).is_file():
         raise ValueError(f"backend {backend!r} exports the checkpoint to ONNX: give ckpt_path (got {ckpt_path!r})")
-    module = {"onnxruntime": "onnxruntime", "openvino": "openvino"}[backend]
-    try:
-        __import__(module)
-        __import__("onnx")
-    except ImportError as e:
+    if not available(backend):
         raise ImportError(f"backend {backend!r} needs the optional extra: pip install -e \".[{_EXTRA[backend]}]\" "
-                          f"({e.name} is not installed)") from None
+                          f"({' and '.join(_NEEDS[backend])})")
     path = onnx_file(network, ckpt_path, cache_dir)
     return OnnxNetwork(path, backend, in_channels=channels)

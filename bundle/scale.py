@@ -182,27 +182,30 @@ def working_scale_copy(dataset_dir, output_dir, dead_zone=(0.8, 1.25), stain: st
 
     log = logging.getLogger(__name__)
     out = Path(output_dir)
-    found = []
-    for it in datalist_items(str(dataset_dir), "training"):
+    def write(path, rgb, d, s):
+        stem = Path(path).name.rsplit(".", 1)[0]
+        write_image(out / "images" / f"{stem}.png", resize_rgb(rgb, 1.0 / s) if s != 1.0 else rgb)
+        return {"image": str(path), "nucleus_diameter_px": "" if d is None else round(d, 2),
+                "scale_factor": round(s, 4), "resize": round(1.0 / s, 4)}
+
+    rows, unknown = {}, []  # tiles with an estimate are written at once; the others wait for the folder's median
+    for i, it in enumerate(datalist_items(str(dataset_dir), "training")):
         try:
-            d = estimate_nucleus_diameter(read_rgb(it["image"], min_size=32), stain=stain)
+            rgb = read_rgb(it["image"], min_size=32)
         except (ImageError, ValueError, FileNotFoundError) as e:
             log.warning(f"{it['image']}: skipped ({e})")
             continue
-        found.append((it["image"], d, size_scale(tile_mpp(d, REFERENCE_MPP, None, dead_zone)) if d else None))
-    known = [s for _, _, s in found if s is not None]
-    median = float(np.median(known)) if known else 1.0
-    rows = []
-    for path, d, s in found:
-        if s is None:
-            log.warning(f"{path}: no nucleus size found (no haematoxylin blobs); taken at the folder's median scale "
-                        f"{median:.3f}")
-            s = median
-        rgb = read_rgb(path, min_size=32)
-        stem = Path(path).name.rsplit(".", 1)[0]
-        write_image(out / "images" / f"{stem}.png", resize_rgb(rgb, 1.0 / s) if s != 1.0 else rgb)
-        rows.append({"image": str(path), "nucleus_diameter_px": "" if d is None else round(d, 2),
-                     "scale_factor": round(s, 4), "resize": round(1.0 / s, 4)})
+        d = estimate_nucleus_diameter(rgb, stain=stain)
+        if d is None:
+            unknown.append((i, it["image"]))
+        else:
+            rows[i] = write(it["image"], rgb, d, size_scale(tile_mpp(d, REFERENCE_MPP, None, dead_zone)))
+    median = float(np.median([r["scale_factor"] for r in rows.values()])) if rows else 1.0
+    for i, path in unknown:
+        log.warning(f"{path}: no nucleus size found (no haematoxylin blobs); taken at the folder's median scale "
+                    f"{median:.3f}")
+        rows[i] = write(path, read_rgb(path, min_size=32), None, median)
+    rows = [rows[i] for i in sorted(rows)]
     with atomic_path(out / "scales.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["image", "nucleus_diameter_px", "scale_factor", "resize"])
         w.writeheader()

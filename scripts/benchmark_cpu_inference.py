@@ -44,16 +44,10 @@ def runner(backend: str, roi: int, tta: bool, out: Path):
     return parser.get_parsed_content("runner").prepare()
 
 
-def installed(backend: str) -> bool:
-    import importlib.util
-
-    need = {"onnxruntime": ["onnxruntime", "onnx"], "openvino": ["openvino", "onnx"]}.get(backend, [])
-    return all(importlib.util.find_spec(m) is not None for m in need)
-
-
 def main(argv=None):
     from bundle.annotations import read_instance_label
-    from bundle.io import read_rgb
+    from bundle.backends import available
+    from bundle.io import list_images, read_rgb
     from bundle.metrics import instance_scores
     from bundle.nuclei.postprocess import classical_nuclei
 
@@ -66,7 +60,7 @@ def main(argv=None):
     ap.add_argument("--out", default="docs/results/cpu_inference")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    paths = sorted(p for p in (a.data / "images").iterdir() if p.suffix.lower() in (".png", ".tif", ".jpg"))
+    paths = [Path(p) for p in list_images(a.data / "images")]
     paths = paths[:a.limit] if a.limit else paths
     rgbs = [read_rgb(p) for p in paths]
     labels = [read_instance_label(next((a.data / "labels").glob(p.stem + ".*"))) for p in paths]
@@ -74,7 +68,7 @@ def main(argv=None):
     rows, reference = [], {}
     for tta in (True, False):
         for backend, roi in SETTINGS:
-            if not installed(backend):
+            if not available(backend):
                 print(f"skip {backend}: not installed")
                 continue
             r = runner(backend, roi, tta, a.work)

@@ -33,6 +33,18 @@ __all__ = ["ResUNet34", "ResNet34Encoder", "BasicBlock"]
 _STAGES = (3, 4, 6, 3)
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
+    """(B, C, H, W) padded at the bottom / right to multiples of ``multiple`` (reflection, or edge copies when the image
+    is too small to reflect): what :class:`ResUNet34` does to its input, and :class:`bundle.backends.OnnxNetwork` to
+    the input of its export (which leaves this step out)."""
+    h, w = int(x.shape[2]), int(x.shape[3])
+    ph, pw = (multiple - h % multiple) % multiple, (multiple - w % multiple) % multiple
+    if ph > 0 or pw > 0:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        x = F.pad(x, [0, pw, 0, ph], mode=mode)
+    return x
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: conv3x3(stride) - BN - ReLU - conv3x3 - BN, + identity (1x1 conv/stride + BN if needed).
 
@@ -154,10 +166,7 @@ class ResUNet34(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = int(x.shape[2]), int(x.shape[3])
-        ph, pw = (32 - h % 32) % 32, (32 - w % 32) % 32
-        if ph > 0 or pw > 0:
-            mode = "reflect" if (ph < h and pw < w) else "replicate"
-            x = F.pad(x, [0, pw, 0, ph], mode=mode)
+        x = pad_to_multiple(x)
         f = self.encoder(cpu_channels_last(x))
         y = self.up4(f[4], f[3])
         y = self.up3(y, f[2])

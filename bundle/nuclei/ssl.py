@@ -66,7 +66,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.2) -> torch.Tenso
 
 
 def gather_with_grad(z: torch.Tensor) -> torch.Tensor:
-    """(B, D) -> the (world x B, D) rows of every process in rank order, differentiable (``torch.distributed.nn``), so
+    """(B, D) -> the (world x B, D) rows of every process in rank order, differentiable (:class:`_GatherRows`), so
     that NT-Xent under DDP takes its negatives from the global batch, as one process with that batch does; ``z``
     itself without a process group."""
     import torch.distributed as dist
