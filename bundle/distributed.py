@@ -10,14 +10,17 @@ folder's summary and report once.
 Training (``configs/multi_gpu_train.json`` on top of a training config): :func:`ddp` wraps the network in
 ``DistributedDataParallel``, :func:`sampler` gives each rank its share of every epoch, :func:`unwrap` gives the plain
 network to checkpoints and validation, and :func:`rank_zero_first` lets rank 0 write shared files (training labels)
-before the others read them."""
+before the others read them. The InfoGAN (``configs/multi_gpu_gan_train.json``) is not wrapped: WGAN-GP's gradient
+penalty is a second backward through the critic, which ``DistributedDataParallel`` does not support, so its iteration
+averages the gradients itself (:func:`average_gradients`) and draws its random numbers for the global batch
+(:func:`global_batch_draw`); :func:`sync_batchnorm` gives the generator global batch statistics on GPUs."""
 
 from __future__ import annotations
 
 from contextlib import ContextDecorator
 
 __all__ = ["rank_world", "shard", "barrier", "gather", "gather_rows", "broadcast", "init_from_env", "ddp", "unwrap",
-           "sampler", "rank_zero_first"]
+           "sampler", "rank_zero_first", "average_gradients", "global_batch_draw", "sync_batchnorm"]
 
 
 def rank_world() -> tuple[int, int]:
@@ -151,3 +154,54 @@ class rank_zero_first(ContextDecorator):
         if rank_world()[0] == 0 and exc[0] is None:
             barrier()
         return False
+
+
+def average_gradients(params) -> None:
+    """All-reduce the ``.grad`` of ``params`` (an iterable of parameters; those without a gradient are left out, the
+    same ones on every rank) and divide by the number of processes, in place: what ``DistributedDataParallel`` does
+    in its backward, for training steps it cannot wrap (a double backward, several optimisers over methods other than
+    ``forward``). With losses that are means over each rank's batch, the result is the gradient of the mean over the
+    global batch. No-op in one process."""
+    rank, world = rank_world()
+    if world == 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def global_batch_draw(draw, n_local: int):
+    """This rank's rows of random numbers drawn for the whole global batch: ``draw(n)`` (a tensor or a tuple of
+    tensors with ``n`` rows) is called with ``n = n_local x world`` on every rank (same seed, so the same numbers),
+    and rank ``r`` keeps rows ``r::world`` -- the rows of the global batch that :func:`sampler` gives it. So latent
+    codes, flips or interpolation weights paired with samples are those of one process with the global batch, and
+    every rank's generator draws different codes. One process: ``draw(n_local)``."""
+    rank, world = rank_world()
+    out = draw(int(n_local) * world)
+    if world == 1:
+        return out
+    return tuple(t[rank::world] for t in out) if isinstance(out, tuple) else out[rank::world]
+
+
+def sync_batchnorm(module):
+    """``module`` with its BatchNorm layers as ``torch.nn.SyncBatchNorm`` (batch statistics over every rank's batch)
+    when a process group of more than one process runs on CUDA devices; else ``module`` itself. PyTorch's
+    SyncBatchNorm runs on GPUs only, so on CPU (gloo) each rank normalises with its own batch. The state dict keys are
+    those of the plain module."""
+    if rank_world()[1] == 1:
+        return module
+    import torch
+
+    if next(module.parameters()).device.type != "cuda":
+        return module
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)

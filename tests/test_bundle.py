@@ -99,10 +99,11 @@ def test_every_config_parses(root):
     assert {"train.json", "inference.json", "det_train.json", "ki67_train.json", "ki67_infer.json"} <= set(names)
     for name in names:
         if name in ("profile_paper.json", "gan_profile_paper.json", "multi_gpu_inference.json",
-                    "multi_gpu_train.json", "multi_gpu_ssl_train.json"):  # overrides
+                    "multi_gpu_train.json", "multi_gpu_ssl_train.json", "multi_gpu_gan_train.json"):  # overrides
             base = {"profile_paper.json": "ssl_train.json", "gan_profile_paper.json": "gan_train.json",
                     "multi_gpu_train.json": "det_train.json",
-                    "multi_gpu_ssl_train.json": "ssl_train.json"}.get(name, "inference.json")
+                    "multi_gpu_ssl_train.json": "ssl_train.json",
+                    "multi_gpu_gan_train.json": "gan_train.json"}.get(name, "inference.json")
             files = config_files(base, root / "configs") + [str(root / "configs" / name)]
         else:
             files = config_files(name, root / "configs")
@@ -207,7 +208,8 @@ def test_metadata_verifies_against_the_local_schema(root, tmp_path):
            "long changelog": {**meta, "changelog": {"0.9.0": "x" * 101}},
            "display name": {**meta, "name": "Label-free cell recognition"},
            "two outputs": {**meta, "network_data_format": {**meta["network_data_format"], "outputs": {
-               "pred": meta["network_data_format"]["outputs"]["pred"], "aux": meta["network_data_format"]["outputs"]["pred"]}}}}
+               "pred": meta["network_data_format"]["outputs"]["pred"],
+               "aux": meta["network_data_format"]["outputs"]["pred"]}}}}
     for case, content in bad.items():
         f = tmp_path / f"{case.replace(' ', '_')}.json"
         f.write_text(json.dumps(content))

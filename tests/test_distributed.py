@@ -25,9 +25,9 @@ def _infer(root, data, out, extra_configs=(), launcher=(), config="inference.jso
         return list(csv.DictReader(f)), r
 
 
-def _torchrun(k: int) -> list:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", str(29500 + (os.getpid() * 2 + k) % 1000)]
+def _torchrun() -> list:
+    """torchrun on 2 local processes; ``--standalone`` takes a free port (tests may run side by side)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def test_two_process_sharded_inference_equals_one_process(root, tmp_path):
@@ -43,7 +43,7 @@ def test_two_process_sharded_inference_equals_one_process(root, tmp_path):
         write_image(tmp_path / "in" / f"t{s}.png", synthetic_he_tile(160, seed=s)[0])
     one, _ = _infer(root, tmp_path / "in", tmp_path / "one", launcher=[sys.executable])
     two, r = _infer(root, tmp_path / "in", tmp_path / "two", ["multi_gpu_inference.json"],
-                    launcher=_torchrun(0))
+                    launcher=_torchrun())
     assert [x["image"] for x in two] == [x["image"] for x in one] == [f"t{s}" for s in range(5)]  # each once
     assert [x["n_nuclei"] for x in two] == [x["n_nuclei"] for x in one]
     for s in range(5):
@@ -66,7 +66,7 @@ def test_two_process_ki67_inference_merges_counts_and_index(root, tmp_path):
         write_image(tmp_path / "in" / f"k{s}.png",
                     synthetic_ihc_tile(160, n_positive=5, n_negative=7, radius=7, seed=s)[0])
     one, _ = _infer(root, tmp_path / "in", tmp_path / "one", launcher=[sys.executable], config="ki67_infer.json")
-    two, _ = _infer(root, tmp_path / "in", tmp_path / "two", ["multi_gpu_inference.json"], launcher=_torchrun(1),
+    two, _ = _infer(root, tmp_path / "in", tmp_path / "two", ["multi_gpu_inference.json"], launcher=_torchrun(),
                     config="ki67_infer.json")
     drop = ("seconds",)
     assert [{k: v for k, v in r.items() if k not in drop} for r in two] == \
@@ -117,7 +117,7 @@ def test_two_process_ddp_training_equals_one_process_with_the_global_batch(root,
         for r in roots.values():
             write_image(r / "eval" / "pseudo_masks" / "masks" / name, m)
     data = tmp_path / "data" / "images"
-    ddp, r = _train(root, roots["ddp"], data, _torchrun(2), 1)
+    ddp, r = _train(root, roots["ddp"], data, _torchrun(), 1)
     one, _ = _train(root, roots["one"], data, [sys.executable], 2)
     small, _ = _train(root, roots["small"], data, [sys.executable], 1)
     assert set(ddp) == {"weight", "bias"}  # no "module." prefix: loads into the plain network
@@ -126,7 +126,7 @@ def test_two_process_ddp_training_equals_one_process_with_the_global_batch(root,
     pids = lambda d: {p.name.split(".")[-2] for p in (d / "eval" / "det").glob("events.out.tfevents.*")}  # noqa: E731
     assert len(pids(roots["ddp"])) == 1  # TensorBoard files of one process (rank 0)
     assert not list((roots["ddp"] / "models" / "det").glob("*.part*"))
-    _, r2 = _train(root, roots["ddp"], data, _torchrun(3), 1, "--epochs", "2")
+    _, r2 = _train(root, roots["ddp"], data, _torchrun(), 1, "--epochs", "2")
     assert "resumed from" in r2.stdout + r2.stderr
     last = torch_load(roots["ddp"] / "models" / "det" / "last_checkpoint.pt")
     assert last["trainer"]["iteration"] == 4  # two epochs of two steps
@@ -153,23 +153,24 @@ class Tiny(nn.Module):  # the ssl Res2Net's heads (scalar / projection / predict
 
 views = itertools.cycle([lambda x: x.flip(-1), lambda x: x.flip(-2)])
 ssl.augment = lambda x, *a, **k: next(views)(x)  # the same two views in every process
-if sys.argv[2] == "local":
-    ssl.gather_with_grad = lambda z: z  # NT-Xent over each rank's own crops only
+gather = ssl.gather_with_grad
 init_from_env("gloo")
 rank, world = rank_world()
 torch.manual_seed(1)
 x = torch.rand(4, 3, 32, 32) * 255
 out = {}
-for pretext in ("contrastive", "simsiam"):
-    net = Tiny()
-    model = ddp(net, find_unused_parameters=True)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(2):
-        loss = ssl.pretext_loss(pretext, model, x.chunk(world)[rank])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    out[pretext] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+for mode in sys.argv[2].split(","):
+    ssl.gather_with_grad = gather if mode == "gather" else (lambda z: z)  # local: NT-Xent over the rank's own crops
+    for pretext in ("contrastive", "simsiam"):
+        net = Tiny()
+        model = ddp(net, find_unused_parameters=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(2):
+            loss = ssl.pretext_loss(pretext, model, x.chunk(world)[rank])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out[mode, pretext] = {k: v.detach().clone() for k, v in net.state_dict().items()}
 if rank == 0:
     torch.save(out, sys.argv[1])
 '''
@@ -182,16 +183,16 @@ def test_ssl_pretexts_under_ddp_equal_one_process_with_the_global_batch(tmp_path
     worker = tmp_path / "worker.py"
     worker.write_text(SSL_WORKER)
     runs = {}
-    for name, launcher, mode in (("ddp", _torchrun(5), "gather"), ("local", _torchrun(6), "local"),
-                                 ("one", [sys.executable], "gather")):
-        r = subprocess.run([*launcher, str(worker), str(tmp_path / f"{name}.pt"), mode], env=child_env(
+    for name, launcher, modes in (("ddp", _torchrun(), "gather,local"), ("one", [sys.executable], "gather")):
+        r = subprocess.run([*launcher, str(worker), str(tmp_path / f"{name}.pt"), modes], env=child_env(
             OMP_NUM_THREADS=1), capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         runs[name] = torch_load(tmp_path / f"{name}.pt")
     diff = lambda a, b: max(float((a[k] - b[k]).abs().max()) for k in a)  # noqa: E731
+    one = lambda pretext: runs["one"]["gather", pretext]  # noqa: E731
     for pretext in ("contrastive", "simsiam"):
-        assert diff(runs["ddp"][pretext], runs["one"][pretext]) < 1e-5, pretext
-    assert diff(runs["local"]["contrastive"], runs["one"]["contrastive"]) > 1e-4  # the test can tell the two apart
+        assert diff(runs["ddp"]["gather", pretext], one(pretext)) < 1e-5, pretext
+    assert diff(runs["ddp"]["local", "contrastive"], one("contrastive")) > 1e-4  # the test can tell the two apart
 
 
 def test_ssl_train_config_under_torchrun(root, tmp_path):
@@ -204,7 +205,7 @@ def test_ssl_train_config_under_torchrun(root, tmp_path):
 
     write_synthetic_folder(tmp_path / "data", n_tiles=4, size=96, seed=0)
     configs = [str(root / "configs" / c) for c in ("ssl_train.json", "multi_gpu_ssl_train.json")]
-    cmd = [*_torchrun(7), "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
+    cmd = [*_torchrun(), "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
            "--meta_file", str(root / "configs" / "metadata.json"), "--bundle_root", str(tmp_path / "b"),
            "--dataset_dir", str(tmp_path / "data" / "images"), "--epochs", "1", "--crop_size", "64",
            "--crops_per_image", "2"]
@@ -214,3 +215,85 @@ def test_ssl_train_config_under_torchrun(root, tmp_path):
     Res2Net(depth="cpu", base_channels=32).load_state_dict(sd)  # plain keys, strict
     assert len({p.name.split(".")[-2] for p in (tmp_path / "b" / "eval").glob("events.out.tfevents.*")}) == 1
     assert torch.isfinite(torch.stack([v.float().sum() for v in sd.values()])).all()
+
+
+GAN_WORKER = '''
+import sys
+import numpy as np, torch, torch.nn as nn
+from monai.engines import SupervisedTrainer
+import bundle.gan.train as gt
+from bundle.distributed import init_from_env, rank_world, sampler
+from bundle.networks.infogan import Generator, InfoGANCritic
+
+average = gt.average_gradients
+init_from_env("gloo")
+rank, world = rank_world()
+out = {}
+for mode in sys.argv[2].split(","):
+    gt.average_gradients = average if mode == "average" else (lambda params: None)  # no_average: own gradients
+    torch.manual_seed(0)
+    G, D = Generator(noise_dim=8, n_categories=3, channels=8), InfoGANCritic(n_categories=3, channels=8)
+    for name, m in list(G.named_modules()):  # a generator without batch statistics (they differ per rank on CPUs)
+        for child, sub in list(m.named_children()):
+            if isinstance(sub, nn.BatchNorm2d):
+                setattr(m, child, nn.Identity())
+    adam = lambda params: torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.9))
+    opt_d, opt_g, opt_q = adam(D.parameters()), adam(G.parameters()), adam(list(G.parameters()) + D.q_parameters())
+    ds = gt.CellDataset(sys.argv[3])
+    loader = torch.utils.data.DataLoader(ds, batch_size=8 // world, sampler=sampler(ds, seed=0), drop_last=True)
+    it = gt.InfoGANIteration(G, opt_g, opt_q, critic_steps=2)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=loader, network=D,
+                                optimizer=opt_d, loss_function=None, iteration_update=it, decollate=False)
+    trainer.run()
+    out[mode] = {"critic": D.state_dict(), "generator": G.state_dict()}
+if rank == 0:
+    torch.save(out, sys.argv[1])
+if world > 1:
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+'''
+
+
+def test_gan_under_two_processes_equals_one_process_with_the_global_batch(tmp_path):
+    """Issue 30, InfoGAN: WGAN-GP's penalty is a double backward (no DistributedDataParallel wrapper), so every step
+    averages its gradients over the ranks and the random codes / flips / interpolates are drawn for the global batch:
+    2 gloo processes with batch 4 end with the weights (1e-5) of one process with batch 8 (critic and generator, two
+    generator steps); without the averaging they end elsewhere."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "cells.npy", rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8))
+    worker = tmp_path / "worker.py"
+    worker.write_text(GAN_WORKER)
+    runs = {}
+    for name, launcher, modes in (("ddp", _torchrun(), "average,no_average"), ("one", [sys.executable], "average")):
+        r = subprocess.run([*launcher, str(worker), str(tmp_path / f"{name}.pt"), modes, str(tmp_path / "cells.npy")],
+                           env=child_env(OMP_NUM_THREADS=1), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = torch_load(tmp_path / f"{name}.pt")
+    diff = lambda a, b: max(float((a[k].float() - b[k].float()).abs().max()) for k in a)  # noqa: E731
+    for net in ("critic", "generator"):
+        assert diff(runs["ddp"]["average"][net], runs["one"]["average"][net]) < 1e-5, net
+        assert diff(runs["ddp"]["no_average"][net], runs["one"]["average"][net]) > 1e-4, net  # tells them apart
+
+
+def test_gan_train_config_under_torchrun(root, tmp_path):
+    """gan_train.json + multi_gpu_gan_train.json on 2 gloo processes: the run finishes, one process writes
+    TensorBoard, the history and the generated grid, and the checkpoints load into the plain networks (resume under
+    torchrun: the same CheckpointResume handler as in test_two_process_ddp_training_equals_one_process...)."""
+    from bundle.networks.infogan import Generator, InfoGANCritic
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "b" / "cells").mkdir(parents=True)
+    np.save(tmp_path / "b" / "cells" / "cells.npy", rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8))
+    configs = [str(root / "configs" / c) for c in ("gan_train.json", "multi_gpu_gan_train.json")]
+    cmd = [*_torchrun(), "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
+           "--meta_file", str(root / "configs" / "gan_metadata.json"), "--bundle_root", str(tmp_path / "b"),
+           "--epochs", "2", "--batch_size", "8", "--channels", "8", "--n_categories", "3"]
+    r = subprocess.run(cmd, cwd=root, env=child_env(OMP_NUM_THREADS=1), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-1500:], r.stderr[-3000:])
+    ckpt = tmp_path / "b" / "models" / "gan"
+    InfoGANCritic(n_categories=3, channels=8).load_state_dict(torch_load(ckpt / "model.pt"))  # plain keys, strict
+    Generator(noise_dim=32, n_categories=3, channels=8).load_state_dict(torch_load(ckpt / "generator.pt"))
+    out = tmp_path / "b" / "eval" / "gan"
+    assert [h["epoch"] for h in json.loads((out / "gan_history.json").read_text())] == [1, 2]
+    assert (out / "generated_latest.png").is_file()
+    assert len({p.name.split(".")[-2] for p in out.glob("events.out.tfevents.*")}) == 1  # rank 0's process only

@@ -340,11 +340,13 @@ def test_gradcam_benchmark_synthetic_inputs_are_cropped_to_multiples_of_32():
 
 
 def test_bad_input_corpus_cases_hold(tmp_path):
-    """A few cases of the bad-input corpus (issue 33) as a user runs them; the rest run in the benchmark."""
-    cases = "zero_byte,same_stem,option_typo,bad_datalist"
-    assert benchmark_bad_input.main(["--cases", cases, "--work", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    """One case of the bad-input corpus (issue 33) as a user runs it, through the benchmark's harness; the rest run in
+    the benchmark (same stems: tests/nuclei/test_runner.py, datalists: tests/test_io.py, typos:
+    tests/test_overrides.py)."""
+    assert benchmark_bad_input.main(["--cases", "zero_byte", "--work", str(tmp_path), "--out",
+                                     str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert [c["outputs_valid"] for c in report["cases"]] == [True] * 4
+    assert [c["outputs_valid"] for c in report["cases"]] == [True]
 
 
 def test_low_proliferation_folders_and_scores():

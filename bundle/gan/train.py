@@ -13,7 +13,9 @@ Training (``configs/gan_train.json``):
   ``critic_steps``-th iteration it also takes one generator step, as the reference code: ``g_optimizer`` (over G)
   steps on ``-D(G(z,c))`` and ``q_optimizer`` (over G + trunk + Q head) on ``mi_weight * NLL(Q(G(z,c)), c)``,
   i.e. ``min_{G,Q} max_D V(D,G) - lambda L_I(G,Q)`` of the paper. Real cells get random up-down / left-right
-  flips (the paper's augmentation).
+  flips (the paper's augmentation). Under ``torchrun`` (``configs/multi_gpu_gan_train.json``) every optimiser
+  step averages the gradients over the processes and every random draw is made for the global batch, so N
+  processes train as one process with an N-times larger batch (the generator's BatchNorm aside on CPUs).
 * :func:`gradient_penalty` -- WGAN-GP penalty ``E[(||grad_x^ D(x^)||_2 - 1)^2]`` on random interpolates.
 * :class:`InfoGANImageHandler` -- per epoch: mean losses to TensorBoard, a grid of generated cells per category
   (fixed noise, one row per category), ``gan_history.json`` with per-epoch seconds and losses.
@@ -43,6 +45,7 @@ import torch.nn.functional as F
 from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 
+from bundle.distributed import average_gradients, global_batch_draw
 from bundle.io import write_image, write_json
 from bundle.networks.infogan import sample_latent
 
@@ -86,10 +89,12 @@ class CellDataset(torch.utils.data.Dataset):
 
 
 def random_flips(x: torch.Tensor) -> torch.Tensor:
-    """Independent random up-down and left-right flips of each image of a (B, C, H, W) batch."""
+    """Independent random up-down and left-right flips of each image of a (B, C, H, W) batch (under several
+    processes: this rank's rows of the flips drawn for the global batch,
+    :func:`bundle.distributed.global_batch_draw`)."""
     b = x.shape[0]
-    ud = (torch.rand(b, device=x.device) < 0.5).view(b, 1, 1, 1)
-    lr = (torch.rand(b, device=x.device) < 0.5).view(b, 1, 1, 1)
+    ud, lr = global_batch_draw(lambda n: (torch.rand(n, device=x.device), torch.rand(n, device=x.device)), b)
+    ud, lr = (ud < 0.5).view(b, 1, 1, 1), (lr < 0.5).view(b, 1, 1, 1)
     x = torch.where(ud, x.flip(-2), x)
     return torch.where(lr, x.flip(-1), x)
 
@@ -100,7 +105,7 @@ def gradient_penalty(critic_fn, real: torch.Tensor, fake: torch.Tensor, alpha: t
     The result keeps the graph (``create_graph=True``) so it can be minimised."""
     b = real.shape[0]
     if alpha is None:
-        alpha = torch.rand(b, device=real.device)
+        alpha = global_batch_draw(lambda n: torch.rand(n, device=real.device), b)
     a = alpha.view(b, *([1] * (real.dim() - 1))).to(real)
     x = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
     d = critic_fn(x)
@@ -130,11 +135,15 @@ class InfoGANIteration:
         self.flips, self.image_key, self.mi_in_critic_step = flips, image_key, bool(mi_in_critic_step)
         self.last_g = {"g_loss": float("nan"), "q_loss": float("nan"), "q_acc": float("nan")}
 
+    def sample(self, batch_size: int, device):
+        """``(latent, c)`` for ``batch_size`` fakes: this rank's rows of the codes drawn for the global batch."""
+        G = self.generator
+        return global_batch_draw(lambda n: sample_latent(n, G.noise_dim, G.n_categories, device=device), batch_size)
+
     def critic_step(self, critic, optimizer, real: torch.Tensor) -> dict:
         G = self.generator
-        K, nz = G.n_categories, G.noise_dim
         with torch.no_grad():
-            latent, c = sample_latent(real.shape[0], nz, K, device=real.device)
+            latent, c = self.sample(real.shape[0], real.device)
             fake = G(latent)
         optimizer.zero_grad(set_to_none=True)
         d_real = critic.critic(real)
@@ -145,13 +154,14 @@ class InfoGANIteration:
             raise FloatingPointError(f"critic loss became {float(loss)}")
         total = loss + self.mi_weight * F.nll_loss(logq, c) if self.mi_in_critic_step else loss
         total.backward()
+        average_gradients(p for g in optimizer.param_groups for p in g["params"])
         optimizer.step()
         return {"loss": float(loss.detach()), "d_loss": float(loss.detach()), "gp": float(gp.detach()),
                 "wasserstein": float((d_real.mean() - d_fake.mean()).detach())}
 
     def generator_step(self, critic, batch_size: int, device) -> dict:
         G = self.generator
-        latent, c = sample_latent(batch_size, G.noise_dim, G.n_categories, device=device)
+        latent, c = self.sample(batch_size, device)
         fake = G(latent)
         d, logq = critic.critic_and_q(fake)
         g_loss = -d.mean()
@@ -164,10 +174,12 @@ class InfoGANIteration:
         q_grads = torch.autograd.grad(q_loss, q_params, allow_unused=True)
         for p, g in zip(g_params, g_grads):
             p.grad = g
+        average_gradients(g_params)
         self.g_optimizer.step()
         self.g_optimizer.zero_grad(set_to_none=True)
         for p, g in zip(q_params, q_grads):
             p.grad = g
+        average_gradients(q_params)
         self.q_optimizer.step()
         self.q_optimizer.zero_grad(set_to_none=True)
         return {"g_loss": float(g_loss.detach()), "q_loss": float(q_loss.detach()),

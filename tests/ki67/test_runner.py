@@ -83,7 +83,10 @@ def test_ki67_train_then_infer_end_to_end(root, ihc_dir, tmp_path):
     assert msg and "cannot read image" in msg[0]
     assert not list(out.rglob("*.part*"))  # atomic writers leave no temporary files
 
-    # the classical method (pseudo labels alone, no network) on the same folder finds the synthetic cells
+
+def test_ki67_classical_method_finds_the_synthetic_cells(root, ihc_dir, tmp_path):
+    """The classical method (pseudo labels alone, no network) on the end-to-end test's folder."""
+    common = ["--dataset_dir", ihc_dir, "--bundle_root", tmp_path / "b", "--base_channels", 8, "--nucleus_diameter", 14]
     cl = _bundle_run(root, "ki67_infer.json", common + ["--method", "classical", "--output_dir", tmp_path / "cl"])
     assert cl.returncode == 0, cl.stderr[-2000:]
     s = json.loads((tmp_path / "cl" / "summary.json").read_text())
@@ -174,7 +177,8 @@ def test_whole_slide_ihc_matches_tile_mode_and_reports_hotspot(tmp_path, caplog)
     small[100:356, 100:356] = tile
     (tmp_path / "biopsy").mkdir()
     write_pyramid_tiff(tmp_path / "biopsy" / "bx.tif", small)
-    bx = Ki67Runner(_colour_net(), str(tmp_path / "biopsy"), tmp_path / "out_bx", wsi=SlideOptions(tile=256), **kw).run()
+    bx = Ki67Runner(_colour_net(), str(tmp_path / "biopsy"), tmp_path / "out_bx", wsi=SlideOptions(tile=256),
+                    **kw).run()
     assert bx["n_positive"] > 0
     with pytest.raises(ValueError, match="min_tissue"):
         SlideOptions(min_tissue=5)
@@ -196,9 +200,9 @@ def test_ihc_auto_scale_sees_a_half_size_copy_as_20x(tmp_path):
     write_image(tmp_path / "in" / "full.png", tile)
     write_image(tmp_path / "in" / "half.png", np.asarray(Image.fromarray(tile).resize((192, 192), Image.BOX)))
     d = estimate_nucleus_diameter(tile, stain="ihc")
-    summ = Ki67Runner(_colour_net(), str(tmp_path / "in"), tmp_path / "out", auto_scale=True, trained_diameter=d,
-                      predictor=TilePredictor(tta=False, network_mpp=0.25), cells=Ki67Cells(nucleus_diameter=20),
-                      write_report=False).run()
+    Ki67Runner(_colour_net(), str(tmp_path / "in"), tmp_path / "out", auto_scale=True, trained_diameter=d,
+               predictor=TilePredictor(tta=False, network_mpp=0.25), cells=Ki67Cells(nucleus_diameter=20),
+               write_report=False).run()
     import csv
 
     with open(tmp_path / "out" / "summary.csv") as f:
