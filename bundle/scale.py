@@ -6,11 +6,20 @@ the resize that shows a network tiles at the pixel size it was trained at."""
 from __future__ import annotations
 
 __all__ = ["REFERENCE_MPP", "REFERENCE_DIAMETER", "IHC_REFERENCE_DIAMETER", "size_scale", "resample_factor", "scaled",
-           "scale_from_diameter",
+           "scale_from_diameter", "DEAD_ZONE", "NUCLEI_DEAD_ZONE",
            "estimate_nucleus_diameter", "folder_nucleus_diameter", "tile_mpp", "working_scale_copy"]
 
 REFERENCE_MPP = 0.25
 """um per pixel at which the H&E size defaults were tuned (MoNuSeg, 40x)."""
+
+DEAD_ZONE = (0.8, 1.25)
+"""Ratios of a tile's estimated nucleus size to the network's (or :data:`REFERENCE_DIAMETER`) that count as the same
+magnification: the default of :func:`tile_mpp`, the training copies (:func:`working_scale_copy`) and Ki-67 inference."""
+
+NUCLEI_DEAD_ZONE = (0.95, 1.5)
+"""The dead zone of H&E nuclei inference (``inference.json`` ``scale_dead_zone``), chosen on MoNuSeg **train** at 1x,
+0.75x and 0.5x (``python -m scripts.benchmark_train_choices --choice dead_zone``): tiles whose nuclei look smaller than
+the network's by more than 5 % are enlarged; ones up to 1.5x larger are run as they are."""
 
 
 def size_scale(mpp: float | None, reference_mpp: float = REFERENCE_MPP) -> float:
@@ -126,7 +135,7 @@ def folder_nucleus_diameter(data, max_images: int = 32, datalist_key: str = "tra
 
 
 def tile_mpp(diameter: float | None, network_mpp: float | None, trained_diameter: float | None = None,
-             dead_zone=(0.8, 1.25)) -> float | None:
+             dead_zone=DEAD_ZONE) -> float | None:
     """The um/px a tile of unknown magnification is treated as: the network's training pixel size scaled by how much
     smaller the tile's nuclei look than those it learnt on, ``network_mpp * trained_diameter / diameter``
     (``network_mpp`` None = 40x; ``trained_diameter`` None = :data:`REFERENCE_DIAMETER` at 40x, carried to
@@ -143,7 +152,7 @@ def tile_mpp(diameter: float | None, network_mpp: float | None, trained_diameter
 
 
 def scale_from_diameter(diameter: float | None, fallback: float, network_mpp: float | None,
-                        trained_diameter: float | None = None, dead_zone=(0.8, 1.25), path: str = "image") -> float:
+                        trained_diameter: float | None = None, dead_zone=DEAD_ZONE, path: str = "image") -> float:
     """The size scale (1 = 40x, :func:`size_scale`) a tile of unknown magnification is run at, from its estimated
     nucleus ``diameter`` (:func:`estimate_nucleus_diameter`) by :func:`tile_mpp`; ``fallback`` (the folder's), with a
     one-line warning naming ``path``, when no nucleus size was found. What the nuclei and Ki-67 runners share."""
@@ -162,7 +171,7 @@ BCData sample (``stain="ihc"``), the shipped Ki-67 network's training tiles. A K
 recorded by that estimator is assumed to have learnt nuclei of this size at 40x."""
 
 
-def working_scale_copy(dataset_dir, output_dir, dead_zone=(0.8, 1.25), stain: str = "he") -> list[dict]:
+def working_scale_copy(dataset_dir, output_dir, dead_zone=DEAD_ZONE, stain: str = "he") -> list[dict]:
     """Copies of a folder's tiles at the common working scale (40x, :data:`REFERENCE_MPP`), for training on a folder of
     unknown or mixed magnification (``python -m bundle.label_free --mpp auto``): each tile's nucleus diameter is
     estimated (:func:`estimate_nucleus_diameter`), the tile resized by 1 / its size scale (:func:`tile_mpp` against

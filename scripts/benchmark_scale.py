@@ -46,8 +46,10 @@ from bundle.annotations import read_instance_label, write_instance_label
 from bundle.io import read_rgb, write_image
 from bundle.label_free import child_env
 from bundle.metrics import instance_scores
+from bundle.nuclei.postprocess import classical_nuclei
+from bundle.scale import NUCLEI_DEAD_ZONE
 from scripts import write_results
-from scripts.benchmark_shipped import KEYS, classical, run_bundle
+from scripts.benchmark_shipped import KEYS, run_bundle
 
 SCALES = (1.0, 0.75, 0.5, 0.33)
 
@@ -130,9 +132,12 @@ def score(pred_dir: Path, label_dir: Path, names) -> dict:
     for n in names:
         gt = read_instance_label(label_dir / n)
         pred = read_instance_label(pred_dir / n)
-        out[n] = {**instance_scores(pred, gt), "pred_count": int(len(np.unique(pred)) - 1),
-                  "true_count": int(len(np.unique(gt)) - 1)}
+        out[n] = {**instance_scores(pred, gt), **counts(pred, gt)}
     return out
+
+
+def counts(pred: np.ndarray, gt: np.ndarray) -> dict:
+    return {"pred_count": int(len(np.unique(pred)) - 1), "true_count": int(len(np.unique(gt)) - 1)}
 
 
 def summarise(per_image: dict) -> dict:
@@ -174,8 +179,9 @@ def render_md(r: dict) -> str:
             L.append(f"| {folder} | {method} | {m['pixel_f1']:.3f} | {m['object_dice']:.3f} | {m['aji']:.3f} | "
                      f"{m['aji_plus']:.3f} | {m['pq']:.3f} | {v.get('pred_count', '-')} / {v.get('true_count', '-')} "
                      f"| {v.get('images_within_15pct', '-')} / {v.get('n_images', '-')} |")
+    lo, hi = r.get("dead_zone", (0.8, 1.25))
     L += ["", "Size estimate, estimated / true scale factor per image (auto runs; `scale_factor` 1 inside the dead "
-          "zone 0.8-1.25 of the network's own size):", "", "| folder | median abs. rel. error | worst |",
+          f"zone {lo:g}-{hi:g} of the network's own size):", "", "| folder | median abs. rel. error | worst |",
           "|---|---|---|"]
     for folder, e in r["estimate_test"].items():
         L.append(f"| {folder} | {e['median_abs_rel_error']:.3f} | {e['worst_abs_rel_error']:.3f} |")
@@ -246,16 +252,17 @@ def main(argv=None):
         cl = {}
         for s in groups:
             d = a.work / folder / f"{s:g}"
-            c = classical(d / "images", d / "labels", params)
-            cl[s] = (c, sum(1 for v in scales.values() if v == s))
-        folders[folder]["classical"] = {"mean": {k: round(sum(c["mean"][k] * n for c, n in cl.values())
-                                                          / sum(n for _, n in cl.values()), 4) for k in KEYS}}
+            for n in (n for n, v in scales.items() if v == s):
+                gt = read_instance_label(d / "labels" / n)
+                pred = classical_nuclei(read_rgb(d / "images" / n), **params)
+                cl[n] = {**instance_scores(pred, gt), **counts(pred, gt)}
+        folders[folder]["classical"] = summarise(cl)
     estimate_test = {f: {"median_abs_rel_error": round(float(np.nanmedian(np.abs(e))), 3),
                          "worst_abs_rel_error": round(float(np.nanmax(np.abs(e))), 3)} for f, e in est.items()}
     r = {"date": datetime.date.today().isoformat(), "machine": f"{a.machine} ({platform.machine()})",
          "command": "python -m scripts.benchmark_scale " + shlex.join(argv if argv is not None else sys.argv[1:]),
          "folders": folders, "estimate_test": estimate_test, "estimate_train": estimator_on_train(a.monuseg / "train"),
-         "seconds": time.time() - t0, "mixed_scales": plan.get("mixed"),
+         "seconds": time.time() - t0, "mixed_scales": plan.get("mixed"), "dead_zone": list(NUCLEI_DEAD_ZONE),
          "network": str(a.bundle_root / "models" / "model.pt") if a.bundle_root else "shipped (models/model.pt)"}
     if a.bundle_root is not None:
         r["estimate_training_copies"] = training_copy_errors(a.monuseg / "train", a.bundle_root)

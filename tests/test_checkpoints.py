@@ -155,3 +155,47 @@ def test_a_det_checkpoint_is_refused_where_the_seg_network_is_needed(tmp_path):
     root = Path(__file__).resolve().parents[1]
     check_network_kind(root / "models" / "model.pt", "seg")  # the shipped weights say what they are
     check_network_kind(root / "models" / "ki67" / "model.pt", "ki67")
+
+
+def test_time_profile_splits_data_loading_from_the_step(tmp_path):
+    """TimeProfile: a loader that sleeps 20 ms per batch and a step of ~1 ms -> most of the time is dataflow, written
+    to profile.json; disabled -> nothing attached, no file."""
+    import json
+    import time
+
+    from ignite.engine import Engine
+
+    from bundle.handlers import TimeProfile
+
+    def slow_batches():
+        for i in range(6):
+            time.sleep(0.02)
+            yield i
+
+    engine = Engine(lambda e, b: time.sleep(0.001))
+    TimeProfile(tmp_path / "on").attach(engine)
+    engine.run(slow_batches(), max_epochs=1, epoch_length=6)
+    s = json.loads((tmp_path / "on" / "profile.json").read_text())
+    assert s["iterations"] == 6
+    assert s["dataflow"]["fraction"] > 0.6 and s["dataflow"]["per_iteration"] >= 0.015
+    assert s["processing"]["per_iteration"] < s["dataflow"]["per_iteration"]
+    assert abs(sum(s[k]["fraction"] for k in ("dataflow", "processing", "handlers")) - 1) < 0.01
+    off = Engine(lambda e, b: None)
+    TimeProfile(tmp_path / "off", enabled=False).attach(off)
+    off.run([0, 1], max_epochs=1)
+    assert not (tmp_path / "off").exists()
+
+
+def test_time_profile_with_an_epoch_shorter_or_longer_than_the_loader(tmp_path):
+    """The bundle's trainers run ``epoch_length`` steps whatever the loader's length (Ignite's own profiler would
+    index past its arrays): 2 epochs x 5 steps over a 3-item list."""
+    import json
+
+    from ignite.engine import Engine
+
+    from bundle.handlers import TimeProfile
+
+    engine = Engine(lambda e, b: None)
+    TimeProfile(tmp_path).attach(engine)
+    engine.run([0, 1, 2], max_epochs=2, epoch_length=5)
+    assert json.loads((tmp_path / "profile.json").read_text())["iterations"] == 10

@@ -80,8 +80,8 @@ def test_inference_config_mpp(root):
         p.update(over)
         return {k: p.get_parsed_content(k) for k in ("mpp", "min_size", "min_distance", "size_scale", "auto_scale")}
 
-    assert resolved() == {"mpp": None, "min_size": 20, "min_distance": 6, "size_scale": 1.0, "auto_scale": True}
-    assert resolved(mpp=0.5) == {"mpp": 0.5, "min_size": 5, "min_distance": 3, "size_scale": 0.5,
+    assert resolved() == {"mpp": None, "min_size": 60, "min_distance": 6, "size_scale": 1.0, "auto_scale": True}
+    assert resolved(mpp=0.5) == {"mpp": 0.5, "min_size": 15, "min_distance": 3, "size_scale": 0.5,
                                  "auto_scale": False}
     assert resolved(mpp=0.25, auto_scale=True)["auto_scale"] is True
     assert resolved(**{"wsi#mpp": 0.5})["min_distance"] == 3

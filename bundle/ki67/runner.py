@@ -58,6 +58,7 @@ from bundle.ki67.pseudo_labels import (
 from bundle.nuclei.handlers import NucleiImageHandler
 from bundle.points import circle_polygon
 from bundle.runs import POINT_FIELDS, run_items
+from bundle.scale import DEAD_ZONE
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class Ki67Runner:
     def __init__(self, network=None, data=None, output_dir="eval/ki67", ckpt_path=None, device="cpu",
                  method: str = "network", predictor=None, cells=None, wsi=None, hotspot_min_cells: int = 100,
                  seed: int = 0, write_overlays: bool = True, datalist_key: str = "testing", write_report: bool = True,
-                 auto_scale: bool = False, scale_dead_zone=(0.8, 1.25), trained_diameter: float | None = None,
+                 auto_scale: bool = False, scale_dead_zone=DEAD_ZONE, trained_diameter: float | None = None,
                  backend: str = "pytorch"):
         from bundle.inferers import TilePredictor
         from bundle.wsi import SlideOptions

@@ -26,6 +26,7 @@ from bundle.io import (
     write_parquet,
 )
 from bundle.runs import POINT_FIELDS, run_items, write_summary
+from bundle.scale import NUCLEI_DEAD_ZONE
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,9 @@ class NucleiRunner:
             (:meth:`image_scale`) and the tile is resized to the network's pixel size and post-processed with px
             sizes to match, as if its own ``--mpp`` had been given; the summary row adds ``nucleus_diameter_px`` and
             ``scale_factor`` (1 = 40x, 0.5 = 20x). ``scale_dead_zone``: diameter ratios inside it count as the
-            network's own magnification. ``trained_diameter``: the nucleus diameter (px) the network learnt on
-            (its ``settings.json``; None = :data:`bundle.scale.REFERENCE_DIAMETER` at 40x).
+            network's own magnification (:data:`bundle.scale.NUCLEI_DEAD_ZONE`, chosen on MoNuSeg train).
+            ``trained_diameter``: the nucleus diameter (px) the network learnt on (its ``settings.json``; None =
+            :data:`bundle.scale.REFERENCE_DIAMETER` at 40x).
         write_report: also ``report.html``, a self-contained report of the run (:func:`bundle.report.write_report`).
         big_tile_px: a plain image (PNG, JPEG, TIFF...) with more pixels than this is not read whole but processed in
             windows of ``wsi.tile`` px as a slide is (a non-TIFF one first copied, strip by strip, into a temporary
@@ -86,7 +88,7 @@ class NucleiRunner:
     def __init__(self, network, data, output_dir, ckpt_path=None, device="cpu", predictor=None, postprocess=None,
                  wsi=None, label_format: str = "png", write_overlays: bool = True, write_masks: bool = False,
                  datalist_key: str = "testing", class_name: str = "Nucleus", write_measurements: bool = True,
-                 class_colour=(0, 200, 0), auto_scale: bool = False, scale_dead_zone=(0.8, 1.25),
+                 class_colour=(0, 200, 0), auto_scale: bool = False, scale_dead_zone=NUCLEI_DEAD_ZONE,
                  trained_diameter: float | None = None, write_report: bool = True, big_tile_px: int = 2048 * 2048,
                  backend: str = "pytorch"):
         from bundle.inferers import TilePredictor
