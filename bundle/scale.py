@@ -108,14 +108,23 @@ def estimate_nucleus_diameter(rgb, crop: int = 512, sigmas: int = 16, low: float
 
 
 def folder_nucleus_diameter(data, max_images: int = 32, datalist_key: str = "training",
-                            stain: str = "he") -> float | None:
+                            stain: str = "he", cache: str | None = None, workers: int | None = None) -> float | None:
     """Median :func:`estimate_nucleus_diameter` over up to ``max_images`` tiles spread over a folder / datalist /
     list (unreadable or blank tiles left out); None when no tile gives one. Recorded with a trained network
     (``settings.json`` ``nucleus_diameter``): the nucleus size it learnt at, which :func:`tile_mpp` compares tiles
-    to."""
+    to.
+
+    The tiles are estimated on ``workers`` threads (None: up to 8, one per CPU; the filters release the GIL), with
+    the same result as one thread. ``cache``: a JSON file of earlier answers keyed by the stain, ``max_images`` and
+    each chosen tile's path, size and modification time, so the training stages of one run (det, seg, each Ki-67
+    round) estimate a folder once; a changed tile changes the key. An unreadable cache is ignored and rewritten."""
+    import json
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
 
-    from bundle.io import ImageError, datalist_items, read_rgb
+    from bundle.io import ImageError, atomic_path, datalist_items, read_rgb
 
     try:
         items = datalist_items(data, datalist_key)
@@ -123,15 +132,56 @@ def folder_nucleus_diameter(data, max_images: int = 32, datalist_key: str = "tra
         return None
     if len(items) > max_images:
         items = [items[i] for i in np.linspace(0, len(items) - 1, max_images).round().astype(int)]
-    ds = []
-    for it in items:
+    paths = [str(it["image"]) for it in items]
+    key = None
+    if cache:
+        stats = [(os.path.abspath(p), *((st.st_size, st.st_mtime_ns) if (st := _stat(p)) else (None, None)))
+                 for p in paths]
+        key = json.dumps([stain, int(max_images), stats])
+        known = _read_cache(cache)
+        if key in known:
+            return known[key]
+
+    def one(path):
         try:
-            d = estimate_nucleus_diameter(read_rgb(it["image"], min_size=32), stain=stain)
+            return estimate_nucleus_diameter(read_rgb(path, min_size=32), stain=stain)
         except (ImageError, ValueError, FileNotFoundError):
-            continue
-        if d is not None:
-            ds.append(d)
-    return round(float(np.median(ds)), 3) if ds else None
+            return None
+
+    workers = min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    with ThreadPoolExecutor(min(workers, max(1, len(paths)))) as pool:
+        ds = [d for d in pool.map(one, paths) if d is not None]
+    result = round(float(np.median(ds)), 3) if ds else None
+    if key is not None:
+        known = _read_cache(cache)
+        known[key] = result
+        with atomic_path(cache) as tmp, open(tmp, "w") as f:
+            json.dump(known, f)
+    return result
+
+
+def _stat(path):
+    import os
+
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _read_cache(path) -> dict:
+    """The answers in a :func:`folder_nucleus_diameter` cache file; {} when it is missing or not a JSON object of
+    numbers (a damaged cache is recomputed, never trusted)."""
+    import json
+
+    try:
+        with open(path) as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(known, dict):
+        return {}
+    return {k: v for k, v in known.items() if v is None or isinstance(v, (int, float))}
 
 
 def tile_mpp(diameter: float | None, network_mpp: float | None, trained_diameter: float | None = None,

@@ -72,3 +72,52 @@ def test_working_scale_copy_brings_a_mixed_folder_to_one_scale(tmp_path, caplog)
     assert "c_blank.png: no nucleus size found" in caplog.text
     with open(tmp_path / "ws" / "scales.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 3
+
+
+def test_folder_diameter_threads_and_cache(tmp_path):
+    """The threaded folder estimate equals one thread's; the cache answers a second stage without reading a tile,
+    and an edited tile or a damaged cache file makes it estimate again."""
+    import json
+    import os
+
+    from PIL import Image
+
+    import bundle.scale as scale
+    from bundle.synthetic import synthetic_he_tile
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for i in range(3):
+        rgb, _ = synthetic_he_tile(160 if i < 2 else 128, seed=i)
+        Image.fromarray(rgb).save(folder / f"t{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    one = scale.folder_nucleus_diameter(str(folder), workers=1)
+    assert one is not None and scale.folder_nucleus_diameter(str(folder), workers=3) == one
+
+    cache = tmp_path / "eval" / "nucleus_diameter.json"
+    calls = []
+    real = scale.estimate_nucleus_diameter
+
+    def counted(rgb, **kw):
+        calls.append(rgb.shape)
+        return real(rgb, **kw)
+
+    scale.estimate_nucleus_diameter = counted
+    try:
+        assert scale.folder_nucleus_diameter(str(folder), cache=str(cache)) == one and len(calls) == 3
+        assert scale.folder_nucleus_diameter(str(folder), cache=str(cache)) == one and len(calls) == 3
+        # another stain is another answer
+        scale.folder_nucleus_diameter(str(folder), cache=str(cache), stain="ihc")
+        assert len(calls) == 6 and len(json.loads(cache.read_text())) == 2
+        # an edited tile (new mtime) is estimated again
+        rgb, _ = synthetic_he_tile(160, seed=7)
+        Image.fromarray(rgb).save(folder / "t0.png")
+        st = os.stat(folder / "t0.png")
+        os.utime(folder / "t0.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        scale.folder_nucleus_diameter(str(folder), cache=str(cache))
+        assert len(calls) == 9
+        cache.write_text("[1, 2")  # damaged: recomputed and rewritten, never an error
+        scale.folder_nucleus_diameter(str(folder), cache=str(cache))
+        assert len(calls) == 12 and isinstance(json.loads(cache.read_text()), dict)
+    finally:
+        scale.estimate_nucleus_diameter = real
