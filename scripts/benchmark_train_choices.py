@@ -43,7 +43,7 @@ from bundle.label_free import child_env
 from bundle.metrics import instance_scores
 from bundle.nuclei.postprocess import classical_nuclei
 from scripts import write_results
-from scripts.benchmark_scale import infer, make_folders
+from scripts.benchmark_scale import count_summary, counts, infer, make_folders
 
 DEAD_ZONE_LO = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 DEAD_ZONE_HI = (1.0, 1.1, 1.25, 1.5)
@@ -51,24 +51,19 @@ DEAD_ZONE_HI = (1.0, 1.1, 1.25, 1.5)
 
 def counts_and_scores(pred: np.ndarray, gt: np.ndarray) -> dict:
     s = instance_scores(pred, gt)
-    return {"aji": s["aji"], "pq": s["pq"], "pred": int(len(np.unique(pred)) - 1), "true": int(len(np.unique(gt)) - 1)}
+    return {"aji": s["aji"], "pq": s["pq"], **counts(pred, gt)}
 
 
 def summarise(rows: list) -> dict:
-    ratios = np.array([r["pred"] / max(1, r["true"]) for r in rows])
     return {"aji": round(float(np.mean([r["aji"] for r in rows])), 4),
-            "pq": round(float(np.mean([r["pq"] for r in rows])), 4),
-            "pred": int(sum(r["pred"] for r in rows)), "true": int(sum(r["true"] for r in rows)),
-            "within_15pct": int((np.abs(ratios - 1) <= 0.15).sum()), "n_images": len(rows),
-            "ratio_min": round(float(ratios.min()), 2), "ratio_median": round(float(np.median(ratios)), 2),
-            "ratio_max": round(float(ratios.max()), 2)}
+            "pq": round(float(np.mean([r["pq"] for r in rows])), 4), **count_summary(rows)}
 
 
 def choose_min_size(grid: dict) -> int:
     """Most images within 15 % with mean AJI within 0.001 of the smallest value's (ties: the smaller value)."""
     base = grid[min(grid)]["aji"]
     ok = [k for k in sorted(grid) if grid[k]["aji"] >= base - 0.001]
-    return max(ok, key=lambda k: (grid[k]["within_15pct"], -k))
+    return max(ok, key=lambda k: (grid[k]["images_within_15pct"], -k))
 
 
 def min_size(a, env) -> dict:
@@ -128,8 +123,9 @@ def render_md(r: dict) -> str:
               "| min_size | AJI | PQ | nuclei pred / true | count ratio min / median / max | images within 15 % |",
               "|---|---|---|---|---|---|"]
         for k, v in [*r["grid"].items(), ("classical", r["classical"])]:
-            L.append(f"| {k} | {v['aji']:.4f} | {v['pq']:.4f} | {v['pred']} / {v['true']} | {v['ratio_min']:.2f} / "
-                     f"{v['ratio_median']:.2f} / {v['ratio_max']:.2f} | {v['within_15pct']} / {v['n_images']} |")
+            L.append(f"| {k} | {v['aji']:.4f} | {v['pq']:.4f} | {v['pred_count']} / {v['true_count']} | "
+                     f"{v['count_ratio_min']:.2f} / {v['count_ratio_median']:.2f} / {v['count_ratio_max']:.2f} | "
+                     f"{v['images_within_15pct']} / {v['n_images']} |")
         L += ["", f"Rule: most images within 15 % with mean AJI within 0.001 of {min(map(int, r['grid']))} px; "
               f"chosen: **{r['chosen']} px**."]
     else:
