@@ -21,7 +21,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from bundle.io import atomic_path
+from bundle.io import PNG_LEVEL, atomic_path
 
 __all__ = [
     "PathLike", "read_aperio_xml", "read_bcdata_points", "read_point_table", "read_points",
@@ -215,7 +215,7 @@ def write_instance_label(path: PathLike, inst: np.ndarray) -> None:
         else:
             from PIL import Image
 
-            Image.fromarray(arr).save(tmp, format="PNG")
+            Image.fromarray(arr).save(tmp, format="PNG", compress_level=PNG_LEVEL)
 
 
 class LabelCanvas:
