@@ -39,6 +39,7 @@ def test_nucleus_diameter_follows_the_magnification():
     half = np.asarray(Image.fromarray(rgb).resize((256, 256), Image.BOX))
     d1, d2 = estimate_nucleus_diameter(rgb), estimate_nucleus_diameter(half)
     assert d1 and d2 and 0.4 < d2 / d1 < 0.6
+    assert estimate_nucleus_diameter(rgb, workers=1) == estimate_nucleus_diameter(rgb, workers=3) == d1
     assert estimate_nucleus_diameter(np.full((128, 128, 3), 240, np.uint8)) is None  # blank: no estimate
 
 
