@@ -14,7 +14,7 @@ one-command CLI over the configs.
 
 from .errors import install_excepthook as _install_excepthook
 
-__version__ = "0.14.0"
+__version__ = "0.14.1"
 
 _install_excepthook()
 

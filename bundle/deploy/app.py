@@ -26,7 +26,7 @@ class NucleiApp(Application):
 
     name = "labelfree_nuclei"
     description = "Nuclei instance maps, points and GeoJSON of H&E tiles (label-free cell recognition bundle)."
-    version = "0.14.0"
+    version = "0.14.1"
 
     def __init__(self, *args, images=None, **kwargs):
         self.images = images  # arrays instead of -i (tests, notebooks)
