@@ -11,6 +11,11 @@ image (no TTA), CPU profile (16 base channels, 4 input channels as the seg stage
 every network runs channels-last (``bundle.networks.memory``); rows marked "(NCHW)" time the old default layout
 for comparison, with that helper bypassed. Peak RSS of this process. Medians over --repeats after one warm-up.
 
+``--throughput 1,8,32`` times only the seg network's images / s at those batch sizes (train step and forward;
+on CUDA also cuDNN autotuning and bf16 autocast, with peak GPU memory): the GPU-machine command of issue 30,
+
+    python -m scripts.benchmark_speed --device cuda --throughput 1,8,32 --out docs/results/throughput_gpu
+
 ``--device cuda`` times the networks on the GPU (synchronised; peak GPU memory recorded) and adds two variants of
 the paper-profile step: cuDNN autotuning (``torch.backends.cudnn.benchmark``) and bf16 autocast. SCM stays on the CPU.
 """
@@ -96,20 +101,66 @@ def resunet_rows(dev, repeats, paper: bool) -> dict:
     return out
 
 
+def throughput_rows(dev, repeats, batches, crop: int = 256) -> dict:
+    """Images / s of the seg network (ResUNet-34, CPU profile: 16 base channels, RGB + haematoxylin in) for each batch
+    size in ``batches``: one Adam step and one no-grad forward of ``batch`` random ``crop``^2 crops; on CUDA also
+    with cuDNN autotuning and under bf16 autocast (``amp``), with the peak GPU memory of each. What a GPU's batch
+    size and mixed precision are worth (issue 30); on the CPU, fp32 only."""
+    out = {}
+    variants = [("fp32", None, False)]
+    if dev.type == "cuda":
+        variants += [("fp32 cudnn.benchmark", None, True), ("bf16 autocast", torch.bfloat16, True)]
+    for b in batches:
+        torch.manual_seed(0)
+        net = ResUNet34(4, 2, base_channels=16).to(dev)
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        x = torch.randn(b, 4, crop, crop, device=dev)
+        y = torch.randint(0, 2, (b, crop, crop), device=dev)
+        for label, amp, bench in variants:
+            torch.backends.cudnn.benchmark = bench
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+
+            def step():
+                opt.zero_grad()
+                with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                    loss = torch.nn.functional.cross_entropy(net.train()(x).float(), y)
+                loss.backward()
+                opt.step()
+
+            def infer():
+                with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                    net.eval()(x)
+
+            row = {"train_img_s": round(b / timeit(step, repeats, dev), 2),
+                   "infer_img_s": round(b / timeit(infer, repeats, dev), 2)}
+            if dev.type == "cuda":
+                row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(dev) / 1024**3, 2)
+            out[f"batch {b}, {label}"] = row
+            print(f"batch {b}, {label}", row, flush=True)
+        torch.backends.cudnn.benchmark = False
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--paper", type=int, default=1, help="0: skip the Res2Net-101 rows")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (networks only; SCM runs on the CPU)")
     ap.add_argument("--out", type=Path, default=Path("docs/results/speed"))
+    ap.add_argument("--throughput", default="", help="e.g. 1,8,32: only the seg network's images / s at these batch "
+                    "sizes (fp32; on CUDA also cudnn.benchmark and bf16 autocast)")
+    ap.add_argument("--crop", type=int, default=256, help="crop side for --throughput")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     dev = torch.device(a.device)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
     res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
-                      + (f", {gpu}" if gpu else ""),
-           "device": str(dev), "torch": torch.__version__, "ssl_step_s": {}, "psm_s_per_1000px_img": {},
-           "scm_s_per_1000px_img": {}, "resunet_s": {}}
+                      + (f", {gpu}" if gpu else ""), "device": str(dev), "torch": torch.__version__}
+    if a.throughput:
+        res["resunet_throughput"] = throughput_rows(dev, a.repeats, [int(b) for b in a.throughput.split(",")], a.crop)
+        return finish(res, a)
+    res.update({"ssl_step_s": {}, "psm_s_per_1000px_img": {}, "scm_s_per_1000px_img": {}, "resunet_s": {}})
     profiles = [("cpu", "cpu", 32, 8, 256)] + ([("paper", 101, 64, 1, 512)] if a.paper else [])
     for prof, depth, ch, batch, crop in profiles:
         net = Res2Net(depth, base_channels=ch).to(dev)
@@ -155,13 +206,18 @@ def main(argv=None):
         "colour only K=3": timeit(lambda: semantic_clustering(rgb, None, k=3, beta=float("inf")), a.repeats),
         "H-OD Otsu": timeit(lambda: hematoxylin_otsu(rgb), a.repeats),
     }
-    res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     if dev.type == "cuda":
         res["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 1024**3
+    return finish(res, a)
+
+
+def finish(res: dict, a) -> dict:
+    res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     res["cmd"] = " ".join(["python", "-m", "scripts.benchmark_speed", *sys.argv[1:]])
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
+    return res
 
 
 if __name__ == "__main__":

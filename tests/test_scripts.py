@@ -196,6 +196,16 @@ def test_speed_benchmark_nchw_bypasses_channels_last_in_every_network_module():
     assert benchmark_speed.timeit(lambda: calls.append(1), repeats=2) >= 0 and len(calls) == 3  # one warm-up
 
 
+def test_speed_benchmark_throughput_mode_writes_rows_per_batch(tmp_path):
+    """``--throughput 1,2``: the seg network's images / s per batch size, and nothing else, in the result file."""
+    res = benchmark_speed.main(["--throughput", "1,2", "--crop", "64", "--repeats", "1", "--out",
+                                str(tmp_path / "tp")])
+    rows = json.loads((tmp_path / "tp.json").read_text())["resunet_throughput"]
+    assert list(rows) == ["batch 1, fp32", "batch 2, fp32"] and res["resunet_throughput"] == rows
+    assert all(r["train_img_s"] > 0 and r["infer_img_s"] > 0 for r in rows.values())
+    assert "ssl_step_s" not in res
+
+
 def test_wsi_benchmark_checkerboard_slide_and_mode_agreement(tmp_path, monkeypatch):
     from bundle.io import write_csv
     from bundle.wsi import SlideTiles
