@@ -29,6 +29,15 @@ def test_psm_infer_skips_bad_files_and_reports(root, synthetic_dir, tmp_path, in
     torch.save(net.state_dict(), tmp_path / "model.pt")
     wf = infer_workflow(root, folder, tmp_path, tmp_path / "model.pt", output_dir=str(tmp_path / "o"))
     wf.run()
+    # clustering and files on two threads beside the network (the GPU setting): the same files, rows and skips
+    infer_workflow(root, folder, tmp_path, tmp_path / "model.pt", output_dir=str(tmp_path / "o2"),
+                   **{"runner#workers": 2}).run()
+    for sub in ("masks", "psm", "overlays"):
+        for f in (tmp_path / "o" / sub).iterdir():
+            assert f.read_bytes() == (tmp_path / "o2" / sub / f.name).read_bytes()
+    drop = lambda d: {k: v for k, v in d.items() if not k.endswith("_s") and k not in ("seconds",)}  # noqa: E731
+    assert drop(json.loads((tmp_path / "o2" / "summary.json").read_text())) == \
+        drop(json.loads((tmp_path / "o" / "summary.json").read_text()))
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["n_images"] == 2 and s["n_skipped"] == 5
     assert any("zero.png" in m and "empty" in m for m in s["skipped"])
