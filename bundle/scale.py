@@ -129,8 +129,9 @@ def folder_nucleus_diameter(data, max_images: int = 32, datalist_key: str = "tra
 
     The tiles are estimated on ``workers`` threads (None: up to 8, one per CPU; the filters release the GIL), with
     the same result as one thread. ``cache``: a JSON file of earlier answers keyed by the stain, ``max_images`` and
-    each chosen tile's path, size and modification time, so the training stages of one run (det, seg, each Ki-67
-    round) estimate a folder once; a changed tile changes the key. An unreadable cache is ignored and rewritten."""
+    each chosen tile's path, size and modification time (and the bundle's version), so the training stages of one
+    run (det, seg, each Ki-67 round) estimate a folder once; a changed tile changes the key. An unreadable cache is
+    ignored and rewritten; one that cannot be written is left with a one-line warning."""
     import json
     import os
     from concurrent.futures import ThreadPoolExecutor
@@ -150,7 +151,9 @@ def folder_nucleus_diameter(data, max_images: int = 32, datalist_key: str = "tra
     if cache:
         stats = [(os.path.abspath(p), *((st.st_size, st.st_mtime_ns) if (st := _stat(p)) else (None, None)))
                  for p in paths]
-        key = json.dumps([stain, int(max_images), stats])
+        from bundle import __version__  # another release may estimate differently: its own answers
+
+        key = json.dumps([__version__, stain, int(max_images), stats])
         known = _read_cache(cache)
         if key in known:
             return known[key]
@@ -168,8 +171,13 @@ def folder_nucleus_diameter(data, max_images: int = 32, datalist_key: str = "tra
     if key is not None:
         known = _read_cache(cache)
         known[key] = result
-        with atomic_path(cache) as tmp, open(tmp, "w") as f:
-            f.write(json.dumps(known))
+        try:
+            with atomic_path(cache) as tmp, open(tmp, "w") as f:
+                f.write(json.dumps(known))
+        except OSError as e:  # a read-only bundle folder: the answer stands, the next stage estimates again
+            import logging
+
+            logging.getLogger(__name__).warning(f"{cache}: nucleus-size cache not written ({e})")
     return result
 
 

@@ -120,5 +120,8 @@ def test_folder_diameter_threads_and_cache(tmp_path):
         cache.write_text("[1, 2")  # damaged: recomputed and rewritten, never an error
         scale.folder_nucleus_diameter(str(folder), cache=str(cache))
         assert len(calls) == 12 and isinstance(json.loads(cache.read_text()), dict)
+        blocker = tmp_path / "a_file"
+        blocker.write_text("")  # a cache under a file cannot be written: the answer stands
+        assert scale.folder_nucleus_diameter(str(folder), cache=str(blocker / "c.json")) is not None
     finally:
         scale.estimate_nucleus_diameter = real
