@@ -89,8 +89,7 @@ def points_from_probability(prob: np.ndarray, sigma_or_blur: float = 13, thresho
         img = ndi.gaussian_filter(img, sigma=float(sigma_or_blur), mode="reflect")
     if not np.any(img > threshold):
         return np.zeros((0, 2), np.int64)
-    peaks = spaced_maxima(img, max(1, int(min_distance)), threshold)
-    peaks = peaks[img[peaks[:, 0], peaks[:, 1]] > threshold]
+    peaks = spaced_maxima(img, max(1, int(min_distance)), threshold)  # all strictly above threshold
     if len(peaks) == 0:
         return np.zeros((0, 2), np.int64)
     keep = merge_close_points(peaks, img[peaks[:, 0], peaks[:, 1]], merge_distance, p=1)
@@ -108,8 +107,8 @@ def spaced_maxima(img: np.ndarray, min_distance: int, threshold: float) -> np.nd
 
     img = np.asarray(img)
     cand = img == ndi.maximum_filter(img, size=2 * int(min_distance) + 1, mode="nearest")
-    if img.size == 1 or cand.all():  # scikit-image: a constant image has no peak (one pixel: its threshold test)
-        cand = img > threshold if img.size == 1 else np.zeros(img.shape, bool)
+    if img.size > 1 and cand.all():  # scikit-image: a constant image has no peak (one pixel: its threshold test)
+        cand[:] = False
     cand &= img > threshold
     rr, cc = np.nonzero(cand)
     order = np.argsort(-img[rr, cc], kind="stable")

@@ -67,6 +67,7 @@ class PseudoMaskRunner:
         return datalist_items(self.data, self.datalist_key)
 
     def run(self) -> dict:
+        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm import tqdm
@@ -80,6 +81,7 @@ class PseudoMaskRunner:
         self.network.to(self.device).eval()
         done, skipped = [], []  # per tile in order: a future / result of _finish, or a read error
         pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        inflight = deque()  # the pool's tiles not yet waited for, oldest first
         try:
             for it in tqdm(items, desc="PSM -> pseudo masks" if use_psm else "pseudo masks", unit="img"):
                 rgb = read_rgb_or_skip(it["image"], skipped, self.min_size)
@@ -95,10 +97,10 @@ class PseudoMaskRunner:
                 if pool is None:
                     done.append(self._finish(it, rgb, psm, t_psm))
                     continue
-                done.append(pool.submit(self._finish, it, rgb, psm, t_psm))
-                pending = [f for f in done if not isinstance(f, tuple) and not f.done()]
-                if len(pending) > 2 * self.workers:  # bounded memory: wait for the oldest tile
-                    pending[0].result()
+                inflight.append(pool.submit(self._finish, it, rgb, psm, t_psm))
+                done.append(inflight[-1])
+                if len(inflight) > 2 * self.workers:  # bounded memory: wait for the oldest tile
+                    inflight.popleft().result()
             done = [d if isinstance(d, tuple) else d.result() for d in done]
         finally:
             if pool is not None:
