@@ -101,8 +101,8 @@ def spaced_maxima(img: np.ndarray, min_distance: int, threshold: float) -> np.nd
     (N, 2) (row, col) int64 peaks in the same order (test against scikit-image): pixels equal to the maximum of their
     ``2 min_distance + 1`` square and above ``threshold``, highest first (stable), then greedily kept when no kept
     peak lies at a Chebyshev distance < ``min_distance``. The spacing step looks the kept peaks up in a raster instead
-    of scikit-image's KD-tree batches, which took 0.4 s per 1000 px det map on the flat plateaus of a blurred
-    probability (a fifth of the segmentation labels' time, docs/results/profile_cpu.md)."""
+    of scikit-image's KD-tree batches, slow on the flat plateaus of a blurred probability (a fifth of the
+    segmentation labels' time; docs/results/cpu_work.md)."""
     from scipy import ndimage as ndi
 
     img = np.asarray(img)

@@ -206,6 +206,21 @@ def test_speed_benchmark_throughput_mode_writes_rows_per_batch(tmp_path):
     assert "ssl_step_s" not in res
 
 
+def test_cpu_work_benchmark_times_each_pair(tmp_path):
+    """Without ``--run``: the folder size (threads, cache), tile size, PNG and GeoJSON pairs, each checked equal."""
+    from bundle.io import write_image
+    from bundle.synthetic import synthetic_he_tile
+    from scripts import benchmark_cpu_work
+
+    for s in range(2):
+        write_image(tmp_path / "in" / f"t{s}.png", synthetic_he_tile(160, seed=s)[0])
+    benchmark_cpu_work.main(["--images", str(tmp_path / "in"), "--out", str(tmp_path / "cw")])
+    r = json.loads((tmp_path / "cw.json").read_text())
+    assert set(r["folder_diameter_s"]) == {"1 thread", "default threads", "from the cache", "diameter"}
+    assert r["geojson_s"]["features"] > 0 and "seg_labels_s" not in r
+    assert "| overlay PNG of one tile |" in (tmp_path / "cw.md").read_text()
+
+
 def test_wsi_benchmark_checkerboard_slide_and_mode_agreement(tmp_path, monkeypatch):
     from bundle.io import write_csv
     from bundle.wsi import SlideTiles
